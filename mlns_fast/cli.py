@@ -1,0 +1,293 @@
+"""`mlns-fast`: a thin typer layer. Each command parses, calls one library function, prints.
+
+User errors (MlnsError, bad options) end with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional, get_type_hints
+
+import typer
+
+try:  # typer >= 0.22 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, resolve_config
+from .errors import ConfigError, DataError, MlnsError
+from .runs import DEFAULT_RUNS_DIR
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fastai + timm rapid experiments for four-digit handwritten sums (40x168, label 0..36).")
+data_app = typer.Typer(no_args_is_help=True, help="Demo data, pre-rendered synthetic sets, preview grids.")
+app.add_typer(data_app, name="data")
+
+RUNS_DIR = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="folder of run folders")
+EXIT_INTERRUPTED, EXIT_DIVERGED = 130, 3
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter (a CLI flag) per field of the data / model / train config sections."""
+    params = []
+    for name, section in FLAG_SECTIONS.items():
+        f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+        typ = get_type_hints(SECTIONS[section])[name]
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
+        annotation = Optional[List[str]] if typ is tuple else Optional[typ]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=typer.Option(None, *decls, help=f.metadata["help"],
+                                                             rich_help_panel=f"{section} options")))
+    return params
+
+
+def config_options(func):
+    """Give `func` a flag per config field (see `_config_parameters`); they arrive in **flags."""
+    sig = inspect.signature(func)
+    keep = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    func.__signature__ = sig.replace(parameters=keep + _config_parameters())
+    return func
+
+
+def _resolve(config: Optional[Path], name: Optional[str], flags: dict):
+    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items()}
+    return resolve_config(str(config) if config else None, name=name, **flags)
+
+
+@app.command()
+@config_options
+def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML experiment file (CLI flags beat it)"),
+          name: Optional[str] = typer.Option(None, "--name", help="run name (folder suffix)"),
+          resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run (path, name or latest)"),
+          runs_dir: str = RUNS_DIR,
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or epoch table"),
+          **flags):
+    """Train a model (default: the recommended recipe on the embedded demo data)."""
+    from .train import train as run_train
+    if resume and (config or name or any(v not in (None, []) for v in flags.values())):
+        raise ConfigError("--resume takes the run's own config; drop the other options")
+    cfg = None if resume else _resolve(config, name, flags)
+    summary = run_train(cfg, runs_dir, quiet=quiet, resume=resume)
+    run_path = Path(runs_dir) / summary["run"]
+    if summary["status"] == "interrupted":
+        typer.echo(f"interrupted ({summary.get('message')}); resume with: mlns-fast train --resume {run_path}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary["status"] == "diverged":
+        typer.echo(f"diverged: {summary.get('message')}; last good checkpoint kept in {run_path}", err=True)
+        raise typer.Exit(EXIT_DIVERGED)
+    acc, acc_ema = summary.get("final_acc"), summary.get("final_acc_ema")
+    typer.echo(f"{run_path}: valid sum accuracy {acc:.4f} raw" + (f", {acc_ema:.4f} EMA" if acc_ema is not None else "")
+               + f" in {summary['minutes']:.1f} min")
+
+
+@app.command("lr-find")
+@config_options
+def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML experiment file"),
+            out: Path = typer.Option(Path("experiments/figures/lr_find.png"), "--out", help="plot PNG"),
+            num_it: int = typer.Option(100, "--num-it", help="mini-batches to try"),
+            quiet: bool = typer.Option(False, "--quiet", "-q"),
+            **flags):
+    """fastai's learning-rate finder on the same data and model options as train."""
+    from .train import lr_find as run_lr_find
+    if num_it < 10:
+        raise ConfigError(f"--num-it must be >= 10, got {num_it}")
+    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it)
+    for k, v in res.items():
+        typer.echo(f"{k:>8}: {v:.2e}")
+    typer.echo(f"plot: {out}")
+
+
+def _eval_samples(images, labels, npz, folder, layout):
+    from .data.sources import load_npy_pair, load_source
+    chosen = [x for x in (images or labels, npz, folder, layout) if x]
+    if len(chosen) > 1:
+        raise ConfigError("give one of --images/--labels, --npz, --dir, --layout")
+    if images or labels:
+        if not (images and labels):
+            raise ConfigError("--images and --labels go together")
+        return load_npy_pair(images, labels)
+    if npz or folder:
+        return load_source(str(npz or folder))
+    if layout:
+        if layout not in LAYOUTS:
+            raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+        from .evaluate import rendered_test_set
+        return rendered_test_set(layout)
+    return None
+
+
+@app.command()
+def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
+             images: Optional[Path] = typer.Option(None, "--images", help="IMAGES.npy (with --labels)"),
+             labels: Optional[Path] = typer.Option(None, "--labels", help="LABELS.npy"),
+             npz: Optional[Path] = typer.Option(None, "--npz", help=".npz with images, labels[, digits]"),
+             folder: Optional[Path] = typer.Option(None, "--dir", help="folder of images + labels.csv"),
+             layout: Optional[str] = typer.Option(None, "--layout", help="render a test set from reserved digits with this layout (course, tight, train)"),
+             raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+             as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+             runs_dir: str = RUNS_DIR):
+    """Sum accuracy of a run (default data: the demo test split, reserved digits) + confusion and mistakes PNGs."""
+    from .evaluate import evaluate as run_evaluate
+    from .runs import resolve_run
+    r = resolve_run(run, runs_dir)
+    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout), ema=not raw)
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(f"{res['run']} on {res['data']} ({res['weights']} weights, n={res['n']}): "
+               f"sum accuracy {res['sum_accuracy']:.4f}"
+               + (f", digit accuracy {res['digit_accuracy']:.4f}" if "digit_accuracy" in res else ""))
+    for f in res["files"]:
+        typer.echo(f"  {f}")
+
+
+@app.command()
+def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
+            inputs: List[Path] = typer.Argument(..., help="PNG/JPG files or .npy stacks"),
+            as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+            raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+            backend: str = typer.Option("torch", "--backend", help="torch | onnx (exports once, then onnxruntime)"),
+            runs_dir: str = RUNS_DIR):
+    """Predict the sum (and digits) of images with a trained run."""
+    from .data.sources import load_images
+    from .runs import resolve_run
+    if backend not in ("torch", "onnx"):
+        raise ConfigError(f"--backend must be torch or onnx; got {backend!r}")
+    r = resolve_run(run, runs_dir)
+    images, names = load_images([str(p) for p in inputs])
+    if backend == "onnx":
+        from .export import OnnxPredictor, export
+        onnx_path = r.path / f"model{'' if raw else '_ema'}.onnx"
+        pred = OnnxPredictor(onnx_path if onnx_path.is_file() else export(r, "onnx", ema=not raw))(images)
+    else:
+        from .evaluate import load_trained, predict_arrays
+        pred = predict_arrays(load_trained(r, ema=not raw)[1], images)
+    rows = [{"input": n, "sum": int(pred["sum"][i]), "confidence": round(float(pred["confidence"][i]), 4),
+             "digits": None if pred["digits"] is None else [int(d) for d in pred["digits"][i]]}
+            for i, n in enumerate(names)]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("input", "sum", "digits", "confidence")
+    for row in rows:
+        table.add_row(row["input"], str(row["sum"]), "".join(map(str, row["digits"] or [])) or "-",
+                      f"{row['confidence']:.3f}")
+    Console().print(table)
+
+
+@app.command()
+def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to sort by (numbers: high first)"),
+            top: Optional[int] = typer.Option(None, "--top", help="show only the first N rows"),
+            filter: Optional[List[str]] = typer.Option(None, "--filter", help="COLUMN=VALUE (repeatable, all must hold)"),
+            only_changed: bool = typer.Option(False, "--only-changed", help="hide columns equal in every row"),
+            fmt: str = typer.Option("table", "--format", help="table | md | csv | json"),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the selected runs' accuracy curves"),
+            runs_dir: str = RUNS_DIR):
+    """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
+    from . import compare as cmp
+    rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
+    cols = cmp.changed_columns(rows) if only_changed else None
+    typer.echo(cmp.render(rows, fmt, cols).rstrip("\n"))
+    if plot:
+        typer.echo(f"plot: {cmp.plot(rows, runs_dir, plot)}", err=fmt in ("json", "csv"))
+
+
+@app.command()
+def export(run: str = typer.Argument(..., help="run folder, name, or latest"),
+           fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+           out: Optional[Path] = typer.Option(None, "--out", help="output file (default: in the run folder)"),
+           raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+           runs_dir: str = RUNS_DIR):
+    """Export a run's network (EMA weights by default) for use outside the toolkit."""
+    from .export import export as run_export
+    from .runs import resolve_run
+    typer.echo(run_export(resolve_run(run, runs_dir), fmt, out, ema=not raw))
+
+
+@app.command()
+def suite(file: Path = typer.Argument(..., help="suite TOML: [[run]] tables of overrides"),
+          runs_dir: str = RUNS_DIR,
+          dry_run: bool = typer.Option(False, "--dry-run", help="list what would run"),
+          quiet: bool = typer.Option(True, "--quiet/--progress", help="hide per-batch progress")):
+    """Run every experiment of a suite file (skipping finished identical ones), then print the comparison."""
+    from .suite import run_suite
+    run_suite(file, runs_dir, dry_run=dry_run, quiet=quiet, echo=typer.echo)
+
+
+@data_app.command("demo")
+def data_demo(out: Path = typer.Option(..., "--out", help="folder for data0..2.npy / lab0..2.npy")):
+    """Export the demo stand-in (train / valid / test) as course-format npy pairs."""
+    from .data.demo import export_demo
+    for p in export_demo(out):
+        typer.echo(p)
+
+
+@data_app.command("synth")
+def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
+               out: Path = typer.Option(..., "--out", help=".npz file (images, labels, digits)"),
+               layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
+               glyphs: str = typer.Option("handwriting", "--glyphs", help="handwriting | fonts | mixed"),
+               seed: int = typer.Option(0, "--seed", help="renderer seed"),
+               bank: str = typer.Option("", "--bank", help="mnist.npz or IDX folder (default: embedded, training digits)")):
+    """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
+    from .data.render import render_npz
+    if n <= 0:
+        raise ConfigError(f"--n must be > 0, got {n}")
+    if out.suffix != ".npz":
+        raise ConfigError(f"--out must end in .npz, got {out}")
+    seconds = render_npz(n, out, layout, glyphs, seed, bank, progress=True)
+    typer.echo(f"{out}: {n} images in {seconds:.1f}s ({n / seconds:.0f} img/s)")
+
+
+@data_app.command("preview")
+def data_preview(source: str = typer.Option("synthetic", "--source", help="synthetic | demo | PATH (npz, dir, IMAGES.npy:LABELS.npy)"),
+                 out: Path = typer.Option(Path("preview.png"), "--out", help="grid PNG"),
+                 n: int = typer.Option(16, "--n", help="images in the grid"),
+                 layout: str = typer.Option("train", "--layout", help="synthetic layout"),
+                 glyphs: str = typer.Option("handwriting", "--glyphs", help="synthetic glyphs"),
+                 seed: int = typer.Option(0, "--seed")):
+    """A labelled grid PNG (sum and digits over each image)."""
+    from .data.preview import preview
+    if n <= 0:
+        raise ConfigError(f"--n must be > 0, got {n}")
+    typer.echo(preview(source, out, n, layout, glyphs, seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors -> one line on stderr, exit code 2."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecation chatter
+    logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
+    for noisy in ("fastai", "timm", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="mlns-fast", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except MlnsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click_exceptions.NoArgsIsHelpError as e:  # bare `mlns-fast` or `mlns-fast data`: show help
+        print(e.format_message())
+        return 0
+    except click_exceptions.ClickException as e:  # bad option, missing argument, wrong type
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The demo data set: an embedded stand-in for the user's (non-redistributable) course data.
+
+Same format as the course files (uint8 N x 40 x 168 images, sums 0..36), rendered with the
+`course` layout from real MNIST handwriting:
+  train 10,000  from the bank's train digits    -> data0.npy / lab0.npy
+  valid  2,000  from the bank's valid digits    -> data1.npy / lab1.npy   (disjoint from train)
+  test   2,000  from the *reserved* digits      -> data2.npy / lab2.npy   (never trained on)
+Built deterministically on first use and cached under the user cache dir.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LAYOUTS
+from ..errors import DataError
+from .mnist import embedded_bank
+from .render import Renderer
+from .sources import Samples, load_npy_pair
+
+log = logging.getLogger(__name__)
+
+# split -> (file index, images, bank split, renderer seed)
+SPLITS = {"train": (0, 10_000, "train", 1001), "valid": (1, 2_000, "valid", 1002), "test": (2, 2_000, "reserved", 1003)}
+
+
+def _version() -> str:
+    spec = json.dumps([asdict(LAYOUTS["course"]), SPLITS], sort_keys=True)
+    return hashlib.sha1(spec.encode()).hexdigest()[:10]
+
+
+def cache_root() -> Path:
+    """Where the demo set is cached: $MLNS_FAST_CACHE, else the platform's user cache dir."""
+    env = os.environ.get("MLNS_FAST_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("mlns-fast"))
+
+
+def render_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one demo split: images (N, 40, 168) uint8, sums (N,), digits (N, 4)."""
+    _, n, bank_split, seed = SPLITS[split]
+    render = Renderer(LAYOUTS["course"], embedded_bank(bank_split), seed=seed)
+    out = [render(i) for i in range(n)]
+    return (np.stack([o.image for o in out]), np.array([o.sum for o in out], np.int64),
+            np.stack([o.digits for o in out]))
+
+
+def demo_dir() -> Path:
+    """The cached demo folder, built first if missing (a few seconds); built in a temp dir and renamed."""
+    final = cache_root() / f"demo-{_version()}"
+    if (final / "lab2.npy").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=final.parent))
+    log.info("building the demo data set in %s", final)
+    try:
+        for split, (k, *_rest) in SPLITS.items():
+            images, sums, digits = render_split(split)
+            np.save(tmp / f"data{k}.npy", images)
+            np.save(tmp / f"lab{k}.npy", sums)
+            np.save(tmp / f"digits{k}.npy", digits)
+        (tmp / "README.txt").write_text(__doc__)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (final / "lab2.npy").is_file():  # not a lost race with another process
+            raise
+    return final
+
+
+def demo_split(split: str, with_digits: bool = False) -> Samples:
+    """One split of the demo set as Samples (digits attached only on request: the course gives sums)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown demo split {split!r} (known: {', '.join(SPLITS)})")
+    root, k = demo_dir(), SPLITS[split][0]
+    s = load_npy_pair(root / f"data{k}.npy", root / f"lab{k}.npy")
+    s.source = f"demo:{split}"
+    if with_digits:
+        s.digits = np.load(root / f"digits{k}.npy", allow_pickle=False)
+    return s
+
+
+def export_demo(out: str | Path) -> list[Path]:
+    """Copy the demo's course-format npy pairs (data0..2 / lab0..2) into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = demo_dir()
+    written = []
+    for k in range(3):
+        for stem in ("data", "lab"):
+            shutil.copyfile(root / f"{stem}{k}.npy", out / f"{stem}{k}.npy")
+            written.append(out / f"{stem}{k}.npy")
+    return written

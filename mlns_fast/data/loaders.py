@@ -1,0 +1,159 @@
+"""fastai DataLoaders over real and synthetic images, alone or mixed in every batch.
+
+An item is `(image, sum, digits, digits_known)`: image (1, H, W) float32 in 0..1, sum int64,
+digits (4,) int64 (zeros where unknown) and a bool mask, so one batch can hold both kinds and
+the loss decides per item which term applies.
+
+Item keys are tuples `(source, epoch, j)` (source 0 = real, 1 = synthetic) chosen by
+`PlanDL.get_idxs` from (seed, epoch) alone: shuffling, rendering and augmentation are pure
+functions of the key, so workers, epochs and resumed runs reproduce bit for bit.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+
+from ..config import RunConfig
+from ..errors import DataError
+from .demo import demo_split
+from .mnist import load_bank
+from .render import Renderer
+from .sources import Samples, load_sources
+
+log = logging.getLogger(__name__)
+REAL, SYNTH = 0, 1
+
+
+def augmenter(seed: int):
+    """albumentations pipeline for real training images (mild affine, elastic, blur, noise)."""
+    import albumentations as A
+    return A.Compose([
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.04, 0.04), rotate=(-6, 6), shear=(-8, 8), p=0.7),
+        A.ElasticTransform(alpha=6, sigma=4, p=0.2),
+        A.GaussianBlur(blur_limit=(3, 3), p=0.15),
+        A.GaussNoise(std_range=(0.02, 0.06), p=0.15),
+    ], seed=seed)
+
+
+class Items:
+    """Indexable by `(source, epoch, j)`: real image j (augmented per epoch) or synthetic image (epoch, j)."""
+
+    def __init__(self, real: Samples | None, renderer: Renderer | None = None, augment: bool = False, seed: int = 0):
+        self.real, self.renderer, self.seed = real, renderer, seed
+        self.aug = augmenter(seed) if augment and real is not None else None
+        self.n_real = 0 if real is None else len(real)
+
+    def __getitem__(self, key):
+        src, epoch, j = key
+        if src == SYNTH:
+            r = self.renderer(epoch, j)
+            return _item(r.image, r.sum, r.digits, True)
+        img = self.real.images[j]
+        if self.aug is not None:
+            self.aug.set_random_seed(hash((self.seed, epoch, j)) & 0x7FFFFFFF)
+            img = self.aug(image=img)["image"]
+        digits = self.real.digits
+        known = digits is not None
+        return _item(img, self.real.sums[j], digits[j] if known else np.zeros(4, np.int64), known)
+
+    def __len__(self) -> int:
+        return self.n_real
+
+
+def _item(img: np.ndarray, s, digits: np.ndarray, known: bool):
+    x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0).unsqueeze(0)  # (1, H, W)
+    return x, torch.tensor(int(s)), torch.as_tensor(digits, dtype=torch.int64), torch.tensor(known)
+
+
+class PlanDL(DataLoader):
+    """fastai DataLoader whose item order is a pure function of (seed, epoch).
+
+    `mix` is the synthetic fraction of *every* batch (not just on average): fastai's and
+    PyTorch's samplers only shuffle one index space, so the per-batch composition is planned here.
+    `rank` / `world` shard the real items and give each process its own synthetic stream.
+    """
+
+    def __init__(self, dataset: Items, n_synth: int = 0, mix: float = 0.0, seed: int = 0,
+                 rank: int = 0, world: int = 1, **kwargs):
+        self.n_synth, self.mix, self.plan_seed, self.rank, self.world = n_synth, mix, seed, rank, world
+        self.epoch = 0
+        super().__init__(dataset, **kwargs)
+        self.n = len(self._plan())
+
+    def _plan(self) -> list[tuple[int, int, int]]:
+        e, n_real = self.epoch, len(self.dataset)
+        rng = np.random.default_rng([self.plan_seed, e, 7])
+        real = rng.permutation(n_real) if self.shuffle else np.arange(n_real)
+        real = [(REAL, e, int(j)) for j in real[self.rank::self.world]]
+        synth = lambda k: [(SYNTH, e, j * self.world + self.rank) for j in range(k)]  # noqa: E731
+        if self.mix <= 0:
+            return real + synth(self.n_synth)
+        if not real:
+            return synth(self.n_synth)
+        k_syn = min(max(int(round(self.mix * self.bs)), 1), self.bs - 1)
+        k_real = self.bs - k_syn
+        n_batches = math.ceil(len(real) / k_real)
+        syn = synth(n_batches * k_syn)
+        return [key for b in range(n_batches)
+                for key in real[b * k_real:(b + 1) * k_real] + syn[b * k_syn:(b + 1) * k_syn]]
+
+    def get_idxs(self):
+        return self._plan()
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world)
+        return super().new(dataset, cls, **{**kw, **kwargs})
+
+
+def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | None, Samples]:
+    """Real training and validation Samples: the user's files, or the demo stand-in."""
+    d, size = cfg.data, (cfg.render.height, cfg.render.width)
+    if not d.real:
+        train = demo_split("train") if need_train else None
+        valid = load_sources(d.valid, size) if d.valid else demo_split("valid")
+        return train, valid
+    everything = load_sources(d.real, size)
+    if d.valid:
+        return everything, load_sources(d.valid, size)
+    order = np.random.default_rng(1234).permutation(len(everything))
+    n_valid = max(1, int(round(d.valid_pct * len(everything))))
+    if n_valid >= len(everything):
+        raise DataError(f"{everything.source}: {len(everything)} images are too few to hold out a validation set")
+    log.info("holding out %d of %d real images for validation", n_valid, len(everything))
+    return everything.subset(np.sort(order[n_valid:])), everything.subset(np.sort(order[:n_valid]))
+
+
+def make_renderer(cfg: RunConfig, seed_offset: int = 0) -> Renderer:
+    """The synthetic renderer of a run: its layout, glyph bank (never the reserved digits) and seed."""
+    rc = cfg.render_config()
+    bank = None if rc.glyphs == "fonts" else load_bank(cfg.data.bank, "train")
+    return Renderer(rc, bank, seed=cfg.train.seed + seed_offset)
+
+
+def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1) -> DataLoaders:
+    """Train DataLoader (real / synthetic / mixed per `cfg.data.data`) and a real validation one."""
+    d, seed = cfg.data, cfg.train.seed
+    train_real, valid = resolve_real(cfg, need_train=d.data != "synthetic")
+    renderer = make_renderer(cfg) if d.data != "real" else None
+    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed)
+    n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
+    mix = d.mix if d.data == "mixed" else 0.0
+    common = dict(bs=d.bs, num_workers=d.workers, device=device)
+    train = PlanDL(items, n_synth=n_synth, mix=mix, seed=seed, rank=rank, world=world,
+                   shuffle=True, drop_last=True, **common)
+    if len(train) == 0:
+        raise DataError(f"{len(items)} training images make no full batch of {d.bs}; lower --bs")
+    valid_dl = PlanDL(Items(valid), seed=seed, rank=rank, world=world, shuffle=False, **common)
+    dls = DataLoaders(train, valid_dl, device=device)
+    dls.n_inp = 1  # (image,) is the input; (sum, digits, known) are targets for the loss
+    return dls
+
+
+def eval_loader(samples: Samples, bs: int = 256, device=None) -> PlanDL:
+    """Unshuffled loader over Samples for evaluation and prediction."""
+    return PlanDL(Items(samples), shuffle=False, bs=bs, num_workers=0, device=device)

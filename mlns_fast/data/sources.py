@@ -1,0 +1,259 @@
+"""Real data: the course's numpy pairs, .npz files and image folders, loaded and validated.
+
+Every loader returns `Samples` (uint8 images N x H x W, sums, optional digits) or raises
+`DataError` with one line naming the file and the problem. Arrays are loaded with
+`allow_pickle=False` always.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAX_SUM = 36
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Samples:
+    """Images with their labels: images (N, H, W) uint8, sums (N,) int64, digits (N, 4) int64 or None."""
+    images: np.ndarray
+    sums: np.ndarray
+    digits: np.ndarray | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def subset(self, idx) -> "Samples":
+        digits = None if self.digits is None else self.digits[idx]
+        return Samples(self.images[idx], self.sums[idx], digits, self.source)
+
+
+def concat(parts: list[Samples]) -> Samples:
+    """Concatenate several sources (e.g. data0..data2); digits are kept only if all parts have them."""
+    if len(parts) == 1:
+        return parts[0]
+    digits = None
+    if all(p.digits is not None for p in parts):
+        digits = np.concatenate([p.digits for p in parts])
+    return Samples(np.concatenate([p.images for p in parts]), np.concatenate([p.sums for p in parts]),
+                   digits, "+".join(p.source for p in parts))
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
+        raise DataError(f"{path}: unreadable numpy file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: unreadable numpy file ({e})") from None
+
+
+def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int]) -> np.ndarray:
+    """Validate an image stack and return it as uint8 (N, H, W) at `size`, gray, 0..255."""
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise DataError(f"{where}: images must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
+        arr = _to_gray(arr)
+    if arr.ndim != 3:
+        raise DataError(f"{where}: images must have shape N x H x W, got {arr.shape}")
+    if len(arr) == 0:
+        raise DataError(f"{where}: no images")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError(f"{where}: images contain NaN or inf pixels")
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 255:
+            raise DataError(f"{where}: integer pixels must be in 0..255")
+        arr = arr.astype(np.uint8)
+    return resize_stack(arr, size, where)
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[-1] == 1:
+        return arr[..., 0]
+    rgb = arr[..., :3].astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def resize_stack(arr: np.ndarray, size: tuple[int, int], where: str) -> np.ndarray:
+    """Resize every image to (H, W) = size with area interpolation, logging that it happened."""
+    h, w = arr.shape[1:]
+    if (h, w) == tuple(size):
+        return np.ascontiguousarray(arr)
+    if h < size[0] / 4 or w < size[1] / 4:
+        raise DataError(f"{where}: images of {h}x{w} are too small to resize sensibly to {size[0]}x{size[1]}")
+    log.info("%s: resizing %d images from %dx%d to %dx%d", where, len(arr), h, w, *size)
+    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in arr])
+
+
+def check_labels(sums: np.ndarray, where: str, n: int) -> np.ndarray:
+    """Sums must be n integers in 0..36 (float arrays holding whole numbers are accepted)."""
+    sums = np.asarray(sums)
+    if sums.dtype == object or sums.dtype.kind not in "biuf":
+        raise DataError(f"{where}: labels must be integers, got dtype {sums.dtype}")
+    sums = sums.reshape(-1) if sums.ndim == 2 and 1 in sums.shape else sums
+    if sums.ndim != 1:
+        raise DataError(f"{where}: labels must be one number per image, got shape {sums.shape}")
+    if len(sums) != n:
+        raise DataError(f"{where}: {n} images but {len(sums)} labels")
+    if sums.dtype.kind == "f" and not (np.isfinite(sums).all() and (sums == np.round(sums)).all()):
+        raise DataError(f"{where}: labels must be whole numbers")
+    if sums.min() < 0 or sums.max() > MAX_SUM:
+        raise DataError(f"{where}: labels must be in 0..{MAX_SUM}, found {sums.min()}..{sums.max()}")
+    return sums.astype(np.int64)
+
+
+def check_digits(digits: np.ndarray, sums: np.ndarray, where: str) -> np.ndarray:
+    """Digits must be N x 4 integers in 0..9 whose row sums equal the labels."""
+    if digits.dtype.kind not in "biu" or digits.shape != (len(sums), 4):
+        raise DataError(f"{where}: digits must be an integer array of shape {len(sums)} x 4, got {digits.dtype} {digits.shape}")
+    if digits.min() < 0 or digits.max() > 9:
+        raise DataError(f"{where}: digits must be in 0..9")
+    bad = np.flatnonzero(digits.sum(1) != sums)
+    if len(bad):
+        raise DataError(f"{where}: digits of row {bad[0]} sum to {digits[bad[0]].sum()}, label says {sums[bad[0]]}")
+    return digits.astype(np.int64)
+
+
+def load_npy_pair(images: str | Path, labels: str | Path, size=(40, 168)) -> Samples:
+    """The course format: an image stack IMAGES.npy and its sums LABELS.npy."""
+    images, labels = Path(images), Path(labels)
+    imgs = to_uint8_images(_load_array(images), str(images), size)
+    sums = check_labels(_load_array(labels), f"{labels}", len(imgs))
+    return Samples(imgs, sums, None, str(images))
+
+
+def load_npz(path: str | Path, size=(40, 168)) -> Samples:
+    """An .npz with `images`, `labels` and optional `digits` (N x 4)."""
+    path = Path(path)
+    with _load_array(path) as z:
+        missing = {"images", "labels"} - set(z.files)
+        if missing:
+            raise DataError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(z.files) or 'none'})")
+        try:
+            raw_images, labels = z["images"], z["labels"]
+            raw_digits = z["digits"] if "digits" in z.files else None
+        except ValueError:
+            raise DataError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
+    imgs = to_uint8_images(raw_images, str(path), size)
+    sums = check_labels(labels, str(path), len(imgs))
+    digits = None if raw_digits is None else check_digits(raw_digits, sums, str(path))
+    return Samples(imgs, sums, digits, str(path))
+
+
+def load_folder(path: str | Path, size=(40, 168)) -> Samples:
+    """A folder of PNG/JPG files plus labels.csv: `filename,sum[,d1,d2,d3,d4]` (a header row is optional)."""
+    path = Path(path)
+    table = path / "labels.csv"
+    if not table.is_file():
+        raise DataError(f"{path}: folder has no labels.csv (expected filename,sum[,d1,d2,d3,d4])")
+    rows = [r for r in csv.reader(table.read_text().splitlines()) if r and r[0].strip()]
+    if rows and not rows[0][1].strip().lstrip("-").isdigit():
+        rows = rows[1:]  # header
+    if not rows:
+        raise DataError(f"{table}: no rows")
+    images, sums, digits = [], [], []
+    for i, row in enumerate(rows, 1):
+        images.append(_read_image(path / row[0].strip(), f"{table} row {i}"))
+        try:
+            nums = [int(float(c)) for c in row[1:] if c.strip()]
+        except ValueError:
+            raise DataError(f"{table} row {i}: labels must be integers, got {row[1:]}") from None
+        if len(nums) not in (1, 5):
+            raise DataError(f"{table} row {i}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
+        sums.append(nums[0])
+        digits.append(nums[1:])
+    shapes = {im.shape for im in images}
+    stack = np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images]) \
+        if len(shapes) > 1 else np.stack(images)
+    imgs = to_uint8_images(stack, str(path), size)
+    sums_a = check_labels(np.array(sums), str(table), len(imgs))
+    dig = None
+    if all(len(d) == 4 for d in digits):
+        dig = check_digits(np.array(digits), sums_a, str(table))
+    return Samples(imgs, sums_a, dig, str(path))
+
+
+def _read_image(p: Path, where: str) -> np.ndarray:
+    if not p.is_file():
+        raise DataError(f"{where}: image {p} not found")
+    im = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    if im is None:
+        raise DataError(f"{where}: {p} is not a readable image")
+    return im
+
+
+def load_source(spec: str, size=(40, 168)) -> Samples:
+    """One data source by its spec: `IMAGES.npy:LABELS.npy`, `FILE.npz` or `DIR` (with labels.csv)."""
+    if ":" in spec and not Path(spec).exists():
+        images, labels = spec.split(":", 1)
+        return load_npy_pair(images, labels, size)
+    p = Path(spec)
+    if p.is_dir():
+        return load_folder(p, size)
+    if p.suffix == ".npz":
+        return load_npz(p, size)
+    if p.suffix == ".npy":
+        raise DataError(f"{spec}: a .npy image stack needs its labels too: {spec}:LABELS.npy")
+    if not p.exists():
+        raise DataError(f"{spec}: file not found")
+    raise DataError(f"{spec}: unknown data format (use IMAGES.npy:LABELS.npy, FILE.npz or a folder with labels.csv)")
+
+
+def load_sources(specs, size=(40, 168)) -> Samples:
+    """Several sources concatenated (the course ships data0..data2)."""
+    return concat([load_source(s, size) for s in specs])
+
+
+def load_images(paths, size=(40, 168)) -> tuple[np.ndarray, list[str]]:
+    """Inputs for prediction: PNG/JPG files and/or .npy stacks, as uint8 (N, H, W) plus a name per image."""
+    parts, names = [], []
+    for spec in paths:
+        p = Path(spec)
+        if p.suffix == ".npy":
+            arr = _load_array(p)
+            arr = to_uint8_images(arr[None] if arr.ndim == 2 else arr, str(p), size)
+            names += [f"{p}[{i}]" for i in range(len(arr))]
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            arr = to_uint8_images(_read_image(p, str(p))[None], str(p), size)
+            names.append(str(p))
+        elif not p.exists():
+            raise DataError(f"{p}: file not found")
+        else:
+            raise DataError(f"{p}: predict takes PNG/JPG images or an .npy stack")
+        parts.append(arr)
+    if not parts:
+        raise DataError("no input images given")
+    return np.concatenate(parts), names
+
+
+def save_npz(samples: Samples, path: str | Path) -> Path:
+    """Write Samples as an .npz (images, labels[, digits]) atomically."""
+    import io
+    from ..runs import atomic_write
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"images": samples.images, "labels": samples.sums}
+    if samples.digits is not None:
+        arrays["digits"] = samples.digits
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+    return path

@@ -1,0 +1,81 @@
+"""Export a run's network (EMA weights by default) to ONNX or TorchScript, and run ONNX with onnxruntime.
+
+The exported graph takes `image` (B, 1, 40, 168) float32 in 0..1 (dynamic batch) and returns
+`sum_probs` (B, 37) and, for a digits head, `digit_logits` (B, 4, 10).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .evaluate import load_trained
+from .losses import sum_log_probs
+from .runs import RunDir
+
+log = logging.getLogger(__name__)
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class Exported(nn.Module):
+    """The network with its outputs made self-explanatory: sum probabilities (+ digit logits)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        out = self.model(image).float()
+        probs = sum_log_probs(out).exp()
+        return (probs, out) if out.ndim == 3 else (probs,)
+
+
+def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: bool = True) -> Path:
+    """Write the run's network as ONNX (opset 17, dynamic batch) or TorchScript; returns the file."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    cfg, model = load_trained(run, ema)
+    net = Exported(model).eval()
+    out = Path(out) if out else run.path / f"model{'_ema' if ema else ''}{FORMATS[fmt]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.rand(2, 1, cfg.render.height, cfg.render.width)
+    names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
+    tmp = out.with_name(f".{out.name}.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
+            torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=17,
+                              dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+        else:
+            torch.jit.save(torch.jit.trace(net, x), str(tmp))
+    tmp.replace(out)
+    return out
+
+
+class OnnxPredictor:
+    """onnxruntime (CPU) session over an exported file, with the same outputs as `predict_arrays`."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: np.ndarray, bs: int = 256) -> dict[str, np.ndarray]:
+        probs, digits = [], []
+        for i in range(0, len(images), bs):
+            x = images[i:i + bs, None].astype(np.float32) / 255.0  # (B, 1, H, W)
+            outs = self.session.run(None, {"image": x})
+            probs.append(outs[0])
+            if len(outs) > 1:
+                digits.append(outs[1].argmax(-1))
+        p = np.concatenate(probs)
+        return {"sum": p.argmax(1), "confidence": p.max(1), "probs": p,
+                "digits": np.concatenate(digits) if digits else None}

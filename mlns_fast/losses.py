@@ -1,0 +1,86 @@
+"""Losses, the exact sum distribution of the digits head, predictions and metrics.
+
+The digits head learns from two kinds of label in one batch:
+  * digits known (synthetic): cross-entropy per position;
+  * only the sum known (real): -log P(sum), where P(sum) is the exact distribution of the sum of
+    four independent digits, i.e. the four per-position softmaxes convolved (in log space).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+N_SUMS = 37
+
+
+def _log_conv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Log of the convolution of two distributions given as log-probs: (B, m), (B, n) -> (B, m + n - 1)."""
+    m, n = a.shape[1], b.shape[1]
+    terms = a.unsqueeze(1) + b.unsqueeze(2)  # (B, n, m): term[k, i] = a_i + b_k, lands at sum i + k
+    shifted = [F.pad(terms[:, k], (k, n - 1 - k), value=float("-inf")) for k in range(n)]  # each (B, m + n - 1)
+    return torch.logsumexp(torch.stack(shifted, 1), dim=1)
+
+
+def sum_log_probs_from_digits(logits: torch.Tensor) -> torch.Tensor:
+    """(B, P, 10) digit logits -> (B, 9P + 1) log-probabilities of the sum, stable for any logits."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    out = logp[:, 0]
+    for pos in range(1, logp.shape[1]):
+        out = _log_conv(out, logp[:, pos])
+    return out
+
+
+def sum_log_probs(out: torch.Tensor) -> torch.Tensor:
+    """Either head's output -> (B, 37) log-probabilities of the sum."""
+    if out.ndim == 3:
+        return sum_log_probs_from_digits(out)
+    return F.log_softmax(out.float(), dim=-1)
+
+
+def sum_loss(out, sums, digits=None, known=None):
+    """`sum` head: cross-entropy over the 37 sums. out (B, 37), sums (B,)."""
+    return F.cross_entropy(out.float(), sums)
+
+
+def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: float = 1.0):
+    """`digits` head: per-digit CE where digits are known, sum-marginal NLL where only the sum is.
+
+    out (B, 4, 10), sums (B,), digits (B, 4), known (B,) bool. Each item contributes one term;
+    the batch mean is taken over all items so the two kinds weigh by their share of the batch.
+    """
+    known = known.bool()
+    total = out.new_zeros((), dtype=torch.float32)
+    if known.any():
+        ce = F.cross_entropy(out[known].float().flatten(0, 1), digits[known].flatten(), reduction="none")
+        total = total + digit_weight * ce.view(-1, out.shape[1]).mean(1).sum()
+    if (~known).any():
+        lp = sum_log_probs_from_digits(out[~known])  # (b, 37)
+        total = total - sum_weight * lp.gather(1, sums[~known, None]).sum()
+    return total / out.shape[0]
+
+
+def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0):
+    """The loss function of a head."""
+    return {"sum": sum_loss, "digits": partial(digit_loss, digit_weight=digit_weight, sum_weight=sum_weight)}[head]
+
+
+def predict_sums(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted sum = argmax of the sum distribution (not the sum of per-digit argmaxes), and its probability."""
+    lp = sum_log_probs(out)
+    conf, s = lp.max(1)
+    return s, conf.exp()
+
+
+def sum_accuracy(out, sums, *_):
+    """Fraction of images whose predicted sum is right (fastai metric signature)."""
+    return (sum_log_probs(out).argmax(1) == sums).float().mean()
+
+
+def digit_accuracy(out, sums, digits, known):
+    """Per-digit accuracy over the images whose digits are known (NaN if none, or a sum head)."""
+    known = known.bool()
+    if out.ndim != 3 or not known.any():
+        return torch.tensor(float("nan"))
+    return (out[known].argmax(-1) == digits[known]).float().mean()

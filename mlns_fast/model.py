@@ -1,0 +1,142 @@
+"""Models: a backbone (any timm architecture, or a built-in small CNN) plus a `sum` or `digits` head.
+
+The network returns one tensor whose meaning the head name gives: `sum` -> (B, 37) logits,
+`digits` -> (B, 4, 10) logits, left to right. (One tensor rather than a dict keeps fastai's
+mixed precision, `get_preds` and ONNX export working unchanged; `losses.sum_log_probs` turns
+either into the (B, 37) sum distribution that metrics and predictions use.)
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+N_SUMS, N_POS, N_CLASSES = 37, 4, 10
+HEAD_OUT = {"sum": (N_SUMS,), "digits": (N_POS, N_CLASSES)}
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """A plain conv stack with `forward_features` / `num_features` like a timm model."""
+
+    def __init__(self, layers: list[nn.Module], num_features: int):
+        super().__init__()
+        self.features, self.num_features = nn.Sequential(*layers), num_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def convnet4() -> SmallCNN:
+    """The seed's "4 layer Conv network": four conv-BN-ReLU-maxpool blocks, 32..256 channels."""
+    chans = [1, 32, 64, 128, 256]
+    layers = [m for a, b in zip(chans, chans[1:]) for m in (_conv(a, b), nn.MaxPool2d(2))]
+    return SmallCNN(layers, chans[-1])
+
+
+def mlns_cnn() -> SmallCNN:
+    """Six 3x3 convs, stride 2 every other one (40x168 -> 5x21): cheap on CPU, MNIST-grade per digit."""
+    plan = [(1, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    return SmallCNN([_conv(a, b, s) for a, b, s in plan], 128)
+
+
+BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn}
+
+
+def create_backbone(arch: str) -> nn.Module:
+    """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`."""
+    if arch in BUILTIN:
+        return BUILTIN[arch]()
+    import timm
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
+        raise ModelError(f"unknown architecture {arch!r}{hint}")
+    return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=0, global_pool="")
+
+
+class MlnsNet(nn.Module):
+    """Backbone -> keep the left-to-right layout (pool height, resample width) -> MLP head."""
+
+    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1,
+                 neck_width: int = 12, hidden: int = 256):
+        super().__init__()
+        self.backbone, self.head_name = backbone, head
+        c = backbone.num_features
+        # Width positions are kept (not global-pooled): a digit's slot is where it is.
+        self.neck = nn.AdaptiveAvgPool2d((1, neck_width))
+        out = HEAD_OUT[head]
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop), nn.Linear(c * neck_width, hidden),
+                                  nn.ReLU(inplace=True), nn.Dropout(drop), nn.Linear(hidden, int(torch.tensor(out).prod())))
+        self.out_shape = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
+        f = self.backbone.forward_features(x)  # (B, C, h, w)
+        if f.ndim == 3:  # token models: (B, N, C) -> (B, C, 1, N)
+            f = f.transpose(1, 2).unsqueeze(2)
+        return self.head(self.neck(f)).view(-1, *self.out_shape)  # (B, 37) or (B, 4, 10)
+
+
+def create_model(cfg: ModelConfig) -> MlnsNet:
+    """The network of a run's model config, with local pretrained backbone weights if given."""
+    backbone = create_backbone(cfg.arch)
+    if cfg.weights:
+        load_backbone_weights(backbone, cfg.weights)
+    return MlnsNet(backbone, cfg.head, cfg.drop)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        hub_like = str(path).startswith(("hf-hub:", "hf_hub:", "timm/")) or not p.suffix
+        raise ModelError(f"{path}: looks like a hub name; pretrained weights come only from a local file "
+                         "and nothing is downloaded" if hub_like else f"{path}: weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise ModelError(f"{p}: not a loadable weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f"{p}: expected a state dict of tensors")
+    return sd
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load timm / torchvision ImageNet weights into a 1-channel backbone, adapting the first conv."""
+    from timm.models import adapt_input_conv
+    sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
+    own = backbone.state_dict()
+    ok, bad = {}, []
+    for k, v in sd.items():
+        if k not in own:
+            continue
+        if v.ndim == 4 and own[k].ndim == 4 and v.shape[1] != own[k].shape[1] and v.shape[0] == own[k].shape[0]:
+            v = adapt_input_conv(own[k].shape[1], v)  # RGB stem -> 1 channel (timm's own rule)
+        (ok.__setitem__(k, v) if v.shape == own[k].shape else bad.append(k))
+    if bad or len(ok) < 0.5 * len(own):
+        raise ModelError(f"{path}: weights do not match this architecture "
+                         f"({len(ok)} of {len(own)} tensors fit, {len(bad)} of wrong shape)")
+    backbone.load_state_dict(ok, strict=False)
+    log.info("loaded %d / %d backbone tensors from %s", len(ok), len(own), path)

@@ -1,0 +1,87 @@
+"""PNG figures: training curves, labelled image grids, confusion matrix, mistakes gallery, run comparison."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["epoch"] + 1, r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Validation accuracy raw vs EMA, and train vs valid loss, per epoch."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key, label in (("acc", "raw weights"), ("acc_ema", "EMA weights")):
+        a1.plot(*_series(rows, key), marker="o", label=label)
+    a1.set(xlabel="epoch", ylabel="valid sum accuracy", title="accuracy: raw vs EMA")
+    for key, label in (("train_loss", "train"), ("valid_loss", "valid (raw)"), ("valid_loss_ema", "valid (EMA)")):
+        a2.plot(*_series(rows, key), marker="o", label=label)
+    a2.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: int = 4, suptitle: str = "") -> Path:
+    """Images (N, H, W) in a grid, each with its title (sum and digits, or prediction vs truth)."""
+    plt = _plt()
+    n = len(images)
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.4, rows * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im, t in zip(axes.flat, images, titles):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(t, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def plot_confusion(true: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """37 x 37 confusion of sums, rows = true, normalised per row."""
+    plt = _plt()
+    cm = np.zeros((37, 37))
+    np.add.at(cm, (true, pred), 1)
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
+    ax.set(xlabel="predicted sum", ylabel="true sum", title=title or "confusion (row-normalised)")
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def plot_runs(curves: dict[str, list[dict]], path: str | Path, key: str = "acc") -> Path:
+    """Validation accuracy curves of several runs on one figure (EMA dashed where present)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, rows in curves.items():
+        line, = ax.plot(*_series(rows, key), marker=".", label=name)
+        xs, ys = _series(rows, f"{key}_ema")
+        if xs:
+            ax.plot(xs, ys, linestyle="--", color=line.get_color())
+    ax.set(xlabel="epoch", ylabel="valid sum accuracy", title="runs (solid: raw, dashed: EMA)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,211 @@
+"""Run folders: creation, atomic writes, metrics, checkpoints, weights, and finding runs again.
+
+    experiments/runs/<YYYYmmdd-HHMMSS>-<name>/
+        config.toml        resolved config (CLI > file > defaults)
+        summary.json       status, best/final accuracy (raw and EMA), params, time, device, versions
+        metrics.csv        one row per epoch
+        checkpoint.pt      model + optimizer + EMA + RNG + epoch, for --resume (tensors only)
+        model.safetensors  final raw weights;  model_ema.safetensors  final EMA weights
+        curves.png         accuracy raw vs EMA, train vs valid loss
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, load_run_config, write_toml
+from .errors import ConfigError, MlnsError, RunError
+
+DEFAULT_RUNS_DIR = "experiments/runs"
+METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
+TIMING_COLUMNS = ("seconds",)  # wall-clock: the only columns that differ between identical runs
+STATUSES = ("running", "finished", "interrupted", "diverged", "failed")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def library_versions() -> dict:
+    import fastai
+    import timm
+    return {"python": platform.python_version(), "torch": torch.__version__, "fastai": fastai.__version__,
+            "timm": timm.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class RunDir:
+    """One run's folder and the files in it."""
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, cfg: RunConfig) -> "RunDir":
+        """A new `<YYYYmmdd-HHMMSS>-<name>` folder; `-2`, `-3`... when that second is taken (mkdir is atomic)."""
+        root = Path(runs_dir)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{root}: cannot create runs dir ({e.strerror})") from None
+        stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{cfg.name}" if cfg.name else "")
+        for k in range(1, 1000):
+            path = root / (stem if k == 1 else f"{stem}-{k}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            run = cls(path)
+            atomic_write(path / "config.toml", write_toml(cfg))
+            return run
+        raise RunError(f"{root}: could not find a free run folder name for {stem}")
+
+    # --- files -------------------------------------------------------------------------------
+    def config(self) -> RunConfig:
+        return load_run_config(self.path / "config.toml")
+
+    def summary(self) -> dict:
+        p = self.path / "summary.json"
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise RunError(f"{self.path}: no summary.json (not a run folder, or it never started)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{p}: corrupt summary.json") from None
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+    def update_summary(self, **fields) -> dict:
+        s = {**self.summary(), **fields}
+        self.write_summary(s)
+        return s
+
+    def metrics(self) -> list[dict]:
+        p = self.path / "metrics.csv"
+        if not p.is_file():
+            return []
+        rows = list(csv.DictReader(p.read_text().splitlines()))
+        return [{k: _num(v) for k, v in r.items()} for r in rows if r.get("epoch") not in (None, "")]
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        cols = METRIC_COLUMNS + sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.path / "metrics.csv", buf.getvalue())
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict:
+        if not self.checkpoint_path.is_file():
+            raise RunError(f"{self.path}: no checkpoint.pt to resume from (it stopped before finishing an epoch)")
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling refused or corrupt file
+            raise RunError(f"{self.checkpoint_path}: cannot be loaded safely ({type(e).__name__})") from None
+
+    def weights_path(self, ema: bool = True) -> Path:
+        return self.path / ("model_ema.safetensors" if ema else "model.safetensors")
+
+
+def _num(v: str):
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    except ValueError:
+        return v
+
+
+def list_runs(runs_dir: str | Path) -> list[RunDir]:
+    """Every folder in `runs_dir` that looks like a run (has a config.toml or summary.json), oldest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(root.iterdir())
+            if p.is_dir() and ((p / "summary.json").exists() or (p / "config.toml").exists())]
+
+
+def resolve_run(ref: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir:
+    """A run by folder path, by folder name, by config name (newest wins), or `latest`."""
+    p = Path(ref)
+    if p.is_dir() and (p / "config.toml").exists():
+        return RunDir(p)
+    runs = list_runs(runs_dir)
+    if ref == "latest":
+        if not runs:
+            raise RunError(f"{runs_dir}: no runs yet")
+        return runs[-1]
+    for r in reversed(runs):
+        if r.name == ref or r.name.endswith(f"-{ref}") and _config_name(r) == ref:
+            return r
+    raise RunError(f"unknown run {ref!r} (not a run folder, nor a run name in {runs_dir}; try `mlns-fast compare`)")
+
+
+def _config_name(run: RunDir) -> str | None:
+    try:
+        return run.config().name
+    except MlnsError:
+        return None
+
+
+def finished_weights(run: RunDir, ema: bool = True) -> Path:
+    """The weights file of a run, EMA by default (raw when the run had no EMA); an error if missing."""
+    for candidate in ([run.weights_path(True), run.weights_path(False)] if ema else [run.weights_path(False)]):
+        if candidate.is_file():
+            return candidate
+    raise RunError(f"{run.path}: no weights (the run is partial: status "
+                   f"{_status(run)}); finish or resume it first")
+
+
+def _status(run: RunDir) -> str:
+    try:
+        return run.summary().get("status", "unknown")
+    except RunError:
+        return "unknown"
