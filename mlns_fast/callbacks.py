@@ -49,14 +49,14 @@ class EMACallback(Callback):
 
     def __init__(self, decay: float, warmup: bool = False, autocast=contextlib.nullcontext):
         self.decay, self.warmup, self.autocast = decay, warmup, autocast
-        self.ema, self.updates, self.state_to_load = None, 0, None
+        self.model_ema, self.updates, self.state_to_load = None, 0, None
         self.valid_loss, self.acc = float("nan"), float("nan")
 
     def before_fit(self):
-        if self.ema is None:
-            self.ema = ModelEmaV3(self.learn.model, decay=self.decay, use_warmup=self.warmup)
+        if self.model_ema is None:
+            self.model_ema = ModelEmaV3(self.learn.model, decay=self.decay, use_warmup=self.warmup)
         if self.state_to_load is not None:
-            self.ema.module.load_state_dict(self.state_to_load)
+            self.model_ema.module.load_state_dict(self.state_to_load)
             self.state_to_load = None
 
     def before_batch(self):
@@ -69,10 +69,10 @@ class EMACallback(Callback):
         if self.cancelled:
             return
         self.updates += 1
-        self.ema.update(self.learn.model, step=self.updates if self.warmup else None)
+        self.model_ema.update(self.learn.model, step=self.updates if self.warmup else None)
 
     def after_validate(self):
-        self.valid_loss, self.acc = evaluate_module(self.ema.module, self.dls.valid, self.learn.loss_func, self.autocast)
+        self.valid_loss, self.acc = evaluate_module(self.model_ema.module, self.dls.valid, self.learn.loss_func, self.autocast)
 
     # metric hooks (fastai ValueMetric reads these after validation)
     def valid_loss_ema(self):
@@ -151,6 +151,15 @@ class RunLog(Callback):
 
     def __init__(self, run, rows: list[dict], on_epoch):
         self.run, self.rows, self.on_epoch = run, rows, on_epoch
+        self.smooth_to_load = None
+
+    def before_fit(self):
+        # Recorder (ordered before us) just reset its running-average train loss; a resumed run
+        # continues the one it had, so its train_loss column matches an uninterrupted run.
+        if self.smooth_to_load is not None:
+            sl = self.learn.recorder.smooth_loss
+            sl.count, sl.val = self.smooth_to_load["count"], self.smooth_to_load["val"]
+            self.smooth_to_load = None
 
     def before_epoch(self):
         self.skipped, self.t0 = False, time.perf_counter()

@@ -40,6 +40,7 @@ class RenderConfig:
     rotation: tuple = _f((-16.0, 16.0), "degrees, positive = counter-clockwise")
     shear: tuple = _f((-0.35, 0.35), "horizontal shear (slant) factor")
     stroke: tuple = _f((-1, 2), "integer stroke change: <0 erode, >0 dilate by that many pixels")
+    elastic: float = _f(0.08, "elastic distortion: max displacement as a fraction of glyph height (0 = off)")
     gap: tuple = _f((-0.45, 1.6), "gap between neighbours as a fraction of glyph width; <0 overlaps")
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits")
     blur_p: float = _f(0.25, "probability of a Gaussian blur")
@@ -54,6 +55,7 @@ class RenderConfig:
         _check_choice("glyphs", self.glyphs, GLYPHS)
         _check_range("font_ratio", self.font_ratio, 0.0, 1.0)
         _check_range("vjitter", self.vjitter, 0.0, 1.0)
+        _check_range("elastic", self.elastic, 0.0, 0.5)
         if self.height < 8 or self.width < 8 * self.n_digits or self.n_digits < 1:
             raise ConfigError(f"render: canvas {self.height}x{self.width} too small for {self.n_digits} digits")
         for f in fields(self):
@@ -250,10 +252,10 @@ def resolve_config(config_file: str | None = None, **flags) -> RunConfig:
 LAYOUTS = {
     "train": RenderConfig(),
     "course": RenderConfig(glyph_height=(0.5, 0.95), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
-                           shear=(-0.2, 0.2), stroke=(0, 1), gap=(-0.3, 1.3), blur_p=0.0,
+                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.3, 1.3), blur_p=0.0,
                            noise_p=0.0, contrast=(1.0, 1.0)),
     "tight": RenderConfig(glyph_height=(0.34, 0.5), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
-                          shear=(-0.2, 0.2), stroke=(0, 1), gap=(-0.5, -0.2), blur_p=0.0,
+                          shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
                           noise_p=0.0, contrast=(1.0, 1.0)),
 }
 

@@ -20,7 +20,6 @@ from .errors import ModelError
 log = logging.getLogger(__name__)
 
 N_SUMS, N_POS, N_CLASSES = 37, 4, 10
-HEAD_OUT = {"sum": (N_SUMS,), "digits": (N_POS, N_CLASSES)}
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -66,26 +65,58 @@ def create_backbone(arch: str) -> nn.Module:
     return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=0, global_pool="")
 
 
-class MlnsNet(nn.Module):
-    """Backbone -> keep the left-to-right layout (pool height, resample width) -> MLP head."""
+class SumHead(nn.Module):
+    """37-way sum classifier over the left-to-right feature columns (pool height, resample width)."""
 
-    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1,
-                 neck_width: int = 12, hidden: int = 256):
+    def __init__(self, c: int, drop: float, width: int = 12, hidden: int = 256):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d((1, width))
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(drop), nn.Linear(c * width, hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(drop), nn.Linear(hidden, N_SUMS))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
+        return self.mlp(self.pool(f))  # (B, 37)
+
+
+class DigitReader(nn.Module):
+    """Reads the four digits left to right from the feature columns.
+
+    A bidirectional GRU runs along the width so every column knows what lies left and right of
+    it (convolutions alone see ~2 digits: they cannot count); then each of the 4 slots attends over
+    the columns with its own learned score and classifies what it pooled into 10 digits.
+    """
+
+    def __init__(self, c: int, drop: float, hidden: int = 128):
+        super().__init__()
+        self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
+        self.score = nn.Linear(2 * hidden, N_POS)
+        self.drop = nn.Dropout(drop)
+        self.cls = nn.Linear(2 * hidden, N_CLASSES)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
+        cols = f.float().mean(2).transpose(1, 2)  # (B, w, C)
+        seq, _ = self.rnn(cols)  # (B, w, 2H)
+        attn = self.score(seq).softmax(1)  # (B, w, 4): per slot, a distribution over columns
+        slots = torch.einsum("bwk,bwh->bkh", attn, seq)  # (B, 4, 2H)
+        return self.cls(self.drop(slots))  # (B, 4, 10)
+
+
+HEADS = {"sum": SumHead, "digits": DigitReader}
+
+
+class MlnsNet(nn.Module):
+    """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
+
+    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1):
         super().__init__()
         self.backbone, self.head_name = backbone, head
-        c = backbone.num_features
-        # Width positions are kept (not global-pooled): a digit's slot is where it is.
-        self.neck = nn.AdaptiveAvgPool2d((1, neck_width))
-        out = HEAD_OUT[head]
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop), nn.Linear(c * neck_width, hidden),
-                                  nn.ReLU(inplace=True), nn.Dropout(drop), nn.Linear(hidden, int(torch.tensor(out).prod())))
-        self.out_shape = out
+        self.head = HEADS[head](backbone.num_features, drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
         f = self.backbone.forward_features(x)  # (B, C, h, w)
         if f.ndim == 3:  # token models: (B, N, C) -> (B, C, 1, N)
             f = f.transpose(1, 2).unsqueeze(2)
-        return self.head(self.neck(f)).view(-1, *self.out_shape)  # (B, 37) or (B, 4, 10)
+        return self.head(f)
 
 
 def create_model(cfg: ModelConfig) -> MlnsNet:

@@ -22,6 +22,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgMetric, Learner, ValueMetric
 from fastai.optimizer import Adam
+from fastcore.foundation import L
 
 from .callbacks import CPUAutocast, DivergenceGuard, EMACallback, EpochPlan, RunLog, SignalStop
 from .config import RunConfig
@@ -132,7 +133,8 @@ class Trainer:
         self.ema = EMACallback(cfg.train.ema, cfg.train.ema_warmup, autocast_for(precision, device)) \
             if cfg.train.ema > 0 else None
         self.rows: list[dict] = []
-        cbs = [SignalStop(), RunLog(run, self.rows, self._checkpoint), *extra_cbs]
+        self.log = RunLog(run, self.rows, self._checkpoint)
+        cbs = [SignalStop(), self.log, *extra_cbs]
         self.learn = build_learner(cfg, dls, model, device, quiet, cbs + ([self.ema] if self.ema else []))
         if self.ema:
             self.learn.metrics += [ValueMetric(self.ema.valid_loss_ema), ValueMetric(self.ema.acc_ema)]
@@ -158,12 +160,13 @@ class Trainer:
         return summary
 
     def _checkpoint(self, learn, epoch: int) -> None:
-        state = {"epoch": epoch, "model": learn.model.state_dict(), "opt": learn.opt.state_dict(),
-                 "rng_torch": torch.get_rng_state()}
+        state = {"epoch": epoch, "model": learn.model.state_dict(), "opt": _plain(learn.opt.state_dict()),
+                 "rng_torch": torch.get_rng_state(),
+                 "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val}}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         if self.ema:
-            state["ema"] = self.ema.ema.module.state_dict()
+            state["ema"] = self.ema.model_ema.module.state_dict()
             state["ema_updates"] = self.ema.updates
         self.run.save_checkpoint(state)
         self.run.write_summary(self._summary("running", 0.0))
@@ -173,10 +176,11 @@ class Trainer:
         learn = self.learn
         learn.model.load_state_dict(ckpt["model"])
         learn.create_opt()
-        learn.opt.load_state_dict(ckpt["opt"])
+        learn.opt.load_state_dict({"state": ckpt["opt"]["state"], "hypers": L(ckpt["opt"]["hypers"])})
         if self.ema and "ema" in ckpt:
             self.ema.state_to_load, self.ema.updates = ckpt["ema"], ckpt.get("ema_updates", 0)
         torch.set_rng_state(ckpt["rng_torch"])
+        self.log.smooth_to_load = ckpt.get("smooth_loss")
         if "rng_cuda" in ckpt and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
         self.rows[:] = [r for r in self.run.metrics() if r["epoch"] <= ckpt["epoch"]]
@@ -185,7 +189,7 @@ class Trainer:
 
     def _save_weights(self) -> None:
         from safetensors.torch import save_file
-        for ema, module in ((False, self.learn.model), (True, self.ema.ema.module if self.ema else None)):
+        for ema, module in ((False, self.learn.model), (True, self.ema.model_ema.module if self.ema else None)):
             if module is None:
                 continue
             sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -210,6 +214,18 @@ class Trainer:
                 "device": _device_name(self.device), "precision": self.learn.precision,
                 "threads": torch.get_num_threads(), "versions": library_versions(), "git_commit": git_commit(),
                 "config_digest": cfg.digest(), **extra}
+
+
+def _plain(o):
+    """Lists, dicts, tensors and Python scalars only: fastai's optimizer state holds fastcore `L`s and
+    numpy scalars, which `torch.load(weights_only=True)` rightly refuses to unpickle."""
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
 
 
 def _device_name(device: torch.device) -> str:

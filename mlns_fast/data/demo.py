@@ -23,7 +23,7 @@ import numpy as np
 from ..config import LAYOUTS
 from ..errors import DataError
 from .mnist import embedded_bank
-from .render import Renderer
+from .render import RENDER_VERSION, Renderer
 from .sources import Samples, load_npy_pair
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ SPLITS = {"train": (0, 10_000, "train", 1001), "valid": (1, 2_000, "valid", 1002
 
 
 def _version() -> str:
-    spec = json.dumps([asdict(LAYOUTS["course"]), SPLITS], sort_keys=True)
+    spec = json.dumps([asdict(LAYOUTS["course"]), SPLITS, RENDER_VERSION], sort_keys=True)
     return hashlib.sha1(spec.encode()).hexdigest()[:10]
 
 

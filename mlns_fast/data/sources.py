@@ -53,6 +53,12 @@ def concat(parts: list[Samples]) -> Samples:
 def _load_array(path: Path) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a numpy file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise DataError(f"{path}: unreadable numpy file (not in .npy / .npz format)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -227,6 +233,8 @@ def load_images(paths, size=(40, 168)) -> tuple[np.ndarray, list[str]]:
     parts, names = [], []
     for spec in paths:
         p = Path(spec)
+        if not p.is_file():
+            raise DataError(f"{p}: file not found")
         if p.suffix == ".npy":
             arr = _load_array(p)
             arr = to_uint8_images(arr[None] if arr.ndim == 2 else arr, str(p), size)
@@ -234,8 +242,6 @@ def load_images(paths, size=(40, 168)) -> tuple[np.ndarray, list[str]]:
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             arr = to_uint8_images(_read_image(p, str(p))[None], str(p), size)
             names.append(str(p))
-        elif not p.exists():
-            raise DataError(f"{p}: file not found")
         else:
             raise DataError(f"{p}: predict takes PNG/JPG images or an .npy stack")
         parts.append(arr)

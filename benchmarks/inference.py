@@ -1,0 +1,64 @@
+"""Inference speed on CPU: PyTorch eager vs ONNX Runtime, batch 1 and 256 (images/s and ms per batch).
+
+    python benchmarks/inference.py --run latest
+    python benchmarks/inference.py --arch mlns_cnn        # untrained weights: same speed
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+from mlns_fast.config import resolve_config  # noqa: E402
+from mlns_fast.evaluate import predict_arrays  # noqa: E402
+from mlns_fast.export import Exported, OnnxPredictor  # noqa: E402
+from mlns_fast.model import create_model  # noqa: E402
+
+
+def timed(fn, images, bs, reps):
+    fn(images[:bs])
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn(images[:bs])
+    dt = (time.perf_counter() - t0) / reps
+    return bs / dt, dt * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="mlns_cnn")
+    ap.add_argument("--head", default="digits")
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    cfg = resolve_config(arch=a.arch, head=a.head)
+    model = create_model(cfg.model).eval()
+    images = np.random.default_rng(0).integers(0, 256, (256, 40, 168), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        names = ["sum_probs"] + (["digit_logits"] if a.head == "digits" else [])
+        torch.onnx.export(Exported(model).eval(), (torch.rand(2, 1, 40, 168),), str(path), input_names=["image"],
+                          output_names=names, opset_version=17,
+                          dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+        onnx = OnnxPredictor(path)
+        print(f"machine: {machine()}")
+        print(f"arch {a.arch}, head {a.head}")
+        for bs in (1, 256):
+            for name, fn in (("torch eager", lambda x: predict_arrays(model, x, bs=256)),
+                             ("onnxruntime", lambda x: onnx(x, bs=256))):
+                rate, ms = timed(fn, images, bs, a.reps if bs > 1 else a.reps * 10)
+                print(f"{name:12s} batch {bs:3d}: {rate:8.0f} img/s, {ms:7.2f} ms/batch")
+        t = predict_arrays(model, images)["probs"]
+        o = onnx(images)["probs"]
+        print(f"max |p_torch - p_onnx| = {np.abs(t - o).max():.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Training images/s: the toolkit's fastai Learner vs a plain PyTorch loop, same model, data, batch, precision.
+
+    python benchmarks/train_throughput.py --arch mlns_cnn --batches 40
+    python benchmarks/train_throughput.py --arch resnet50 --batches 12 --bs 64
+
+Both loops run in one process after warm-up, over the same DataLoader (mixed real + synthetic),
+with AdamW and the same autocast; EMA off in both (it is measured separately with --ema).
+Prints images/s for each, the ratio Learner / plain (target >= 0.95), and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback, CancelFitException
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import Timer, machine  # noqa: E402
+
+from mlns_fast.config import resolve_config  # noqa: E402
+from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
+from mlns_fast.losses import make_loss  # noqa: E402
+from mlns_fast.model import create_model  # noqa: E402
+from mlns_fast.train import autocast_for, build_learner, resolve_precision  # noqa: E402
+
+
+class TimeBatches(Callback):
+    order = 100
+
+    def __init__(self, timer, n):
+        self.timer, self.n = timer, n
+
+    def after_batch(self):
+        if self.training:
+            self.timer.step(len(self.learn.xb[0]))
+            if self.timer.n >= self.n:
+                raise CancelFitException()
+
+
+def learner_rate(cfg, device, n, warmup):
+    torch.manual_seed(0)
+    timer = Timer(warmup)
+    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model), device, quiet=True,
+                          extra_cbs=[TimeBatches(timer, n)])
+    learn.fit(100, lr=cfg.train.lr)
+    return timer.rate
+
+
+def plain_rate(cfg, device, n, warmup):
+    torch.manual_seed(0)
+    dls = build_dataloaders(cfg, device=device)
+    model = create_model(cfg.model).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.wd)
+    loss_func = make_loss(cfg.model.head)
+    autocast = autocast_for(resolve_precision(cfg.train.precision, device), device)
+    timer = Timer(warmup)
+    model.train()
+    while timer.n < n:
+        for x, *y in dls.train:
+            with autocast():
+                out = model(x)
+            loss = loss_func(out.float(), *y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            timer.step(len(x))
+            if timer.n >= n:
+                break
+    return timer.rate
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="mlns_cnn")
+    ap.add_argument("--bs", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--workers", type=int, default=1)
+    a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = resolve_config(arch=a.arch, bs=a.bs, precision=a.precision, channels_last=a.channels_last,
+                         workers=a.workers, ema=0.0)
+    print(f"machine: {machine()}")
+    print(f"arch {a.arch}, bs {a.bs}, precision {resolve_precision(a.precision, device)}, "
+          f"channels_last {a.channels_last}, workers {a.workers}, {a.batches} batches after {a.warmup} warm-up")
+    plain = plain_rate(cfg, device, a.batches, a.warmup)
+    learner = learner_rate(cfg, device, a.batches, a.warmup)
+    print(f"plain PyTorch loop : {plain:8.1f} img/s")
+    print(f"fastai Learner     : {learner:8.1f} img/s")
+    print(f"ratio Learner/plain: {learner / plain:8.3f}")
+    import resource
+    print(f"peak memory        : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB RSS (process)"
+          + (f", {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB CUDA" if torch.cuda.is_available() else ""))
+
+
+if __name__ == "__main__":
+    main()

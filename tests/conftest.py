@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated cache, tiny real data files, and a tiny run config."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlns_fast.config import resolve_config
+from mlns_fast.data.demo import demo_split
+from mlns_fast.data.sources import Samples, save_npz
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """Every test session builds the demo set once, in its own cache dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLNS_FAST_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """Small course-format files cut from the demo set: train 96 images (npz), valid 48 (npy pair)."""
+    root = tmp_path_factory.mktemp("tiny")
+    train = demo_split("train").subset(slice(0, 96))
+    valid = demo_split("valid").subset(slice(0, 48))
+    save_npz(train, root / "train.npz")
+    np.save(root / "vx.npy", valid.images)
+    np.save(root / "vy.npy", valid.sums)
+    return {"train": str(root / "train.npz"), "valid": f"{root / 'vx.npy'}:{root / 'vy.npy'}", "root": root}
+
+
+def tiny_flags(tiny_data, **overrides) -> dict:
+    """Flags of a run that takes seconds on CPU: 3 batches of 16 per epoch, tiny validation."""
+    flags = dict(real=(tiny_data["train"],), valid=(tiny_data["valid"],), bs=16, workers=0,
+                 synthetic_per_epoch=48, epochs=2, mix=0.5, data="mixed", precision="fp32", channels_last=False)
+    flags.update(overrides)
+    return flags
+
+
+@pytest.fixture
+def tiny_cfg(tiny_data):
+    def make(**overrides):
+        return resolve_config(**tiny_flags(tiny_data, **overrides))
+    return make
+
+
+def make_samples(n=8, digits=True) -> Samples:
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 10, (n, 4))
+    imgs = rng.integers(0, 256, (n, 40, 168), dtype=np.uint8)
+    return Samples(imgs, d.sum(1), d if digits else None, "fixture")

@@ -1,0 +1,180 @@
+"""The CLI end to end at toy size (the README's commands), and every user error -> one line, exit 2."""
+import json
+
+import numpy as np
+import pytest
+
+from mlns_fast.cli import main
+
+from .conftest import tiny_flags
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _flag_args(flags: dict) -> list[str]:
+    args = []
+    for k, v in flags.items():
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(name if v else f"--no-{name[2:]}")
+        elif isinstance(v, tuple):
+            for item in v:
+                args += [name, item]
+        else:
+            args += [name, v]
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    """One toy run trained through the CLI, shared by the read-only command tests."""
+    import pytest as _p
+    runs = tmp_path_factory.mktemp("runs")
+    mp = _p.MonkeyPatch()
+    code = main(["train", "--quiet", "--name", "toy", "--runs-dir", str(runs), *_flag_args(tiny_flags(tiny_data))])
+    mp.undo()
+    assert code == 0
+    return runs
+
+
+def test_train_prints_result_line(trained, capsys):
+    code, out, err = run_cli(capsys, "compare", "--runs-dir", trained, "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 1 and rows[0]["status"] == "finished" and rows[0]["name"] == "toy"
+
+
+def test_evaluate_json_and_files(trained, capsys, tiny_data):
+    code, out, _ = run_cli(capsys, "evaluate", "latest", "--runs-dir", trained, "--npz", tiny_data["train"], "--json")
+    res = json.loads(out)
+    assert code == 0 and res["n"] == 96 and 0 <= res["sum_accuracy"] <= 1 and 0 <= res["digit_accuracy"] <= 1
+    assert any(f.endswith("confusion.png") for f in res["files"])
+    code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--raw")
+    assert code == 0 and "demo:test" in out and "raw weights, n=2000" in out
+
+
+def test_predict_table_and_json(trained, capsys, tmp_path):
+    x = np.load(str(tiny_data_images(tmp_path)))
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json")
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and len(lines) == len(x)
+    for row in lines:
+        assert 0 <= row["sum"] <= 36 and len(row["digits"]) == 4 and 0 < row["confidence"] <= 1
+        assert row["input"].endswith("]")
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained)
+    assert code == 0 and "confidence" in out
+
+
+def tiny_data_images(tmp_path):
+    from mlns_fast.data.demo import demo_split
+    np.save(tmp_path / "x.npy", demo_split("test").images[:3])
+    return tmp_path / "x.npy"
+
+
+def test_export_onnx_and_predict_with_onnxruntime(trained, capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "export", "latest", "--runs-dir", trained, "--out", tmp_path / "m.onnx")
+    assert code == 0 and (tmp_path / "m.onnx").stat().st_size > 1000
+    tiny_data_images(tmp_path)
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json",
+                           "--backend", "onnx")
+    onnx_rows = [json.loads(line) for line in out.strip().splitlines()]
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json")
+    torch_rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["sum"] for r in onnx_rows] == [r["sum"] for r in torch_rows]
+    code, out, _ = run_cli(capsys, "export", "latest", "--runs-dir", trained, "--format", "torchscript",
+                           "--out", tmp_path / "m.pt")
+    assert code == 0 and (tmp_path / "m.pt").is_file()
+
+
+def test_data_commands(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "preview", "--source", "synthetic", "--out", tmp_path / "g.png", "--n", "8")
+    assert code == 0 and (tmp_path / "g.png").stat().st_size > 5000
+    code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "s.npz", "--glyphs", "fonts")
+    assert code == 0 and "64 images" in out
+    code, out, _ = run_cli(capsys, "data", "demo", "--out", tmp_path / "demo")
+    assert code == 0 and np.load(tmp_path / "demo" / "data0.npy").shape == (10000, 40, 168)
+    assert np.load(tmp_path / "demo" / "lab2.npy").shape == (2000,)
+    code, out, _ = run_cli(capsys, "data", "preview", "--source", str(tmp_path / "s.npz"), "--out", tmp_path / "p.png")
+    assert code == 0 and (tmp_path / "p.png").is_file()
+
+
+def test_lr_find(capsys, tmp_path, tiny_data):
+    flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
+    code, out, _ = run_cli(capsys, "lr-find", "--quiet", "--num-it", "10", "--out", tmp_path / "lr.png",
+                           *_flag_args(flags))
+    assert code == 0 and (tmp_path / "lr.png").is_file()
+    for k in ("valley", "slide", "minimum", "steep"):
+        assert k in out
+
+
+# --- user errors: one line, exit 2, no run folder -----------------------------------------------
+def _bad_inputs(tmp_path, tiny_data):
+    import pickle
+    obj = np.empty(3, dtype=object)
+    np.save(tmp_path / "obj.npy", obj, allow_pickle=True)
+    np.save(tmp_path / "y.npy", np.zeros(3, int))
+    (tmp_path / "nolabels").mkdir(exist_ok=True)
+    (tmp_path / "bad.toml").write_text("[train]\nepochz = 1\n")
+    (tmp_path / "type.toml").write_text("[train]\nepochs = 'x'\n")
+    np.save(tmp_path / "tiny_x.npy", np.zeros((3, 1, 168), np.uint8))
+    np.save(tmp_path / "lab99.npy", np.full(3, 99))
+    np.save(tmp_path / "ok_x.npy", np.zeros((3, 40, 168), np.uint8))
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    return [
+        (["--arch", "resnet5"], "unknown architecture"),
+        (["--head", "both"], "--head"),
+        (["--data", "web"], "--data"),
+        (["--precision", "fp8"], "--precision"),
+        (["--ema", "1.0"], "--ema"),
+        (["--epochs", "0"], "--epochs"),
+        (["--bs", "0"], "--bs"),
+        (["--lr", "-1"], "--lr"),
+        (["--real", tmp_path / "missing.npz"], "file not found"),
+        (["--real", tmp_path / "nolabels"], "labels.csv"),
+        (["--real", f"{tmp_path / 'obj.npy'}:{tmp_path / 'y.npy'}"], "pickled"),
+        (["--real", f"{tmp_path / 'tiny_x.npy'}:{tmp_path / 'y.npy'}"], "too small"),
+        (["--real", f"{tmp_path / 'ok_x.npy'}:{tmp_path / 'lab99.npy'}"], "0..36"),
+        (["--weights", tmp_path / "evil.pt"], "not a loadable weights file"),
+        (["--weights", "timm/resnet18.a1_in1k", "--arch", "resnet18"], "nothing is downloaded"),
+        (["--config", tmp_path / "bad.toml"], "unknown key 'epochz'"),
+        (["--config", tmp_path / "type.toml"], "epochs must be int"),
+        (["--config", tmp_path / "none.toml"], "not found"),
+        (["--bogus-option"], "No such option"),
+        (["--bs", "abc"], "--bs"),
+    ]
+
+
+def test_bad_train_inputs(capsys, tmp_path, tiny_data):
+    runs = tmp_path / "runs"
+    for args, msg in _bad_inputs(tmp_path, tiny_data):
+        code, out, err = run_cli(capsys, "train", "--runs-dir", runs, "--quiet", *args)
+        assert code == 2, (args, err)
+        assert msg in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+        assert not runs.exists() or not any(runs.iterdir()), args
+
+
+def test_bad_run_references(capsys, tmp_path, trained):
+    partial = trained / "20000101-000000-partial"
+    partial.mkdir(exist_ok=True)
+    (partial / "config.toml").write_text('name = "partial"\n')
+    (partial / "summary.json").write_text('{"status": "interrupted"}')
+    for args, msg in [
+        (["evaluate", "nope", "--runs-dir", trained], "unknown run"),
+        (["evaluate", partial], "partial"),
+        (["predict", "nope", "x.png", "--runs-dir", trained], "unknown run"),
+        (["export", partial], "partial"),
+        (["export", "latest", "--runs-dir", trained, "--format", "tflite"], "--format"),
+        (["evaluate", "latest", "--runs-dir", tmp_path / "empty"], "no runs yet"),
+        (["predict", "toy", tmp_path / "none.png", "--runs-dir", trained], "file not found"),
+        (["train", "--resume", "toy", "--runs-dir", trained], "already trained"),
+        (["compare", "--runs-dir", trained, "--sort", "colour"], "unknown column"),
+        (["compare", "--runs-dir", trained, "--filter", "arch"], "COLUMN=VALUE"),
+    ]:
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and msg in err and err.count("\n") == 1, (args, err)
+    import shutil
+    shutil.rmtree(partial)

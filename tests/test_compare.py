@@ -1,0 +1,116 @@
+import csv
+import io
+import json
+
+import pytest
+
+from mlns_fast import compare as cmp
+from mlns_fast.config import resolve_config
+from mlns_fast.errors import ConfigError
+from mlns_fast.runs import RunDir
+
+
+def _fake_run(root, name, arch, acc, status="finished", ema=0.99, epochs=3):
+    run = RunDir.create(root, resolve_config(name=name, arch=arch, ema=ema))
+    rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "valid_loss": 1.0, "acc": acc * (e + 1) / epochs,
+             "acc_ema": acc, "lr": 1e-3, "seconds": 1.0} for e in range(epochs)]
+    run.write_metrics(rows)
+    run.write_summary({"status": status, "name": name, "arch": arch, "head": "digits", "data": "mixed", "ema": ema,
+                       "epochs": epochs, "params": 1000, "minutes": 0.5, "best_acc": acc, "final_acc": acc,
+                       "best_acc_ema": acc, "final_acc_ema": acc, "run": run.name})
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    _fake_run(tmp_path, "a", "resnet50", 0.9)
+    _fake_run(tmp_path, "b", "mlns_cnn", 0.97)
+    _fake_run(tmp_path, "c", "resnet50", 0.3, status="interrupted")
+    broken = _fake_run(tmp_path, "d", "resnet18", 0.5)
+    (broken.path / "summary.json").write_text("{not json")
+    return tmp_path
+
+
+def test_sort_top_filter(runs):
+    rows = cmp.select_rows(runs, sort="best_acc")
+    assert [r["name"] for r in rows] == ["b", "a", "c", "d"]  # unknown figures last
+    assert [r["name"] for r in cmp.select_rows(runs, sort="name")] == ["a", "b", "c", "d"]
+    assert [r["name"] for r in cmp.select_rows(runs, sort="best_acc", top=2)] == ["b", "a"]
+    assert {r["name"] for r in cmp.select_rows(runs, filters=["arch=resnet50"])} == {"a", "c"}
+    assert [r["name"] for r in cmp.select_rows(runs, filters=["arch=resnet50", "status=finished"])] == ["a"]
+    assert [r["name"] for r in cmp.select_rows(runs, filters=["best_acc=0.97"])] == ["b"]
+
+
+def test_corrupt_run_is_flagged_not_fatal(runs):
+    d = next(r for r in cmp.select_rows(runs) if r["name"] == "d")
+    assert d["status"] == "corrupt" and d["arch"] == "resnet18" and d["best_acc"] is None
+
+
+def test_every_format(runs):
+    rows = cmp.select_rows(runs, sort="best_acc")
+    table = cmp.render(rows, "table")
+    assert "resnet50" in table and "0.9700" in table and "corrupt" in table
+    md = cmp.render(rows, "md").splitlines()
+    assert md[0].startswith("| name |") and md[1].startswith("|---|") and len(md) == 6
+    parsed = list(csv.DictReader(io.StringIO(cmp.render(rows, "csv"))))
+    assert parsed[0]["name"] == "b" and float(parsed[0]["best_acc"]) == 0.97
+    js = json.loads(cmp.render(rows, "json"))
+    assert js[0]["best_acc"] == 0.97 and js[-1]["best_acc"] is None
+    with pytest.raises(ConfigError):
+        cmp.render(rows, "xml")
+
+
+def test_only_changed_columns(runs):
+    rows = cmp.select_rows(runs, filters=["status=finished"])
+    cols = cmp.changed_columns(rows)
+    assert "arch" in cols and "best_acc" in cols and "head" not in cols and "epochs" not in cols
+    assert "head" not in cmp.render(rows, "md", cols).splitlines()[0]
+
+
+def test_plot(runs, tmp_path):
+    out = cmp.plot(cmp.select_rows(runs), runs, tmp_path / "p.png")
+    assert out.stat().st_size > 5000
+
+
+def test_cli_compare_formats(runs, capsys):
+    from mlns_fast.cli import main
+    assert main(["compare", "--runs-dir", str(runs), "--format", "md", "--only-changed", "--sort", "best_acc",
+                 "--top", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 4 and "| b |" in out[2]
+
+
+def test_suite_skips_finished_identical_runs(tmp_path, tiny_data, capsys):
+    from mlns_fast.suite import load_suite, run_suite
+    f = tmp_path / "suite.toml"
+    f.write_text(f"""
+[defaults.data]
+real = ["{tiny_data['train']}"]
+valid = ["{tiny_data['valid']}"]
+bs = 16
+workers = 0
+synthetic_per_epoch = 32
+[defaults.train]
+epochs = 1
+precision = "fp32"
+[defaults.model]
+channels_last = false
+
+[[run]]
+name = "one"
+[run.model]
+arch = "convnet4"
+
+[[run]]
+name = "two"
+[run.model]
+head = "sum"
+""")
+    cfgs = load_suite(f)
+    assert [c.name for c in cfgs] == ["one", "two"] and cfgs[1].model.head == "sum" and cfgs[0].train.epochs == 1
+    rows = run_suite(f, tmp_path / "runs", echo=lambda *a: None)
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    log = []
+    run_suite(f, tmp_path / "runs", echo=log.append)
+    assert sum("done already" in line for line in log) == 2
+    assert len(list((tmp_path / "runs").iterdir())) == 2

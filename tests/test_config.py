@@ -1,0 +1,71 @@
+import pytest
+
+from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, write_toml
+from mlns_fast.errors import ConfigError
+
+
+def test_defaults_are_the_recommended_recipe():
+    cfg = RunConfig()
+    assert (cfg.model.head, cfg.data.data, cfg.train.ema) == ("digits", "mixed", 0.99)
+
+
+def test_cli_beats_file_beats_defaults(tmp_path):
+    f = tmp_path / "x.toml"
+    f.write_text('name = "fromfile"\n[train]\nepochs = 5\nlr = 0.01\n[model]\narch = "resnet18"\n')
+    cfg = resolve_config(str(f), epochs=7, name=None)
+    assert cfg.train.epochs == 7          # CLI
+    assert cfg.train.lr == 0.01           # file
+    assert cfg.model.arch == "resnet18"   # file
+    assert cfg.train.wd == RunConfig().train.wd  # default
+    assert cfg.name == "fromfile"
+
+
+def test_written_config_reads_back_identically(tmp_path):
+    cfg = resolve_config(arch="convnet4", real=("a.npz", "b.npz"), ema=0.9, name="x")
+    p = tmp_path / "c.toml"
+    p.write_text(write_toml(cfg))
+    assert load_run_config(p) == cfg
+    assert load_run_config(p).digest() == cfg.digest()
+
+
+def test_digest_ignores_name_but_not_settings():
+    assert resolve_config(name="a").digest() == resolve_config(name="b").digest()
+    assert resolve_config(lr=0.1).digest() != resolve_config().digest()
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[train]\nepochz = 3\n", "unknown key 'epochz'"),
+    ("[train]\nepochs = 'three'\n", "epochs must be int"),
+    ("[bogus]\nx = 1\n", "unknown key 'bogus'"),
+    ("[train]\nepochs = true\n", "epochs must be int"),
+    ("[train\n", "not valid TOML"),
+])
+def test_bad_toml_is_a_config_error(tmp_path, text, msg):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=msg):
+        resolve_config(str(f))
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (dict(ema=1.0), "--ema"), (dict(ema=-0.1), "--ema"), (dict(epochs=0), "--epochs"), (dict(bs=-1), "--bs"),
+    (dict(lr=0.0), "--lr"), (dict(head="both"), "--head"), (dict(data="web"), "--data"),
+    (dict(precision="fp8"), "--precision"), (dict(mix=1.0), "--mix"), (dict(glyphs="comic"), "--glyphs"),
+])
+def test_out_of_range_flags_are_rejected(flags, msg):
+    with pytest.raises(ConfigError, match=msg):
+        resolve_config(**flags)
+
+
+def test_render_section_in_file(tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text("[render]\ngap = [-0.5, 0.0]\n")
+    assert resolve_config(str(f)).render.gap == (-0.5, 0.0)
+    f.write_text("[render]\ngap = [0.5, 0.0]\n")
+    with pytest.raises(ConfigError, match="low <= high"):
+        resolve_config(str(f))
+
+
+def test_config_from_dict_rejects_non_table():
+    with pytest.raises(ConfigError, match="must be a table"):
+        config_from_dict({"train": 3}, "x")

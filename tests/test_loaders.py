@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from mlns_fast.data.loaders import SYNTH, build_dataloaders
+
+
+def _batches(dl, n=2):
+    out = []
+    for i, b in enumerate(dl):
+        out.append(b)
+        if i + 1 == n:
+            break
+    return out
+
+
+@pytest.mark.parametrize("mode, known_frac", [("real", 0.0), ("synthetic", 1.0), ("mixed", 0.5)])
+def test_modes_shapes_dtypes_masks(tiny_cfg, mode, known_frac):
+    dls = build_dataloaders(tiny_cfg(data=mode))
+    assert dls.n_inp == 1
+    for x, s, d, k in _batches(dls.train):
+        assert x.shape == (16, 1, 40, 168) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+        assert s.shape == (16,) and s.dtype == torch.int64 and s.min() >= 0 and s.max() <= 36
+        assert d.shape == (16, 4) and d.dtype == torch.int64 and k.dtype == torch.bool
+        assert k.float().mean().item() == known_frac  # exact per batch, not on average
+        assert (d[k].sum(1) == s[k]).all()
+    x, s, d, k = next(iter(dls.valid))
+    assert not k.any() and x.shape[1:] == (1, 40, 168)
+
+
+def test_epoch_length_and_plan(tiny_cfg):
+    dls = build_dataloaders(tiny_cfg(data="mixed"))
+    assert len(dls.train) == 12  # 96 real images, 8 per batch
+    plan = dls.train._plan()
+    assert sum(k[0] == SYNTH for k in plan) == 96 and len({k for k in plan}) == len(plan)
+    syn = build_dataloaders(tiny_cfg(data="synthetic"))
+    assert len(syn.train) == 3  # 48 synthetic images per epoch / 16
+
+
+def test_plan_is_a_function_of_seed_and_epoch(tiny_cfg):
+    a, b = build_dataloaders(tiny_cfg()).train, build_dataloaders(tiny_cfg()).train
+    assert a._plan() == b._plan()
+    a.epoch = 1
+    assert a._plan() != b._plan()
+    c = build_dataloaders(tiny_cfg(seed=5)).train
+    assert c._plan() != b._plan()
+
+
+def test_batches_identical_across_instances_and_workers(tiny_cfg):
+    x0 = _batches(build_dataloaders(tiny_cfg(workers=0, augment=True)).train, 3)
+    x1 = _batches(build_dataloaders(tiny_cfg(workers=1, augment=True)).train, 3)
+    for b0, b1 in zip(x0, x1):
+        for t0, t1 in zip(b0, b1):
+            assert torch.equal(t0, t1)
+
+
+def test_augmentation_changes_real_images_only_in_training(tiny_cfg):
+    plain = _batches(build_dataloaders(tiny_cfg(data="real")).train, 1)[0][0]
+    aug = _batches(build_dataloaders(tiny_cfg(data="real", augment=True)).train, 1)[0][0]
+    assert plain.shape == aug.shape and not torch.equal(plain, aug)
+    v1 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True)).valid))[0]
+    v0 = next(iter(build_dataloaders(tiny_cfg(data="real")).valid))[0]
+    assert torch.equal(v0, v1)
+
+
+def test_sharding_splits_real_items(tiny_cfg):
+    cfg = tiny_cfg(data="real")
+    p0 = build_dataloaders(cfg, rank=0, world=2).train._plan()
+    p1 = build_dataloaders(cfg, rank=1, world=2).train._plan()
+    assert not {k[2] for k in p0} & {k[2] for k in p1}
+    assert len(p0) + len(p1) == 96
+
+
+def test_valid_split_from_real_when_no_valid_given(tiny_data):
+    from mlns_fast.config import resolve_config
+    cfg = resolve_config(real=(tiny_data["train"],), valid_pct=0.25, bs=8, workers=0, data="real")
+    dls = build_dataloaders(cfg)
+    assert len(dls.valid.dataset) == 24 and len(dls.train.dataset) == 72
+    tr = dls.train.dataset.real.images.reshape(72, -1)
+    va = dls.valid.dataset.real.images.reshape(24, -1)
+    assert not (tr[:, None] == va[None]).all(-1).any()

@@ -1,0 +1,88 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, predict_sums, sum_accuracy, sum_log_probs,
+                              sum_log_probs_from_digits, sum_loss)
+
+ALL = torch.tensor(list(itertools.product(range(10), repeat=4)))  # (10^4, 4) every digit tuple
+
+
+def brute_force(logits: torch.Tensor) -> torch.Tensor:
+    """P(sum) by enumerating all 10^4 tuples: (B, 37)."""
+    p = torch.softmax(logits.double(), -1)  # (B, 4, 10)
+    joint = p[:, 0, ALL[:, 0]] * p[:, 1, ALL[:, 1]] * p[:, 2, ALL[:, 2]] * p[:, 3, ALL[:, 3]]  # (B, 10^4)
+    out = torch.zeros(len(logits), 37, dtype=torch.float64)
+    return out.index_add_(1, ALL.sum(1), joint)
+
+
+def test_sum_distribution_equals_brute_force():
+    logits = torch.randn(6, 4, 10) * 3
+    got = sum_log_probs_from_digits(logits).exp().double()
+    assert got.shape == (6, 37)
+    torch.testing.assert_close(got, brute_force(logits), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got.sum(1), torch.ones(6, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_prediction_matches_brute_force_argmax():
+    logits = torch.randn(64, 4, 10) * 2
+    s, conf = predict_sums(logits)
+    bf = brute_force(logits)
+    assert (s == bf.argmax(1)).all()
+    torch.testing.assert_close(conf.double(), bf.max(1).values, atol=1e-5, rtol=1e-5)
+
+
+def test_argmax_of_sum_is_not_sum_of_argmaxes():
+    # two unsure positions, each 0 (0.4), 1 (0.3) or 2 (0.3); two sure zeros. Sum of argmaxes: 0,
+    # but P(sum=0) = 0.16 < P(sum=2) = 0.33: the distribution's argmax is 2.
+    p = torch.full((1, 4, 10), 1e-9)
+    p[0, :2, :3] = torch.tensor([0.4, 0.3, 0.3])
+    p[0, 2:, 0] = 1.0
+    logits = p.log()
+    assert logits.argmax(-1).sum().item() == 0
+    s, conf = predict_sums(logits)
+    assert s.item() == 2 and abs(conf.item() - 0.33) < 1e-3
+
+
+def test_gradients_finite_for_extreme_logits():
+    logits = torch.tensor([[[1e4] + [-1e4] * 9] * 4, [[-1e4] * 9 + [1e4]] * 4], requires_grad=True)
+    sums = torch.tensor([36, 0])  # impossible under the logits: huge but finite loss
+    loss = digit_loss(logits, sums, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.bool))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_digit_loss_uses_each_term_where_it_applies():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4, 10)
+    digits = torch.randint(0, 10, (4, 4))
+    sums = digits.sum(1)
+    known = torch.tensor([True, True, False, False])
+    ce = torch.nn.functional.cross_entropy(logits[:2].flatten(0, 1), digits[:2].flatten(), reduction="none").view(2, 4)
+    nll = -sum_log_probs_from_digits(logits[2:]).gather(1, sums[2:, None]).squeeze(1)
+    expect = (ce.mean(1).sum() + 0.5 * nll.sum()) / 4
+    got = digit_loss(logits, sums, digits, known, digit_weight=1.0, sum_weight=0.5)
+    torch.testing.assert_close(got, expect)
+    # the known items' digit labels matter, the unknown items' do not
+    d2 = digits.clone()
+    d2[2:] = 0
+    torch.testing.assert_close(digit_loss(logits, sums, d2, known, 1.0, 0.5), got)
+
+
+def test_sum_head_loss_and_metrics():
+    out = torch.randn(8, 37)
+    sums = out.argmax(1)
+    assert sum_accuracy(out, sums).item() == 1.0
+    assert torch.isclose(sum_loss(out, sums), torch.nn.functional.cross_entropy(out, sums))
+    assert torch.isclose(sum_log_probs(out).exp().sum(1), torch.ones(8)).all()
+    assert make_loss("sum") is sum_loss
+    assert torch.isnan(digit_accuracy(out, sums, torch.zeros(8, 4), torch.ones(8)))
+
+
+def test_digit_accuracy_only_over_known():
+    logits = torch.zeros(2, 4, 10)
+    logits[:, :, 3] = 5
+    digits = torch.tensor([[3, 3, 3, 3], [0, 0, 0, 0]])
+    assert digit_accuracy(logits, digits.sum(1), digits, torch.tensor([True, False])).item() == 1.0

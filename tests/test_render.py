@@ -1,0 +1,71 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mlns_fast.config import LAYOUTS, RenderConfig
+from mlns_fast.data.mnist import embedded_bank
+from mlns_fast.data.render import Renderer, render_npz
+from mlns_fast.data.sources import load_npz
+from mlns_fast.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return embedded_bank("train")
+
+
+@pytest.mark.parametrize("glyphs", ["handwriting", "fonts", "mixed"])
+def test_same_key_same_pixels_other_key_other_pixels(bank, glyphs):
+    cfg = replace(RenderConfig(), glyphs=glyphs, font_ratio=0.5)
+    a, b = Renderer(cfg, bank, seed=3), Renderer(cfg, bank, seed=3)
+    assert (a(5, 7).image == b(5, 7).image).all() and (a(5, 7).digits == b(5, 7).digits).all()
+    assert not (a(5, 7).image == a(5, 8).image).all()
+    assert not (a(5, 7).image == Renderer(cfg, bank, seed=4)(5, 7).image).all()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_labels_and_boxes(bank, layout):
+    r = Renderer(LAYOUTS[layout], bank, seed=0)
+    sums = []
+    for i in range(200):
+        o = r(i)
+        assert o.image.shape == (40, 168) and o.image.dtype == np.uint8
+        assert o.digits.shape == (4,) and o.digits.min() >= 0 and o.digits.max() <= 9 and o.sum == o.digits.sum()
+        x0, y0, x1, y1 = o.boxes.T
+        assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 168).all() and (y1 <= 40).all() and (x1 > x0).all()
+        assert (np.diff(x0) >= 0).all()  # left to right
+        inside = np.zeros_like(o.image, bool)
+        for bx0, by0, bx1, by1 in o.boxes:
+            inside[by0:by1, bx0:bx1] = True
+        noisy = LAYOUTS[layout].noise_p > 0 or LAYOUTS[layout].blur_p > 0
+        if not noisy:
+            assert o.image[~inside].max(initial=0) == 0  # every ink pixel belongs to a digit's box
+        assert o.image.max() > 100
+        sums.append(o.sum)
+    assert 8 < np.mean(sums) < 28  # four uniform digits average 18
+
+
+def test_fonts_need_no_bank():
+    o = Renderer(replace(RenderConfig(), glyphs="fonts"), None)(0)
+    assert o.image.max() > 100
+    with pytest.raises(ConfigError, match="needs a handwriting bank"):
+        Renderer(RenderConfig(), None)
+
+
+def test_render_digits_given(bank):
+    r = Renderer(LAYOUTS["course"], bank)
+    o = r.render_digits(np.array([9, 9, 9, 9]), np.random.default_rng(0))
+    assert o.sum == 36
+
+
+def test_overlap_layout_overlaps(bank):
+    r = Renderer(LAYOUTS["tight"], bank)
+    overlaps = [(r(i).boxes[1:, 0] < r(i).boxes[:-1, 2]).any() for i in range(50)]
+    assert np.mean(overlaps) > 0.8
+
+
+def test_render_npz_roundtrip(tmp_path):
+    secs = render_npz(40, tmp_path / "s.npz", "train", "mixed", seed=1)
+    s = load_npz(tmp_path / "s.npz")
+    assert len(s) == 40 and s.digits is not None and (s.digits.sum(1) == s.sums).all() and secs > 0
