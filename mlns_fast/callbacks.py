@@ -9,7 +9,9 @@ import threading
 import time
 
 import torch
+import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
+from fastai.distributed import DistributedTrainer
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Recorder
 from fastai.torch_core import to_float
@@ -18,6 +20,11 @@ from timm.utils import ModelEmaV3
 from .losses import sum_log_probs
 
 log = logging.getLogger(__name__)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 @torch.no_grad()
@@ -54,7 +61,7 @@ class EMACallback(Callback):
 
     def before_fit(self):
         if self.model_ema is None:
-            self.model_ema = ModelEmaV3(self.learn.model, decay=self.decay, use_warmup=self.warmup)
+            self.model_ema = ModelEmaV3(unwrap(self.learn.model), decay=self.decay, use_warmup=self.warmup)
         if self.state_to_load is not None:
             self.model_ema.module.load_state_dict(self.state_to_load)
             self.state_to_load = None
@@ -69,7 +76,7 @@ class EMACallback(Callback):
         if self.cancelled:
             return
         self.updates += 1
-        self.model_ema.update(self.learn.model, step=self.updates if self.warmup else None)
+        self.model_ema.update(unwrap(self.learn.model), step=self.updates if self.warmup else None)
 
     def after_validate(self):
         self.valid_loss, self.acc = evaluate_module(self.model_ema.module, self.dls.valid, self.learn.loss_func, self.autocast)
@@ -113,7 +120,10 @@ class DivergenceGuard(Callback):
     order = Recorder.order - 1
 
     def after_loss(self):
-        if not torch.isfinite(self.learn.loss).item():
+        bad = torch.tensor([0.0 if torch.isfinite(self.learn.loss).item() else 1.0])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad)  # every rank stops together, or the others would wait forever
+        if bad.item():
             lr = self.opt.hypers[-1]["lr"] if self.opt is not None else float("nan")
             self.learn.stop_reason = ("diverged", f"loss became {float(self.learn.loss)} at epoch {self.epoch}, "
                                                   f"batch {self.iter}, lr {lr:.3g}")
@@ -186,3 +196,16 @@ def _clean(v):
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+class ShardedTrainer(DistributedTrainer):
+    """fastai's DistributedTrainer (accelerate, DDP, SyncBatchNorm) minus its DistributedDL.
+
+    DistributedDL broadcasts index lists as CUDA tensors (NCCL only) and shards them by striding,
+    which would break both CPU (gloo) runs and the per-batch synthetic share. `PlanDL` already
+    gives each rank its own shard of real images and its own synthetic stream, so the loaders
+    pass through unchanged.
+    """
+
+    def _wrap_dl(self, dl):
+        return dl

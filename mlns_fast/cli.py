@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -74,6 +75,8 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
         raise ConfigError("--resume takes the run's own config; drop the other options")
     cfg = None if resume else _resolve(config, name, flags)
     summary = run_train(cfg, runs_dir, quiet=quiet, resume=resume)
+    if int(os.environ.get("RANK", 0)) > 0:
+        return  # in a distributed launch, rank 0 reports
     run_path = Path(runs_dir) / summary["run"]
     if summary["status"] == "interrupted":
         typer.echo(f"interrupted ({summary.get('message')}); resume with: mlns-fast train --resume {run_path}", err=True)
@@ -221,6 +224,18 @@ def suite(file: Path = typer.Argument(..., help="suite TOML: [[run]] tables of o
     """Run every experiment of a suite file (skipping finished identical ones), then print the comparison."""
     from .suite import run_suite
     run_suite(file, runs_dir, dry_run=dry_run, quiet=quiet, echo=typer.echo)
+
+
+@app.command()
+def report(suites: List[Path] = typer.Argument(..., help="suite TOML files, one section each"),
+           out: Path = typer.Option(Path("experiments/RESULTS.md"), "--out", help="markdown file to write"),
+           intro: Optional[Path] = typer.Option(None, "--intro", help="markdown placed before the tables"),
+           runs_dir: str = RUNS_DIR):
+    """Write a results report: per suite, the comparison table of its finished runs and their curves."""
+    from .report import write_report
+    if intro and not intro.is_file():
+        raise ConfigError(f"{intro}: intro file not found")
+    typer.echo(write_report(suites, runs_dir, out, intro.read_text() if intro else ""))
 
 
 @data_app.command("demo")

@@ -71,7 +71,7 @@ class DataConfig:
     real: tuple = _f((), "real training data: IMAGES.npy:LABELS.npy, FILE.npz or DIR (repeatable); default: demo", multiple=True)
     valid: tuple = _f((), "held-out real data (same formats); default: demo valid, or --valid-pct of --real", multiple=True)
     valid_pct: float = _f(0.1, "fraction of --real held out for validation when --valid is not given")
-    mix: float = _f(0.5, "mixed mode: fraction of each batch that is synthetic")
+    mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic")
     synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch")
     bs: int = _f(128, "batch size")
     workers: int = _f(1, "DataLoader worker processes (0 = render in the main process)")
@@ -109,7 +109,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation schedule, EMA and precision."""
-    epochs: int = _f(8, "epochs of the one-cycle schedule")
+    epochs: int = _f(6, "epochs of the one-cycle schedule (mixed: one epoch = one pass over the real images)")
     lr: float = _f(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
     wd: float = _f(0.01, "AdamW weight decay")
     ema: float = _f(0.99, "EMA decay per step (0 = off); validated and saved beside the raw weights")

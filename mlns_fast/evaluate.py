@@ -17,7 +17,7 @@ from .data.sources import Samples
 from .errors import ModelError
 from .losses import sum_log_probs
 from .model import MlnsNet, create_model, read_state_dict
-from .runs import DEFAULT_RUNS_DIR, RunDir, atomic_write, finished_weights, resolve_run
+from .runs import RunDir, atomic_write, finished_weights
 
 
 def load_trained(run: RunDir, ema: bool = True) -> tuple[RunConfig, MlnsNet]:
@@ -86,7 +86,3 @@ def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> d
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(s).name if "/" in s else s).strip("-")[:60] or "data"
-
-
-def evaluate_ref(ref: str, runs_dir=DEFAULT_RUNS_DIR, samples=None, ema=True) -> dict:
-    return evaluate(resolve_run(ref, runs_dir), samples, ema)

@@ -153,6 +153,23 @@ class RunDir:
         return self.path / ("model_ema.safetensors" if ema else "model.safetensors")
 
 
+class NullRun:
+    """What a non-zero rank of a distributed run writes: nothing (rank 0 owns the run folder)."""
+    name, path = "", Path(os.devnull)
+
+    def summary(self) -> dict:
+        return {}
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict) -> None:
+        pass
+
+
 def _num(v: str):
     if v is None or v == "":
         return None

@@ -13,6 +13,14 @@ from .errors import ConfigError, MlnsError
 from .runs import list_runs
 
 
+NOTE_KEYS = ("seed_result", "note")  # [[run]] keys that describe a run for the report, not configure it
+
+
+def suite_notes(path: str | Path) -> dict[str, dict]:
+    """run name -> its report notes (`seed_result`: the seed write-up's figure, `note`)."""
+    return {r.get("name", ""): {k: r[k] for k in NOTE_KEYS if k in r} for r in read_toml(path).get("run", [])}
+
+
 def load_suite(path: str | Path) -> list[RunConfig]:
     """The resolved configs of a suite file, each named, in file order."""
     d = read_toml(path)
@@ -23,11 +31,18 @@ def load_suite(path: str | Path) -> list[RunConfig]:
     runs = d.get("run", [])
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"{path}: no [[run]] tables")
-    cfgs = [config_from_dict(r, f"{path} run {i + 1}", base) for i, r in enumerate(runs)]
+    cfgs = [config_from_dict({k: v for k, v in r.items() if k not in NOTE_KEYS}, f"{path} run {i + 1}", base)
+            for i, r in enumerate(runs)]
     names = [c.name for c in cfgs]
     if "" in names or len(set(names)) != len(names):
         raise ConfigError(f"{path}: every [[run]] needs a unique name")
     return cfgs
+
+
+def suite_runs(path, runs_dir) -> list[tuple[RunConfig, str | None]]:
+    """Each config of a suite with the folder of its finished run (None if not run yet)."""
+    done = finished_digests(runs_dir)
+    return [(cfg, done.get(cfg.digest())) for cfg in load_suite(path)]
 
 
 def finished_digests(runs_dir: str | Path) -> dict[str, str]:

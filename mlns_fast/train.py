@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from dataclasses import replace
@@ -22,15 +23,17 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgMetric, Learner, ValueMetric
 from fastai.optimizer import Adam
+from fastai.torch_core import num_distrib, rank_distrib
 from fastcore.foundation import L
 
-from .callbacks import CPUAutocast, DivergenceGuard, EMACallback, EpochPlan, RunLog, SignalStop
+from .callbacks import (CPUAutocast, DivergenceGuard, EMACallback, EpochPlan, RunLog, ShardedTrainer, SignalStop,
+                        unwrap)
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .errors import ConfigError, RunError
 from .losses import make_loss, sum_accuracy
 from .model import count_params, create_model
-from .runs import DEFAULT_RUNS_DIR, RunDir, git_commit, library_versions, resolve_run
+from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, git_commit, library_versions, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,10 @@ def acc(out, sums, *_):
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (its local rank's under a distributed launch), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -114,27 +120,33 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
         if ckpt["epoch"] + 1 >= cfg.train.epochs:
             raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
         cfg = replace(cfg, model=replace(cfg.model, weights=""))  # the checkpoint replaces them
+    rank, world = rank_distrib(), max(num_distrib(), 1)  # set by `accelerate launch` / torchrun
     seed_everything(cfg.train.seed)
     resolve_precision(cfg.train.precision, device)
-    dls = build_dataloaders(cfg, device=device)
+    dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
     model = create_model(cfg.model)
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
+    if rank > 0:
+        run = NullRun()
     run = run or RunDir.create(runs_dir, cfg)
-    return Trainer(cfg, run, dls, model, device, quiet, extra_cbs).fit(ckpt)
+    return Trainer(cfg, run, dls, model, device, quiet or rank > 0, extra_cbs, world).fit(ckpt)
 
 
 class Trainer:
     """Holds one run's Learner, EMA and metric rows; `fit` runs (or resumes) it and writes the results."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, dls, model, device, quiet, extra_cbs):
-        self.cfg, self.run, self.device = cfg, run, device
+    def __init__(self, cfg: RunConfig, run: RunDir, dls, model, device, quiet, extra_cbs, world: int = 1):
+        self.cfg, self.run, self.device, self.world = cfg, run, device, world
         precision = resolve_precision(cfg.train.precision, device)
         self.ema = EMACallback(cfg.train.ema, cfg.train.ema_warmup, autocast_for(precision, device)) \
             if cfg.train.ema > 0 else None
         self.rows: list[dict] = []
         self.log = RunLog(run, self.rows, self._checkpoint)
         cbs = [SignalStop(), self.log, *extra_cbs]
+        if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
+            cuda = device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
+            cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))
         self.learn = build_learner(cfg, dls, model, device, quiet, cbs + ([self.ema] if self.ema else []))
         if self.ema:
             self.learn.metrics += [ValueMetric(self.ema.valid_loss_ema), ValueMetric(self.ema.acc_ema)]
@@ -151,16 +163,17 @@ class Trainer:
             self.run.write_summary(self._summary("failed", time.time() - t0, message=f"{type(e).__name__}: {e}"))
             raise
         status, message = getattr(self.learn, "stop_reason", None) or ("finished", "")
-        if status == "finished":
+        if status == "finished" and isinstance(self.run, RunDir):
             self._save_weights()
         summary = self._summary(status, time.time() - t0, message=message)
         self.run.write_summary(summary)
-        from .plots import plot_curves
-        plot_curves(self.rows, self.run.path / "curves.png", title=self.run.name)
+        if isinstance(self.run, RunDir):
+            from .plots import plot_curves
+            plot_curves(self.rows, self.run.path / "curves.png", title=self.run.name)
         return summary
 
     def _checkpoint(self, learn, epoch: int) -> None:
-        state = {"epoch": epoch, "model": learn.model.state_dict(), "opt": _plain(learn.opt.state_dict()),
+        state = {"epoch": epoch, "model": unwrap(learn.model).state_dict(), "opt": _plain(learn.opt.state_dict()),
                  "rng_torch": torch.get_rng_state(),
                  "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val}}
         if torch.cuda.is_available():

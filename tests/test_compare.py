@@ -114,3 +114,21 @@ head = "sum"
     run_suite(f, tmp_path / "runs", echo=log.append)
     assert sum("done already" in line for line in log) == 2
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_report_from_fixture_runs(tmp_path):
+    from mlns_fast.report import write_report
+    from mlns_fast.suite import load_suite
+    f = tmp_path / "s.toml"
+    f.write_text('title = "demo suite"\n[[run]]\nname = "alpha"\nseed_result = "~30%"\n[run.model]\narch = "convnet4"\n'
+                 '[[run]]\nname = "beta"\n[run.train]\nema = 0.0\n')
+    alpha = load_suite(f)[0]
+    run = _fake_run(tmp_path / "runs", "alpha", "convnet4", 0.42)
+    s = run.summary()
+    s["config_digest"] = alpha.digest()
+    run.write_summary(s)
+    out = write_report([f], tmp_path / "runs", tmp_path / "exp" / "RESULTS.md", intro="Hello.")
+    text = out.read_text()
+    assert "### demo suite" in text and "Hello." in text and "| alpha | convnet4 |" in text and "~30%" in text
+    assert "0.4200" in text and "Not run yet: beta." in text
+    assert (tmp_path / "exp" / "figures" / "s_curves.png").is_file()

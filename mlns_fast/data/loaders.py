@@ -148,7 +148,8 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
                    shuffle=True, drop_last=True, **common)
     if len(train) == 0:
         raise DataError(f"{len(items)} training images make no full batch of {d.bs}; lower --bs")
-    valid_dl = PlanDL(Items(valid), seed=seed, rank=rank, world=world, shuffle=False, **common)
+    # validation is not sharded: every rank scores the whole set, so metrics need no gathering
+    valid_dl = PlanDL(Items(valid), seed=seed, shuffle=False, **common)
     dls = DataLoaders(train, valid_dl, device=device)
     dls.n_inp = 1  # (image,) is the input; (sum, digits, known) are targets for the loss
     return dls

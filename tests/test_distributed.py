@@ -1,0 +1,42 @@
+"""Two processes on the CPU (gloo), launched like `accelerate launch` / torchrun would."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from .conftest import tiny_flags
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_training_writes_one_complete_run(tmp_path, tiny_data):
+    flags = tiny_flags(tiny_data, epochs=2, bs=8)
+    args = []
+    for k, v in flags.items():
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(name if v else f"--no-{name[2:]}")
+        elif isinstance(v, tuple):
+            for item in v:
+                args += [name, str(item)]
+        else:
+            args += [name, str(v)]
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "mlns_fast", "train", "--quiet", "--name", "ddp",
+           "--runs-dir", str(runs), *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folders = list(runs.iterdir())
+    assert len(folders) == 1, folders  # only rank 0 writes
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 2
+    assert 0 <= summary["final_acc"] <= 1 and 0 <= summary["final_acc_ema"] <= 1
+    assert (folders[0] / "model_ema.safetensors").is_file()
+    assert out.stdout.count("valid sum accuracy") == 1  # one report line, from rank 0
