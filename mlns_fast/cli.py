@@ -98,8 +98,8 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
             **flags):
     """fastai's learning-rate finder on the same data and model options as train."""
     from .train import lr_find as run_lr_find
-    if num_it < 10:
-        raise ConfigError(f"--num-it must be >= 10, got {num_it}")
+    if num_it < 20:
+        raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
     res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it)
     for k, v in res.items():
         typer.echo(f"{k:>8}: {v:.2e}")

@@ -23,7 +23,7 @@ from .runs import RunDir, atomic_write, finished_weights
 def load_trained(run: RunDir, ema: bool = True) -> tuple[RunConfig, MlnsNet]:
     """A run's config and its network with the final EMA (or raw) weights, in eval mode on CPU."""
     cfg = run.config()
-    model = create_model(replace(cfg.model, weights=""))
+    model = create_model(replace(cfg.model, weights=""), (cfg.render.height, cfg.render.width))
     path = finished_weights(run, ema)
     try:
         model.load_state_dict(read_state_dict(path))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,16 +68,15 @@ def create_backbone(arch: str) -> nn.Module:
 
 
 class SumHead(nn.Module):
-    """37-way sum classifier over the left-to-right feature columns (pool height, resample width)."""
+    """37-way sum classifier over the left-to-right feature columns (height averaged, width kept)."""
 
-    def __init__(self, c: int, drop: float, width: int = 12, hidden: int = 256):
+    def __init__(self, c: int, drop: float, width: int, hidden: int = 256):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d((1, width))
         self.mlp = nn.Sequential(nn.Flatten(), nn.Dropout(drop), nn.Linear(c * width, hidden), nn.ReLU(inplace=True),
                                  nn.Dropout(drop), nn.Linear(hidden, N_SUMS))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
-        return self.mlp(self.pool(f))  # (B, 37)
+        return self.mlp(f.mean(2))  # (B, 37)
 
 
 class DigitReader(nn.Module):
@@ -86,7 +87,7 @@ class DigitReader(nn.Module):
     the columns with its own learned score and classifies what it pooled into 10 digits.
     """
 
-    def __init__(self, c: int, drop: float, hidden: int = 128):
+    def __init__(self, c: int, drop: float, width: int, hidden: int = 128):
         super().__init__()
         self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
         self.score = nn.Linear(2 * hidden, N_POS)
@@ -107,24 +108,32 @@ HEADS = {"sum": SumHead, "digits": DigitReader}
 class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
-    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1):
+    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1, size=(40, 168)):
         super().__init__()
         self.backbone, self.head_name = backbone, head
-        self.head = HEADS[head](backbone.num_features, drop)
+        with torch.no_grad():  # feature-map width at this image size (the sum head's input size)
+            was = backbone.training
+            backbone.eval()  # no BatchNorm statistics from the dummy batch
+            width = self.features(torch.zeros(2, 1, *size).to(next(backbone.parameters()))).shape[-1]
+            backbone.train(was)
+        self.head = HEADS[head](backbone.num_features, drop, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.backbone.forward_features(x)  # (B, C, h, w)
         if f.ndim == 3:  # token models: (B, N, C) -> (B, C, 1, N)
             f = f.transpose(1, 2).unsqueeze(2)
-        return self.head(f)
+        return f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
+        return self.head(self.features(x))
 
 
-def create_model(cfg: ModelConfig) -> MlnsNet:
+def create_model(cfg: ModelConfig, size: tuple[int, int] = (40, 168)) -> MlnsNet:
     """The network of a run's model config, with local pretrained backbone weights if given."""
     backbone = create_backbone(cfg.arch)
     if cfg.weights:
         load_backbone_weights(backbone, cfg.weights)
-    return MlnsNet(backbone, cfg.head, cfg.drop)
+    return MlnsNet(backbone, cfg.head, cfg.drop, size)
 
 
 def count_params(model: nn.Module) -> int:
@@ -143,8 +152,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+                sd = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(f"{p}: not a loadable weights file (it pickles Python objects, not just tensors; "
+                         "refused: use a state dict of tensors or .safetensors)") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for truncated or foreign files
         raise ModelError(f"{p}: not a loadable weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

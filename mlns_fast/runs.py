@@ -18,6 +18,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,9 @@ class RunDir:
         if not self.checkpoint_path.is_file():
             raise RunError(f"{self.path}: no checkpoint.pt to resume from (it stopped before finishing an epoch)")
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling refused or corrupt file
             raise RunError(f"{self.checkpoint_path}: cannot be loaded safely ({type(e).__name__})") from None
 

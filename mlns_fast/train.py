@@ -124,7 +124,7 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     seed_everything(cfg.train.seed)
     resolve_precision(cfg.train.precision, device)
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
-    model = create_model(cfg.model)
+    model = create_model(cfg.model, (cfg.render.height, cfg.render.width))
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
     if rank > 0:
@@ -257,7 +257,7 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     device = torch.device(device) if device else default_device()
     seed_everything(cfg.train.seed)
     dls = build_dataloaders(cfg, device=device)
-    learn = build_learner(cfg, dls, create_model(cfg.model), device, quiet)
+    learn = build_learner(cfg, dls, create_model(cfg.model, (cfg.render.height, cfg.render.width)), device, quiet)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep), show_plot=True)

@@ -47,8 +47,11 @@ def test_train_prints_result_line(trained, capsys):
     assert code == 0 and len(rows) == 1 and rows[0]["status"] == "finished" and rows[0]["name"] == "toy"
 
 
-def test_evaluate_json_and_files(trained, capsys, tiny_data):
-    code, out, _ = run_cli(capsys, "evaluate", "latest", "--runs-dir", trained, "--npz", tiny_data["train"], "--json")
+def test_evaluate_json_and_files(trained, capsys, tmp_path):
+    from mlns_fast.data.demo import demo_split
+    from mlns_fast.data.sources import save_npz
+    save_npz(demo_split("test", with_digits=True).subset(slice(0, 96)), tmp_path / "t.npz")
+    code, out, _ = run_cli(capsys, "evaluate", "latest", "--runs-dir", trained, "--npz", tmp_path / "t.npz", "--json")
     res = json.loads(out)
     assert code == 0 and res["n"] == 96 and 0 <= res["sum_accuracy"] <= 1 and 0 <= res["digit_accuracy"] <= 1
     assert any(f.endswith("confusion.png") for f in res["files"])
@@ -103,7 +106,7 @@ def test_data_commands(capsys, tmp_path):
 
 def test_lr_find(capsys, tmp_path, tiny_data):
     flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
-    code, out, _ = run_cli(capsys, "lr-find", "--quiet", "--num-it", "10", "--out", tmp_path / "lr.png",
+    code, out, _ = run_cli(capsys, "lr-find", "--quiet", "--num-it", "30", "--out", tmp_path / "lr.png",
                            *_flag_args(flags))
     assert code == 0 and (tmp_path / "lr.png").is_file()
     for k in ("valley", "slide", "minimum", "steep"):
