@@ -113,7 +113,8 @@ def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = Non
         table.add_column(c, justify="right" if c in NUMERIC else "left")
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in cols))
-    console = Console(width=200, record=True, file=io.StringIO())
+    import shutil
+    console = Console(width=max(shutil.get_terminal_size().columns, 100), record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
 

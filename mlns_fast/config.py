@@ -24,8 +24,6 @@ GLYPHS = ("handwriting", "fonts", "mixed")
 
 def _f(default, help: str, **kw):
     """A dataclass field whose `help` doubles as the CLI flag's help text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 

@@ -76,7 +76,7 @@ def run_suite(path, runs_dir, dry_run: bool = False, quiet: bool = True, echo=pr
             s = train(cfg, runs_dir, quiet=quiet)
             names[cfg.name] = s["run"]
             echo(f"    {s['status']}: acc {s.get('final_acc')}, EMA {s.get('final_acc_ema')}, {s['minutes']} min")
-    rows = [run_row(RunDir(Path(runs_dir) / r)) for r in names.values()]
+    rows = [{**run_row(RunDir(Path(runs_dir) / r)), "name": name} for name, r in names.items()]
     if rows:
         echo(render(rows, "table"))
     return rows

@@ -155,17 +155,16 @@ class Trainer:
     def fit(self, ckpt: dict | None = None) -> dict:
         start = self._restore(ckpt) if ckpt else 0
         t = self.cfg.train
-        t0 = time.time()
-        self.run.write_summary(self._summary("running", 0.0, started=time.strftime("%Y-%m-%d %H:%M:%S")))
+        self.run.write_summary(self._summary("running", started=time.strftime("%Y-%m-%d %H:%M:%S")))
         try:
             self.learn.fit_one_cycle(t.epochs, lr_max=t.lr, wd=t.wd, start_epoch=start)
         except BaseException as e:
-            self.run.write_summary(self._summary("failed", time.time() - t0, message=f"{type(e).__name__}: {e}"))
+            self.run.write_summary(self._summary("failed", message=f"{type(e).__name__}: {e}"))
             raise
         status, message = getattr(self.learn, "stop_reason", None) or ("finished", "")
         if status == "finished" and isinstance(self.run, RunDir):
             self._save_weights()
-        summary = self._summary(status, time.time() - t0, message=message)
+        summary = self._summary(status, message=message)
         self.run.write_summary(summary)
         if isinstance(self.run, RunDir):
             from .plots import plot_curves
@@ -182,7 +181,7 @@ class Trainer:
             state["ema"] = self.ema.model_ema.module.state_dict()
             state["ema_updates"] = self.ema.updates
         self.run.save_checkpoint(state)
-        self.run.write_summary(self._summary("running", 0.0))
+        self.run.write_summary(self._summary("running"))
 
     def _restore(self, ckpt: dict) -> int:
         """Load a checkpoint's weights, optimizer, EMA and RNG; the next epoch to run."""
@@ -202,7 +201,7 @@ class Trainer:
 
     def _save_weights(self) -> None:
         from safetensors.torch import save_file
-        for ema, module in ((False, self.learn.model), (True, self.ema.model_ema.module if self.ema else None)):
+        for ema, module in ((False, unwrap(self.learn.model)), (True, self.ema.model_ema.module if self.ema else None)):
             if module is None:
                 continue
             sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -210,7 +209,8 @@ class Trainer:
             save_file(sd, str(tmp))
             tmp.replace(self.run.weights_path(ema))
 
-    def _summary(self, status: str, seconds: float, **extra) -> dict:
+    def _summary(self, status: str, **extra) -> dict:
+        """summary.json: status, accuracies (best / final, raw / EMA), cost, environment; earlier keys kept."""
         cfg, rows = self.cfg, self.rows
         accs = [r["acc"] for r in rows if r.get("acc") is not None]
         emas = [r["acc_ema"] for r in rows if r.get("acc_ema") is not None]
