@@ -113,8 +113,9 @@ def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = Non
         table.add_column(c, justify="right" if c in NUMERIC else "left")
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in cols))
-    import shutil
-    console = Console(width=max(shutil.get_terminal_size().columns, 100), record=True, file=io.StringIO())
+    import sys
+    width = None if sys.stdout.isatty() else 250  # piped output: no wrapping or cut cells
+    console = Console(width=width, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
 

@@ -60,9 +60,10 @@ def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> d
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     _, model = load_trained(run, ema)
+    used_ema = finished_weights(run, ema) == run.weights_path(True)  # a run without EMA falls back to raw
     pred = predict_arrays(model, samples.images)
     correct = pred["sum"] == samples.sums
-    result = {"run": run.name, "data": samples.source, "weights": "ema" if ema else "raw", "n": int(len(samples)),
+    result = {"run": run.name, "data": samples.source, "weights": "ema" if used_ema else "raw", "n": int(len(samples)),
               "sum_accuracy": float(correct.mean())}
     if pred["digits"] is not None and samples.digits is not None:
         result["digit_accuracy"] = float((pred["digits"] == samples.digits).mean())

@@ -105,3 +105,11 @@ def test_two_runs_in_the_same_second_get_distinct_folders(tiny_cfg, tmp_path):
 def test_heads_and_data_modes_train(tiny_cfg, tmp_path, head):
     s = train(tiny_cfg(head=head, data="synthetic", epochs=1, arch="convnet4", precision="bf16"), tmp_path, quiet=True)
     assert s["status"] == "finished" and s["precision"] == "bf16" and 0 <= s["final_acc"] <= 1
+
+
+def test_evaluate_says_raw_when_the_run_has_no_ema(tiny_cfg, tmp_path):
+    from mlns_fast.data.demo import demo_split
+    from mlns_fast.evaluate import evaluate
+    s = train(tiny_cfg(ema=0.0, epochs=1), tmp_path, quiet=True)
+    res = evaluate(RunDir(tmp_path / s["run"]), demo_split("valid").subset(slice(0, 32)))
+    assert res["weights"] == "raw" and res["n"] == 32 and 0 <= res["sum_accuracy"] <= 1
