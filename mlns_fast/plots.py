@@ -85,3 +85,18 @@ def plot_runs(curves: dict[str, list[dict]], path: str | Path, key: str = "acc")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_size(rows: list[dict], path: str | Path) -> Path:
+    """Final validation accuracy against parameter count, one point per run (raw and EMA)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, marker in (("final_acc", "o"), ("final_acc_ema", "^")):
+        pts = [(r["params"], r[key], r["name"]) for r in rows if r.get(key) is not None and r.get("params")]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=key.replace("final_acc", "final acc"))
+        for x, y, name in pts if key == "final_acc" else []:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel="parameters", ylabel="valid sum accuracy", title="accuracy vs model size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

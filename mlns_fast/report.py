@@ -36,6 +36,10 @@ def suite_section(path: str | Path, runs_dir: str | Path, figures: Path | None =
         from .compare import plot
         png = plot(rows, runs_dir, figures / f"{Path(path).stem}_curves.png")
         out += ["", f"![{title}]({png.relative_to(figures.parent)})"]
+        if len({r["arch"] for r in rows}) >= 3:  # a model-size comparison
+            from .plots import plot_size
+            png = plot_size(rows, figures / f"{Path(path).stem}_size.png")
+            out += ["", f"![accuracy vs model size]({png.relative_to(figures.parent)})"]
     return "\n".join(out) + "\n"
 
 
