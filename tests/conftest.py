@@ -38,6 +38,21 @@ def tiny_flags(tiny_data, **overrides) -> dict:
     return flags
 
 
+def flag_args(flags: dict) -> list[str]:
+    """The command-line spelling of config flags (tuples repeat the flag, bools use --no-)."""
+    args = []
+    for k, v in flags.items():
+        name = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(name if v else f"--no-{name[2:]}")
+        elif isinstance(v, tuple):
+            for item in v:
+                args += [name, str(item)]
+        else:
+            args += [name, str(v)]
+    return args
+
+
 @pytest.fixture
 def tiny_cfg(tiny_data):
     def make(**overrides):

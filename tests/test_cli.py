@@ -6,7 +6,7 @@ import pytest
 
 from mlns_fast.cli import main
 
-from .conftest import tiny_flags
+from .conftest import flag_args, tiny_flags
 
 
 def run_cli(capsys, *args):
@@ -15,33 +15,16 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
-def _flag_args(flags: dict) -> list[str]:
-    args = []
-    for k, v in flags.items():
-        name = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(name if v else f"--no-{name[2:]}")
-        elif isinstance(v, tuple):
-            for item in v:
-                args += [name, item]
-        else:
-            args += [name, v]
-    return args
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
     """One toy run trained through the CLI, shared by the read-only command tests."""
-    import pytest as _p
     runs = tmp_path_factory.mktemp("runs")
-    mp = _p.MonkeyPatch()
-    code = main(["train", "--quiet", "--name", "toy", "--runs-dir", str(runs), *_flag_args(tiny_flags(tiny_data))])
-    mp.undo()
+    code = main(["train", "--quiet", "--name", "toy", "--runs-dir", str(runs), *flag_args(tiny_flags(tiny_data))])
     assert code == 0
     return runs
 
 
-def test_train_prints_result_line(trained, capsys):
+def test_trained_run_is_listed_by_compare(trained, capsys):
     code, out, err = run_cli(capsys, "compare", "--runs-dir", trained, "--format", "json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 1 and rows[0]["status"] == "finished" and rows[0]["name"] == "toy"
@@ -107,7 +90,7 @@ def test_data_commands(capsys, tmp_path):
 def test_lr_find(capsys, tmp_path, tiny_data):
     flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
     code, out, _ = run_cli(capsys, "lr-find", "--quiet", "--num-it", "30", "--out", tmp_path / "lr.png",
-                           *_flag_args(flags))
+                           *flag_args(flags))
     assert code == 0 and (tmp_path / "lr.png").is_file()
     for k in ("valley", "slide", "minimum", "steep"):
         assert k in out

@@ -5,7 +5,7 @@ import socket
 import subprocess
 import sys
 
-from .conftest import tiny_flags
+from .conftest import flag_args, tiny_flags
 
 
 def _free_port() -> int:
@@ -15,17 +15,7 @@ def _free_port() -> int:
 
 
 def test_two_process_training_writes_one_complete_run(tmp_path, tiny_data):
-    flags = tiny_flags(tiny_data, epochs=2, bs=8)
-    args = []
-    for k, v in flags.items():
-        name = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(name if v else f"--no-{name[2:]}")
-        elif isinstance(v, tuple):
-            for item in v:
-                args += [name, str(item)]
-        else:
-            args += [name, str(v)]
+    args = flag_args(tiny_flags(tiny_data, epochs=2, bs=8))
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
