@@ -85,7 +85,7 @@ def _cell(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if v <= 1.0 else f"{v:.2f}"
+        return f"{v:.4g}"
     return str(v)
 
 

@@ -164,3 +164,9 @@ def test_bad_run_references(capsys, tmp_path, trained):
         assert code == 2 and msg in err and err.count("\n") == 1, (args, err)
     import shutil
     shutil.rmtree(partial)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is valid where CUDA exists")
+def test_fp16_without_cuda_is_a_user_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--precision", "fp16", "--runs-dir", tmp_path / "runs", "--quiet")
+    assert code == 2 and "needs a CUDA GPU" in err and not (tmp_path / "runs").exists()

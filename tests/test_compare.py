@@ -49,7 +49,7 @@ def test_corrupt_run_is_flagged_not_fatal(runs):
 def test_every_format(runs):
     rows = cmp.select_rows(runs, sort="best_acc")
     table = cmp.render(rows, "table")
-    assert "resnet50" in table and "0.9700" in table and "corrupt" in table
+    assert "resnet50" in table and "0.97" in table and "corrupt" in table
     md = cmp.render(rows, "md").splitlines()
     assert md[0].startswith("| name |") and md[1].startswith("|---|") and len(md) == 6
     parsed = list(csv.DictReader(io.StringIO(cmp.render(rows, "csv"))))
@@ -130,5 +130,5 @@ def test_report_from_fixture_runs(tmp_path):
     out = write_report([f], tmp_path / "runs", tmp_path / "exp" / "RESULTS.md", intro="Hello.")
     text = out.read_text()
     assert "### demo suite" in text and "Hello." in text and "| alpha | convnet4 |" in text and "~30%" in text
-    assert "0.4200" in text and "Not run yet: beta." in text
+    assert "| 0.42 |" in text and "Not run yet: beta." in text
     assert (tmp_path / "exp" / "figures" / "s_curves.png").is_file()
