@@ -125,7 +125,7 @@ class DivergenceGuard(Callback):
             dist.all_reduce(bad)  # every rank stops together, or the others would wait forever
         if bad.item():
             lr = self.opt.hypers[-1]["lr"] if self.opt is not None else float("nan")
-            self.learn.stop_reason = ("diverged", f"loss became {float(self.learn.loss)} at epoch {self.epoch}, "
+            self.learn.stop_reason = ("diverged", f"loss became {self.learn.loss.detach().item()} at epoch {self.epoch}, "
                                                   f"batch {self.iter}, lr {lr:.3g}")
             raise CancelFitException()
 
