@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
 from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, resolve_config
-from .errors import ConfigError, DataError, MlnsError
+from .errors import ConfigError, MlnsError
 from .runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

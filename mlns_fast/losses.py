@@ -17,7 +17,7 @@ N_SUMS = 37
 
 def _log_conv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Log of the convolution of two distributions given as log-probs: (B, m), (B, n) -> (B, m + n - 1)."""
-    m, n = a.shape[1], b.shape[1]
+    n = b.shape[1]
     terms = a.unsqueeze(1) + b.unsqueeze(2)  # (B, n, m): term[k, i] = a_i + b_k, lands at sum i + k
     shifted = [F.pad(terms[:, k], (k, n - 1 - k), value=float("-inf")) for k in range(n)]  # each (B, m + n - 1)
     return torch.logsumexp(torch.stack(shifted, 1), dim=1)

@@ -1,7 +1,5 @@
 import itertools
 
-import numpy as np
-import pytest
 import torch
 
 from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, predict_sums, sum_accuracy, sum_log_probs,
