@@ -10,6 +10,7 @@ Prints images/s for each, the ratio Learner / plain (target >= 0.95), and peak m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
 from mlns_fast.losses import make_loss  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
-from mlns_fast.train import autocast_for, build_learner, resolve_precision  # noqa: E402
+from mlns_fast.device import resolve_precision  # noqa: E402
+from mlns_fast.train import build_learner  # noqa: E402
 
 
 class TimeBatches(Callback):
@@ -42,8 +44,8 @@ class TimeBatches(Callback):
 def learner_rate(cfg, device, n, warmup):
     torch.manual_seed(0)
     timer = Timer(warmup)
-    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model), device, quiet=True,
-                          extra_cbs=[TimeBatches(timer, n)])
+    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model), device,
+                          resolve_precision(cfg.train.precision, device), quiet=True, extra_cbs=[TimeBatches(timer, n)])
     learn.fit(100, lr=cfg.train.lr)
     return timer.rate
 
@@ -56,7 +58,9 @@ def plain_rate(cfg, device, n, warmup):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.wd)
     loss_func = make_loss(cfg.model.head)
-    autocast = autocast_for(resolve_precision(cfg.train.precision, device), device)
+    precision = resolve_precision(cfg.train.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     timer = Timer(warmup)
     model.train()
     while timer.n < n:

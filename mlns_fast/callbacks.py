@@ -1,4 +1,4 @@
-"""fastai callbacks: EMA (timm's ModelEmaV3), CPU bf16 autocast, epoch plan, guards, run logging."""
+"""fastai callbacks: EMA (timm's ModelEmaV3), CPU bf16 autocast, epoch plan, guards, the run tracker."""
 from __future__ import annotations
 
 import contextlib
@@ -11,37 +11,16 @@ import time
 import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
-from fastai.distributed import DistributedTrainer
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import Recorder
+from fastai.distributed import DistributedTrainer
+from fastai.learner import AvgMetric, Learner, Recorder
 from fastai.torch_core import to_float
-from timm.utils import ModelEmaV3
+from fastcore.foundation import L
+from timm.utils import ModelEmaV3, unwrap_model
 
-from .losses import sum_log_probs
+from .losses import acc
 
 log = logging.getLogger(__name__)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
-
-@torch.no_grad()
-def evaluate_module(model: torch.nn.Module, dl, loss_func, autocast=contextlib.nullcontext) -> tuple[float, float]:
-    """Mean loss and sum accuracy of `model` over a loader of (x, sums, digits, known) batches."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, *y in dl:
-        with autocast():
-            out = model(x)
-        out = out.float()
-        loss_sum += float(loss_func(out, *y)) * len(x)
-        correct += int((sum_log_probs(out).argmax(1) == y[0]).sum())
-        n += len(x)
-    model.train(was_training)
-    return loss_sum / max(n, 1), correct / max(n, 1)
 
 
 class EMACallback(Callback):
@@ -49,22 +28,25 @@ class EMACallback(Callback):
 
     Ordered right after MixedPrecision so a step the grad scaler cancelled (fp16 overflow) is not
     averaged in. The EMA copy stays fp32 (fastai keeps master weights fp32 under autocast) and
-    averages BatchNorm buffers too (`exclude_buffers=False`). After each validation of the raw
-    weights it validates the EMA weights; `valid_loss_ema` / `acc_ema` expose them as metrics.
+    averages BatchNorm buffers too (`exclude_buffers=False`). After fastai validates the raw
+    weights, the EMA weights go through fastai's own validation as well: a second Learner over the
+    EMA module, the same loss, metric, valid loader and precision (`scorer_cbs` makes its precision
+    callbacks). `valid_loss_ema` / `acc_ema` expose the result as metrics of the training Learner.
     """
     order = MixedPrecision.order + 1
 
-    def __init__(self, decay: float, warmup: bool = False, autocast=contextlib.nullcontext):
-        self.decay, self.warmup, self.autocast = decay, warmup, autocast
-        self.model_ema, self.updates, self.state_to_load = None, 0, None
+    def __init__(self, decay: float, warmup: bool = False, scorer_cbs=list):
+        self.decay, self.warmup, self.scorer_cbs = decay, warmup, scorer_cbs
+        self.model_ema, self.updates = None, 0
         self.valid_loss, self.acc = float("nan"), float("nan")
 
     def before_fit(self):
         if self.model_ema is None:
-            self.model_ema = ModelEmaV3(unwrap(self.learn.model), decay=self.decay, use_warmup=self.warmup)
-        if self.state_to_load is not None:
-            self.model_ema.module.load_state_dict(self.state_to_load)
-            self.state_to_load = None
+            self.model_ema = ModelEmaV3(unwrap_model(self.learn.model), decay=self.decay, use_warmup=self.warmup)
+        from fastai.callback.progress import ProgressCallback
+        self.scorer = Learner(self.dls, self.model_ema.module, loss_func=self.learn.loss_func,
+                              metrics=[AvgMetric(acc)], cbs=self.scorer_cbs())
+        self.scorer.remove_cbs(ProgressCallback)
 
     def before_batch(self):
         self.cancelled = False
@@ -76,12 +58,23 @@ class EMACallback(Callback):
         if self.cancelled:
             return
         self.updates += 1
-        self.model_ema.update(unwrap(self.learn.model), step=self.updates if self.warmup else None)
+        self.model_ema.update(unwrap_model(self.learn.model), step=self.updates if self.warmup else None)
 
     def after_validate(self):
-        self.valid_loss, self.acc = evaluate_module(self.model_ema.module, self.dls.valid, self.learn.loss_func, self.autocast)
+        self.valid_loss, self.acc = self.scorer.validate()
 
-    # metric hooks (fastai ValueMetric reads these after validation)
+    def state_dict(self) -> dict:
+        return {"ema": self.model_ema.module.state_dict(), "ema_updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model_ema.module.load_state_dict(state["ema"])
+        self.updates = state.get("ema_updates", 0)
+
+    def metrics(self) -> list:
+        """fastai metrics reading this callback's last EMA validation."""
+        from fastai.learner import ValueMetric
+        return [ValueMetric(self.valid_loss_ema), ValueMetric(self.acc_ema)]
+
     def valid_loss_ema(self):
         return self.valid_loss
 
@@ -120,7 +113,8 @@ class DivergenceGuard(Callback):
     order = Recorder.order - 1
 
     def after_loss(self):
-        bad = torch.tensor([0.0 if torch.isfinite(self.learn.loss).item() else 1.0])
+        # on the loss's device: the NCCL backend all-reduces CUDA tensors only
+        bad = (~torch.isfinite(self.learn.loss.detach())).float().reshape(1)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(bad)  # every rank stops together, or the others would wait forever
         if bad.item():
@@ -155,21 +149,25 @@ class SignalStop(Callback):
             signal.signal(sig, handler)
 
 
-class RunLog(Callback):
-    """After every completed epoch: a metrics.csv row, then an atomic checkpoint, then summary.json."""
-    order = Recorder.order + 5
+class RunTracker(Callback):
+    """Owns a run's epoch rows, checkpoint, resume and summary (the shape of fastai's TrackerCallback).
 
-    def __init__(self, run, rows: list[dict], on_epoch):
-        self.run, self.rows, self.on_epoch = run, rows, on_epoch
-        self.smooth_to_load = None
+    After every completed epoch: a metrics.csv row, an atomic checkpoint, then summary.json. Given
+    a checkpoint, `before_fit` restores weights, optimizer, EMA, RNG and the running train loss
+    (after Recorder reset it), and fit starts at `start_epoch`. `finish` writes the final weights,
+    summary and curves. Ordered after Recorder, so an epoch's metrics are final when it reads them.
+    """
+    order = Recorder.order + 5  # (`self.folder`, not `self.run`: fastai's Callback.run is its on/off switch)
+
+    def __init__(self, run, cfg, info: dict, ckpt: dict | None = None, ema: EMACallback | None = None):
+        self.folder, self.cfg, self.info, self.ckpt, self.ema = run, cfg, info, ckpt, ema
+        self.start_epoch = ckpt["epoch"] + 1 if ckpt else 0
+        self.rows = [r for r in run.metrics() if r["epoch"] < self.start_epoch]
 
     def before_fit(self):
-        # Recorder (ordered before us) just reset its running-average train loss; a resumed run
-        # continues the one it had, so its train_loss column matches an uninterrupted run.
-        if self.smooth_to_load is not None:
-            sl = self.learn.recorder.smooth_loss
-            sl.count, sl.val = self.smooth_to_load["count"], self.smooth_to_load["val"]
-            self.smooth_to_load = None
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+            self.ckpt = None
 
     def before_epoch(self):
         self.skipped, self.t0 = False, time.perf_counter()
@@ -182,12 +180,66 @@ class RunLog(Callback):
         if self.skipped or rec.cancel_train or rec.cancel_valid or getattr(self.learn, "stop_reason", None):
             return
         vals = dict(zip(rec.metric_names, rec.log))
-        row = {"epoch": self.epoch, "train_loss": vals.get("train_loss"), "valid_loss": vals.get("valid_loss"),
-               "acc": vals.get("acc"), "valid_loss_ema": vals.get("valid_loss_ema"), "acc_ema": vals.get("acc_ema"),
-               "lr": self.opt.hypers[-1]["lr"], "seconds": round(time.perf_counter() - self.t0, 3)}
-        self.rows.append({k: _clean(v) for k, v in row.items()})
-        self.run.write_metrics(self.rows)
-        self.on_epoch(self.learn, self.epoch)
+        vals.update(epoch=self.epoch, lr=self.opt.hypers[-1]["lr"], seconds=round(time.perf_counter() - self.t0, 3))
+        from .runs import METRIC_COLUMNS
+        self.rows.append({c: _clean(vals.get(c)) for c in METRIC_COLUMNS})
+        self.folder.write_metrics(self.rows)
+        self.folder.save_checkpoint(self._state())
+        self.write_summary("running")
+
+    def _state(self) -> dict:
+        learn = self.learn
+        state = {"epoch": self.epoch, "model": unwrap_model(learn.model).state_dict(),
+                 "opt": _plain(learn.opt.state_dict()), "rng_torch": torch.get_rng_state(),
+                 "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val}}
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return {**state, **(self.ema.state_dict() if self.ema else {})}
+
+    def _restore(self, ckpt: dict) -> None:
+        learn = self.learn
+        unwrap_model(learn.model).load_state_dict(ckpt["model"])
+        learn.opt.load_state_dict({"state": ckpt["opt"]["state"], "hypers": L(ckpt["opt"]["hypers"])})
+        if self.ema and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt)
+        torch.set_rng_state(ckpt["rng_torch"])
+        if "rng_cuda" in ckpt and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if ckpt.get("smooth_loss"):
+            learn.recorder.smooth_loss.count = ckpt["smooth_loss"]["count"]
+            learn.recorder.smooth_loss.val = ckpt["smooth_loss"]["val"]
+        log.info("resuming %s at epoch %d", self.folder.path, self.start_epoch)
+
+    def finish(self, status: str, message: str = "") -> dict:
+        """After fit: final weights (finished runs only), summary.json and curves.png; the summary."""
+        if status == "finished":
+            self.folder.save_weights(unwrap_model(self.learn.model), ema=False)
+            if self.ema:
+                self.folder.save_weights(self.ema.model_ema.module, ema=True)
+        summary = self.write_summary(status, message=message)
+        self.folder.write_curves(self.rows)
+        return summary
+
+    def write_summary(self, status: str, **extra) -> dict:
+        """summary.json: status, accuracies (best / final, raw / EMA), cost, environment; earlier keys kept."""
+        from .errors import RunError
+        cfg, rows = self.cfg, self.rows
+        accs = [r["acc"] for r in rows if r.get("acc") is not None]
+        emas = [r["acc_ema"] for r in rows if r.get("acc_ema") is not None]
+        wall = sum(r.get("seconds") or 0.0 for r in rows)
+        try:
+            old = self.folder.summary()
+        except RunError:
+            old = {}
+        summary = {**old, "status": status, "name": cfg.name or self.folder.name, "run": self.folder.name,
+                   "arch": cfg.model.arch, "head": cfg.model.head, "data": cfg.data.data, "ema": cfg.train.ema,
+                   "epochs": cfg.train.epochs, "epochs_done": len(rows),
+                   "best_acc": max(accs, default=None), "final_acc": accs[-1] if accs else None,
+                   "best_acc_ema": max(emas, default=None), "final_acc_ema": emas[-1] if emas else None,
+                   "train_seconds": round(wall, 2), "minutes": round(wall / 60, 2), "config_digest": cfg.digest(),
+                   **self.info, **extra}
+        self.folder.write_summary(summary)
+        return summary
 
 
 def _clean(v):
@@ -196,6 +248,19 @@ def _clean(v):
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+def _plain(o):
+    """Lists, dicts, tensors and Python scalars only: fastai's optimizer state holds fastcore `L`s and
+    numpy scalars, which `torch.load(weights_only=True)` rightly refuses to unpickle."""
+    import numpy as np
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
 
 
 class ShardedTrainer(DistributedTrainer):

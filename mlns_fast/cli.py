@@ -118,8 +118,6 @@ def _eval_samples(images, labels, npz, folder, layout):
     if npz or folder:
         return load_source(str(npz or folder))
     if layout:
-        if layout not in LAYOUTS:
-            raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
         from .evaluate import rendered_test_set
         return rendered_test_set(layout)
     return None
@@ -192,14 +190,20 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
             top: Optional[int] = typer.Option(None, "--top", help="show only the first N rows"),
             filter: Optional[List[str]] = typer.Option(None, "--filter", help="COLUMN=VALUE (repeatable, all must hold)"),
             only_changed: bool = typer.Option(False, "--only-changed", help="hide columns equal in every row"),
+            wide: bool = typer.Option(False, "--wide", help="every column (default table: those that matter or differ)"),
             fmt: str = typer.Option("table", "--format", help="table | md | csv | json"),
             plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the selected runs' accuracy curves"),
             runs_dir: str = RUNS_DIR):
     """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
     from . import compare as cmp
     rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
-    cols = cmp.changed_columns(rows) if only_changed else None
-    typer.echo(cmp.render(rows, fmt, cols).rstrip("\n"))
+    if only_changed:
+        cols = cmp.changed_columns(rows)
+    elif fmt == "table" and not wide:
+        cols = cmp.default_columns(rows)
+    else:
+        cols = None
+    typer.echo(cmp.render(rows, fmt, cols, width=400 if wide else None).rstrip("\n"))
     if plot:
         typer.echo(f"plot: {cmp.plot(rows, runs_dir, plot)}", err=fmt in ("json", "csv"))
 
@@ -236,6 +240,24 @@ def report(suites: List[Path] = typer.Argument(..., help="suite TOML files, one 
     if intro and not intro.is_file():
         raise ConfigError(f"{intro}: intro file not found")
     typer.echo(write_report(suites, runs_dir, out, intro.read_text() if intro else ""))
+
+
+@app.command()
+def sweep(file: Path = typer.Argument(..., help="sweep TOML: [defaults], [space], [study]"),
+          trials: int = typer.Option(20, "--trials", help="trials the study should hold; a rerun resumes up to it"),
+          workers: int = typer.Option(1, "--workers", help="worker processes here (the CPU threads are split between them)"),
+          storage: Optional[str] = typer.Option(None, "--storage", help="journal file, or database URL (postgresql://, mysql://, sqlite:///); default: RUNS_DIR/sweeps/STUDY/journal.log"),
+          timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the space and the first suggestions; train nothing"),
+          runs_dir: str = RUNS_DIR):
+    """Hyperparameter search with Optuna: every trial is a run folder; writes best.toml, trials.csv and plots."""
+    from .sweep import run_sweep
+    result = run_sweep(file, runs_dir, trials=trials, workers=workers, storage=storage, timeout=timeout,
+                       dry_run=dry_run)
+    for line in result.lines():
+        typer.echo(line)
+    if getattr(result, "interrupted", False):
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @data_app.command("demo")

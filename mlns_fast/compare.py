@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError, MlnsError
-from .runs import RunDir, list_runs
+from .runs import NUMERIC_COLUMNS as NUMERIC, SUMMARY_COLUMNS as COLUMNS, RunDir, list_runs
 
-COLUMNS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes",
-           "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "status", "run"]
-NUMERIC = {"ema", "epochs", "params", "minutes", "best_acc", "final_acc", "best_acc_ema", "final_acc_ema"}
 FORMATS = ("table", "md", "csv", "json")
+# The terminal table's columns: these always, the settings only where runs differ (`--wide`: all).
+MATTER = ("name", "final_acc", "final_acc_ema", "minutes", "status", "run")
+SETTINGS = ("arch", "head", "data", "ema", "epochs", "params", "weights", "study", "trial")
 
 
 def run_row(run: RunDir) -> dict:
@@ -70,15 +70,32 @@ def select_rows(runs_dir: str | Path, sort: str | None = None, top: int | None =
     rows = [r for r in map(run_row, list_runs(runs_dir)) if _matches(r, parse_filters(list(filters)))]
     if sort:
         desc = sort in NUMERIC if descending is None else descending
-        present = [r for r in rows if r.get(sort) is not None]
-        present.sort(key=lambda r: r[sort], reverse=desc)
-        rows = present + [r for r in rows if r.get(sort) is None]
+        key = _number if sort in NUMERIC else (lambda v: None if v is None else str(v))
+        present = [r for r in rows if key(r.get(sort)) is not None]
+        present.sort(key=lambda r: key(r[sort]), reverse=desc)
+        rows = present + [r for r in rows if key(r.get(sort)) is None]  # unknown or unreadable values last
     return rows[:top] if top else rows
+
+
+def _number(v) -> float | None:
+    """A sortable number, or None for a missing or non-numeric value (a hand-edited summary)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if v == v else None  # NaN sorts nowhere
 
 
 def changed_columns(rows: list[dict]) -> list[str]:
     """Columns whose value differs between rows (`name` and `run` always kept)."""
     return [c for c in COLUMNS if c in ("name", "run") or len({json.dumps(r.get(c)) for r in rows}) > 1]
+
+
+def default_columns(rows: list[dict]) -> list[str]:
+    """What a terminal shows: the columns that matter, those that differ, and `run` only where it adds
+    something (a named run); empty columns dropped."""
+    differ = set(changed_columns(rows)) & set(SETTINGS)
+    named = any(r.get("name") != r.get("run") for r in rows)
+    keep = [c for c in COLUMNS if (c in MATTER or c in differ) and (c != "run" or named)]
+    return [c for c in keep if c == "name" or any(r.get(c) is not None for r in rows)]
 
 
 def _cell(v) -> str:
@@ -89,8 +106,8 @@ def _cell(v) -> str:
     return str(v)
 
 
-def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = None) -> str:
-    """Rows as text: a rich table, GitHub markdown, CSV or JSON (one list)."""
+def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = None, width: int | None = None) -> str:
+    """Rows as text: a rich table (fitted to `width`, default: the terminal's), GitHub markdown, CSV or JSON."""
     cols = columns or COLUMNS
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -108,14 +125,15 @@ def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = Non
         return "\n".join(lines)
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"{len(rows)} run(s)")
+    from rich import box
+    table = Table(title=f"{len(rows)} run(s)", box=box.SIMPLE_HEAD)
     for c in cols:
-        table.add_column(c, justify="right" if c in NUMERIC else "left")
-    for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in cols))
-    import sys
-    width = None if sys.stdout.isatty() else 250  # piped output: no wrapping or cut cells
-    console = Console(width=width, record=True, file=io.StringIO())
+        table.add_column(c, justify="right" if c in NUMERIC else "left", overflow="fold")
+    for r in rows:  # a run without a name would show its folder twice
+        table.add_row(*("-" if c == "name" and r.get("name") == r.get("run") and "run" in cols else _cell(r.get(c))
+                        for c in cols))
+    import shutil
+    console = Console(width=width or shutil.get_terminal_size((120, 24)).columns, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
 

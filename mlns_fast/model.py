@@ -10,18 +10,17 @@ from __future__ import annotations
 import difflib
 import logging
 import pickle
+import zipfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import N_CLASSES, N_DIGITS, N_SUMS, ModelConfig
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
-
-N_SUMS, N_POS, N_CLASSES = 37, 4, 10
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -90,7 +89,7 @@ class DigitReader(nn.Module):
     def __init__(self, c: int, drop: float, width: int, hidden: int = 128):
         super().__init__()
         self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
-        self.score = nn.Linear(2 * hidden, N_POS)
+        self.score = nn.Linear(2 * hidden, N_DIGITS)
         self.drop = nn.Dropout(drop)
         self.cls = nn.Linear(2 * hidden, N_CLASSES)
 
@@ -142,6 +141,7 @@ def count_params(model: nn.Module) -> int:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file, never unpickling arbitrary objects."""
+    from safetensors import SafetensorError
     p = Path(path)
     if not p.is_file():
         hub_like = str(path).startswith(("hf-hub:", "hf_hub:", "timm/")) or not p.suffix
@@ -158,7 +158,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError:
         raise ModelError(f"{p}: not a loadable weights file (it pickles Python objects, not just tensors; "
                          "refused: use a state dict of tensors or .safetensors)") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, ... for truncated or foreign files
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, SafetensorError) as e:  # truncated / foreign
         raise ModelError(f"{p}: not a loadable weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

@@ -62,7 +62,8 @@ def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: in
 def plot_confusion(true: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "") -> Path:
     """37 x 37 confusion of sums, rows = true, normalised per row."""
     plt = _plt()
-    cm = np.zeros((37, 37))
+    from .config import N_SUMS
+    cm = np.zeros((N_SUMS, N_SUMS))
     np.add.at(cm, (true, pred), 1)
     cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))

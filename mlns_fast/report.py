@@ -5,11 +5,9 @@ from pathlib import Path
 
 from .compare import render, run_row
 from .config import read_toml
-from .runs import RunDir
+from .files import atomic_write
+from .runs import REPORT_COLUMNS, RunDir
 from .suite import suite_notes, suite_runs
-
-COLS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
-        "best_acc_ema", "status"]
 
 
 def suite_section(path: str | Path, runs_dir: str | Path, figures: Path | None = None) -> str:
@@ -26,7 +24,7 @@ def suite_section(path: str | Path, runs_dir: str | Path, figures: Path | None =
         row["seed_result"] = notes.get(cfg.name, {}).get("seed_result", "")
         row["note"] = notes.get(cfg.name, {}).get("note", "")
         rows.append(row)
-    cols = COLS + (["seed_result"] if any(r["seed_result"] for r in rows) else []) + \
+    cols = REPORT_COLUMNS + (["seed_result"] if any(r["seed_result"] for r in rows) else []) + \
         (["note"] if any(r["note"] for r in rows) else [])
     out = [f"### {title}", "", f"`mlns-fast suite {path}` (valid = demo valid split; accuracies are sum accuracy)", ""]
     out.append(render(rows, "md", cols) if rows else "_no finished runs yet_")
@@ -50,6 +48,5 @@ def write_report(suites: list[str | Path], runs_dir: str | Path, out: str | Path
     figures.mkdir(parents=True, exist_ok=True)
     parts = ["# Results", "", intro.strip(), ""] if intro else ["# Results", ""]
     parts += [suite_section(s, runs_dir, figures) for s in suites]
-    from .runs import atomic_write
     atomic_write(out, "\n".join(parts))
     return out

@@ -13,45 +13,35 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import pickle
 import platform
 import subprocess
-import tempfile
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig, load_run_config, write_toml
-from .errors import ConfigError, MlnsError, RunError
+from .errors import MlnsError, RunError
+from .files import atomic_path, atomic_torch_save, atomic_write
 
 DEFAULT_RUNS_DIR = "experiments/runs"
+# The run folder's schema, in one place: metrics.csv columns (one row per epoch) ...
 METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
 TIMING_COLUMNS = ("seconds",)  # wall-clock: the only columns that differ between identical runs
-STATUSES = ("running", "finished", "interrupted", "diverged", "failed")
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
+# ... and the summary.json keys that `compare` and `report` show.
+SUMMARY_COLUMNS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes",
+                   "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "weights", "study", "trial",
+                   "status", "run"]
+NUMERIC_COLUMNS = {"ema", "epochs", "params", "minutes", "best_acc", "final_acc", "best_acc_ema", "final_acc_ema",
+                   "trial"}
+REPORT_COLUMNS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
+                  "best_acc_ema", "status"]
 
 
 def library_versions() -> dict:
@@ -86,7 +76,7 @@ class RunDir:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"{root}: cannot create runs dir ({e.strerror})") from None
+            raise RunError(f"{root}: cannot create runs dir ({e.strerror})") from None
         stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{cfg.name}" if cfg.name else "")
         for k in range(1, 1000):
             path = root / (stem if k == 1 else f"{stem}-{k}")
@@ -106,19 +96,18 @@ class RunDir:
     def summary(self) -> dict:
         p = self.path / "summary.json"
         try:
-            return json.loads(p.read_text())
+            s = json.loads(p.read_text())
         except FileNotFoundError:
             raise RunError(f"{self.path}: no summary.json (not a run folder, or it never started)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             raise RunError(f"{p}: corrupt summary.json") from None
+        if not isinstance(s, dict):
+            raise RunError(f"{p}: corrupt summary.json (not a JSON object)")
+        return s
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-
-    def update_summary(self, **fields) -> dict:
-        s = {**self.summary(), **fields}
-        self.write_summary(s)
-        return s
+        """summary.json, strict JSON: a NaN or inf figure is written as null."""
+        atomic_write(self.path / "summary.json", json.dumps(_finite(summary), indent=2, default=str) + "\n")
 
     def metrics(self) -> list[dict]:
         p = self.path / "metrics.csv"
@@ -149,11 +138,22 @@ class RunDir:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused or corrupt file
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # refused or corrupt
             raise RunError(f"{self.checkpoint_path}: cannot be loaded safely ({type(e).__name__})") from None
 
     def weights_path(self, ema: bool = True) -> Path:
         return self.path / ("model_ema.safetensors" if ema else "model.safetensors")
+
+    def save_weights(self, module: torch.nn.Module, ema: bool) -> None:
+        """A module's state dict as (atomic) safetensors: the run's raw or EMA weights."""
+        from safetensors.torch import save_file
+        sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        with atomic_path(self.weights_path(ema)) as tmp:
+            save_file(sd, str(tmp))
+
+    def write_curves(self, rows: list[dict]) -> None:
+        from .plots import plot_curves
+        plot_curves(rows, self.path / "curves.png", title=self.name)
 
 
 class NullRun:
@@ -163,6 +163,9 @@ class NullRun:
     def summary(self) -> dict:
         return {}
 
+    def metrics(self) -> list[dict]:
+        return []
+
     def write_summary(self, summary: dict) -> None:
         pass
 
@@ -171,6 +174,20 @@ class NullRun:
 
     def save_checkpoint(self, state: dict) -> None:
         pass
+
+    def save_weights(self, module, ema: bool) -> None:
+        pass
+
+    def write_curves(self, rows: list[dict]) -> None:
+        pass
+
+
+def _finite(o):
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return None if isinstance(o, float) and not math.isfinite(o) else o
 
 
 def _num(v: str):

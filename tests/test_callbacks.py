@@ -4,16 +4,29 @@ import torch
 from fastai.callback.core import Callback, CancelStepException
 from timm.utils import ModelEmaV3
 
-from mlns_fast.callbacks import EMACallback, evaluate_module
+from mlns_fast.callbacks import EMACallback
 from mlns_fast.config import ModelConfig
 from mlns_fast.data.loaders import build_dataloaders
-from mlns_fast.losses import make_loss
-from mlns_fast.model import create_model
-from mlns_fast.train import Trainer, build_learner
+from mlns_fast.losses import make_loss, sum_log_probs
+from mlns_fast.model import create_model, read_state_dict
+from mlns_fast.train import build_learner, train
 
 
 def _learner(cfg, model, cbs=()):
-    return build_learner(cfg, build_dataloaders(cfg), model, torch.device("cpu"), quiet=True, extra_cbs=cbs)
+    return build_learner(cfg, build_dataloaders(cfg), model, torch.device("cpu"), "fp32", quiet=True, extra_cbs=cbs)
+
+
+@torch.no_grad()
+def _score_by_hand(model, dl, loss_func):
+    """Reference: mean loss and sum accuracy over a loader, written out independently of fastai."""
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, *y in dl:
+        out = model(x).float()
+        loss += float(loss_func(out, *y)) * len(x)
+        correct += int((sum_log_probs(out).argmax(1) == y[0]).sum())
+        n += len(x)
+    return loss / n, correct / n
 
 
 class Spy(Callback):
@@ -55,13 +68,17 @@ def test_ema_callback_equals_model_ema_v3_driven_by_hand(tiny_cfg):
 def test_ema_metrics_come_from_ema_weights(tiny_cfg, tmp_path):
     from mlns_fast.runs import RunDir
     cfg = tiny_cfg(epochs=1, ema=0.5)
-    run = RunDir.create(tmp_path, cfg)
-    tr = Trainer(cfg, run, build_dataloaders(cfg), create_model(cfg.model), torch.device("cpu"), True, ())
-    tr.fit()
-    loss, acc = evaluate_module(tr.ema.model_ema.module, tr.learn.dls.valid, make_loss("digits"))
-    row = tr.rows[-1]
-    assert abs(row["acc_ema"] - acc) < 1e-9 and abs(row["valid_loss_ema"] - loss) < 1e-5
-    raw_loss, _ = evaluate_module(tr.learn.model, tr.learn.dls.valid, make_loss("digits"))
+    run = RunDir(tmp_path / train(cfg, tmp_path, quiet=True)["run"])
+    row = run.metrics()[-1]
+    dl = build_dataloaders(cfg).valid
+    scores = {}
+    for ema in (True, False):
+        model = create_model(cfg.model)
+        model.load_state_dict(read_state_dict(run.weights_path(ema)))
+        scores[ema] = _score_by_hand(model, dl, make_loss("digits"))
+    loss, acc = scores[True]
+    assert abs(row["acc_ema"] - acc) < 1e-6 and abs(row["valid_loss_ema"] - loss) < 1e-5
+    raw_loss, _ = scores[False]
     assert abs(row["valid_loss"] - raw_loss) < 1e-4 and abs(raw_loss - loss) > 1e-6
 
 
@@ -78,3 +95,25 @@ def test_cancelled_step_is_not_averaged(tiny_cfg):
     learn = _learner(cfg, create_model(ModelConfig(arch="convnet4")), [cb, CancelAll()])
     learn.fit(1, lr=1e-3)
     assert cb.updates == 0
+
+
+def test_divergence_on_another_rank_stops_this_one(monkeypatch):
+    """The NaN flag is all-reduced (on the loss's device), so one rank's NaN stops every rank."""
+    from fastai.callback.core import CancelFitException
+    import pytest
+    from types import SimpleNamespace
+    from mlns_fast import callbacks
+    seen = []
+
+    def fake_all_reduce(t):
+        seen.append(t.device)
+        t += 1  # another rank reported a NaN
+
+    monkeypatch.setattr(callbacks.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(callbacks.dist, "all_reduce", fake_all_reduce)
+    guard = callbacks.DivergenceGuard()
+    loss = torch.tensor(0.5)
+    guard.learn = SimpleNamespace(loss=loss, opt=None, epoch=0, iter=3)
+    with pytest.raises(CancelFitException):
+        guard.after_loss()
+    assert seen == [loss.device] and guard.learn.stop_reason[0] == "diverged"

@@ -48,7 +48,7 @@ def test_corrupt_run_is_flagged_not_fatal(runs):
 
 def test_every_format(runs):
     rows = cmp.select_rows(runs, sort="best_acc")
-    table = cmp.render(rows, "table")
+    table = cmp.render(rows, "table", width=400)
     assert "resnet50" in table and "0.97" in table and "corrupt" in table
     md = cmp.render(rows, "md").splitlines()
     assert md[0].startswith("| name |") and md[1].startswith("|---|") and len(md) == 6
@@ -132,3 +132,19 @@ def test_report_from_fixture_runs(tmp_path):
     assert "### demo suite" in text and "Hello." in text and "| alpha | convnet4 |" in text and "~30%" in text
     assert "| 0.42 |" in text and "Not run yet: beta." in text
     assert (tmp_path / "exp" / "figures" / "s_curves.png").is_file()
+
+
+def test_default_table_fits_the_terminal_and_names_each_run_once(runs, capsys, monkeypatch):
+    from mlns_fast.cli import main
+    RunDir.create(runs, resolve_config())  # a run without a name: its folder must not print twice
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["compare", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "arch" in out and "head" not in out  # differs / equal in every row
+    unnamed = next(line for line in lines if "no-summary" in line)
+    folder = sorted(p.name for p in runs.iterdir())[-1]
+    assert unnamed.count(folder[:8]) == 1
+    assert main(["compare", "--runs-dir", str(runs), "--wide"]) == 0
+    assert "head" in capsys.readouterr().out

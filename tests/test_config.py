@@ -69,3 +69,45 @@ def test_render_section_in_file(tmp_path):
 def test_config_from_dict_rejects_non_table():
     with pytest.raises(ConfigError, match="must be a table"):
         config_from_dict({"train": 3}, "x")
+
+
+def test_render_glyphs_in_a_file_are_honoured(tmp_path, tiny_data):
+    """[render] glyphs used to be overwritten by a second copy in [data]: one home now."""
+    from mlns_fast.data.loaders import build_dataloaders
+    from .conftest import tiny_flags
+    f = tmp_path / "fonts.toml"
+    f.write_text('[render]\nglyphs = "fonts"\n')
+    flags = tiny_flags(tiny_data, data="synthetic")
+    cfg = resolve_config(str(f), **flags)
+    assert cfg.render.glyphs == "fonts"
+    r = build_dataloaders(cfg).train.dataset.renderer
+    assert r.hand is None and r.fonts is not None
+    assert resolve_config(str(f), glyphs="mixed").render.glyphs == "mixed"  # the flag reaches the same field
+
+
+def test_old_run_configs_with_glyphs_in_data_still_load(tmp_path):
+    f = tmp_path / "old.toml"
+    f.write_text('[data]\nglyphs = "mixed"\nfont_ratio = 0.5\n')
+    cfg = load_run_config(f)
+    assert (cfg.render.glyphs, cfg.render.font_ratio) == ("mixed", 0.5)
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[render]\nn_digits = 3\n", r"\[render\] n_digits must be in \[4, 4\]"),
+    ("[render]\nvjitter = 2.0\n", r"\[render\] vjitter must be in"),
+    ("[render]\nglyph_height = 'big'\n", r"glyph_height must be a list"),
+    ("[render]\nglyph_height = ['a', 'b']\n", r"glyph_height must be a number"),
+    ("[render]\nstroke = [0.5, 1]\n", r"stroke must be an integer"),
+    ("[train]\nlr = inf\n", r"lr must be a finite number"),
+    ("[train]\nwd = nan\n", r"wd must be a finite number"),
+    ("[train]\nema = nan\n", r"ema must be a finite number"),
+    ("[train]\nepochs = 100000000\n", r"--epochs must be in \[1, 10000\]"),
+    ("[data]\nmix = nan\n", r"mix must be a finite number"),
+    ('name = "../escape"\n', r"--name '../escape'"),
+])
+def test_every_value_is_checked_in_one_place(tmp_path, text, msg):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=msg) as e:
+        resolve_config(str(f))
+    assert "--vjitter" not in str(e.value) and "\n" not in str(e.value)

@@ -27,8 +27,7 @@ def test_no_training_source_ever_asks_for_reserved_digits(monkeypatch, tiny_cfg,
         asked.append(split)
         return real(split)
 
-    for mod in (mnist, demo):
-        monkeypatch.setattr(mod, "embedded_bank", spy)
+    monkeypatch.setattr(mnist, "embedded_bank", spy)  # every bank request goes through mnist.load_bank
     monkeypatch.setenv("MLNS_FAST_CACHE", str(tmp_path))  # force a fresh demo build
     for split in ("train", "valid"):
         demo.render_split(split)
@@ -40,7 +39,7 @@ def test_no_training_source_ever_asks_for_reserved_digits(monkeypatch, tiny_cfg,
 
 
 def test_renderer_glyphs_come_from_the_train_bank_only(tiny_cfg):
-    r = loaders.make_renderer(tiny_cfg(data="synthetic"))
+    r = loaders.build_dataloaders(tiny_cfg(data="synthetic")).train.dataset.renderer
     train = embedded_bank("train")
     assert sum(len(p) for p in r.hand) == len(train.labels)
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from ..config import LAYOUTS
 from ..errors import DataError
-from .mnist import embedded_bank
-from .render import RENDER_VERSION, Renderer
+from .render import RENDER_VERSION, create_renderer, render_samples
 from .sources import Samples, load_npy_pair
 
 log = logging.getLogger(__name__)
@@ -49,10 +48,8 @@ def cache_root() -> Path:
 def render_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one demo split: images (N, 40, 168) uint8, sums (N,), digits (N, 4)."""
     _, n, bank_split, seed = SPLITS[split]
-    render = Renderer(LAYOUTS["course"], embedded_bank(bank_split), seed=seed)
-    out = [render(i) for i in range(n)]
-    return (np.stack([o.image for o in out]), np.array([o.sum for o in out], np.int64),
-            np.stack([o.digits for o in out]))
+    s = render_samples(create_renderer(LAYOUTS["course"], seed, split=bank_split), n)
+    return s.images, s.sums, s.digits
 
 
 def demo_dir() -> Path:

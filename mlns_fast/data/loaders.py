@@ -18,11 +18,10 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from ..config import RunConfig
+from ..config import N_DIGITS, RunConfig
 from ..errors import DataError
 from .demo import demo_split
-from .mnist import load_bank
-from .render import Renderer
+from .render import create_renderer
 from .sources import Samples, load_sources
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ def augmenter(seed: int):
 class Items:
     """Indexable by `(source, epoch, j)`: real image j (augmented per epoch) or synthetic image (epoch, j)."""
 
-    def __init__(self, real: Samples | None, renderer: Renderer | None = None, augment: bool = False, seed: int = 0):
+    def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0):
         self.real, self.renderer, self.seed = real, renderer, seed
         self.aug = augmenter(seed) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
@@ -59,7 +58,7 @@ class Items:
             img = self.aug(image=img)["image"]
         digits = self.real.digits
         known = digits is not None
-        return _item(img, self.real.sums[j], digits[j] if known else np.zeros(4, np.int64), known)
+        return _item(img, self.real.sums[j], digits[j] if known else np.zeros(N_DIGITS, np.int64), known)
 
     def __len__(self) -> int:
         return self.n_real
@@ -128,18 +127,12 @@ def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | Non
     return everything.subset(np.sort(order[n_valid:])), everything.subset(np.sort(order[:n_valid]))
 
 
-def make_renderer(cfg: RunConfig, seed_offset: int = 0) -> Renderer:
-    """The synthetic renderer of a run: its layout, glyph bank (never the reserved digits) and seed."""
-    rc = cfg.render_config()
-    bank = None if rc.glyphs == "fonts" else load_bank(cfg.data.bank, "train")
-    return Renderer(rc, bank, seed=cfg.train.seed + seed_offset)
-
-
 def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1) -> DataLoaders:
     """Train DataLoader (real / synthetic / mixed per `cfg.data.data`) and a real validation one."""
     d, seed = cfg.data, cfg.train.seed
     train_real, valid = resolve_real(cfg, need_train=d.data != "synthetic")
-    renderer = make_renderer(cfg) if d.data != "real" else None
+    # the synthetic stream: the run's layout, the training bank only (never reserved digits), the run's seed
+    renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
@@ -154,7 +147,3 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     dls.n_inp = 1  # (image,) is the input; (sum, digits, known) are targets for the loss
     return dls
 
-
-def eval_loader(samples: Samples, bs: int = 256, device=None) -> PlanDL:
-    """Unshuffled loader over Samples for evaluation and prediction."""
-    return PlanDL(Items(samples), shuffle=False, bs=bs, num_workers=0, device=device)

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -95,12 +96,19 @@ def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _idx_array(p: Path) -> np.ndarray:
-    raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
-    ndim = raw[3] if len(raw) > 4 else 0
-    if len(raw) < 4 + 4 * ndim or raw[2] != 0x08 or ndim not in (1, 3):
-        raise DataError(f"{p}: not an unsigned-byte IDX file")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{p}: truncated IDX file")
-    return data.reshape(shape)
+    """An IDX file through torchvision's own MNIST reader (gzip is unpacked into a temp file first)."""
+    import tempfile
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    try:
+        if p.suffix == ".gz":
+            with gzip.open(p, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+                tmp.write(src.read())
+                tmp.flush()
+                x = read_sn3_pascalvincent_tensor(tmp.name, strict=False)
+        else:
+            x = read_sn3_pascalvincent_tensor(str(p), strict=False)
+    except (OSError, EOFError, KeyError, ValueError, RuntimeError, IndexError) as e:
+        raise DataError(f"{p}: not a readable IDX file ({type(e).__name__})") from None
+    if x.dtype != torch.uint8 or x.ndim not in (1, 3):
+        raise DataError(f"{p}: not an unsigned-byte IDX file of images or labels")
+    return x.numpy()

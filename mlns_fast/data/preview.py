@@ -4,21 +4,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import GLYPHS, LAYOUTS
-from ..errors import ConfigError
+from ..config import layout_config
 from .demo import demo_split
-from .mnist import load_bank
-from .render import Renderer, render_samples
+from .render import create_renderer, render_samples
 from .sources import Samples, load_source
 
 
 def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "handwriting", seed: int = 0) -> Samples:
     """The first n images of `source`: synthetic (rendered), demo (train split) or a data path."""
     if source == "synthetic":
-        if layout not in LAYOUTS or glyphs not in GLYPHS:
-            raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)} and --glyphs one of {', '.join(GLYPHS)}")
-        cfg = replace(LAYOUTS[layout], glyphs=glyphs)
-        return render_samples(Renderer(cfg, None if glyphs == "fonts" else load_bank("", "train"), seed), n)
+        return render_samples(create_renderer(replace(layout_config(layout), glyphs=glyphs), seed), n)
     s = demo_split("train", with_digits=True) if source == "demo" else load_source(source)
     return s.subset(slice(0, n))
 

@@ -13,9 +13,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..config import RenderConfig
+from ..config import N_CLASSES, RenderConfig
 from ..errors import ConfigError
-from .mnist import Bank
+from .mnist import Bank, load_bank
 
 # Hershey faces, upright and italic: OpenCV's built-in vector fonts.
 HERSHEY_FACES = [f | it for f in (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
@@ -76,7 +76,7 @@ class Renderer:
 
     def __call__(self, *key: int) -> Rendered:
         rng = np.random.default_rng([self.seed, *key])
-        digits = rng.integers(0, 10, self.cfg.n_digits)
+        digits = rng.integers(0, N_CLASSES, self.cfg.n_digits)
         return self.render_digits(digits, rng)
 
     def render_digits(self, digits: np.ndarray, rng: np.random.Generator) -> Rendered:
@@ -208,7 +208,13 @@ def _stroke(patch: np.ndarray, k: int) -> np.ndarray:
     return patch
 
 
-def render_samples(renderer: Renderer, n: int, progress: bool = False):
+def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str = "", split: str = "train") -> Renderer:
+    """The one way to build a renderer: a layout, its glyph source's bank (a user bank, or the
+    embedded bank's `split`: train for training, valid / reserved only for held-out sets) and a seed."""
+    return Renderer(cfg, None if cfg.glyphs == "fonts" else load_bank(bank, split), seed)
+
+
+def render_samples(renderer: Renderer, n: int, progress: bool = False, source: str = ""):
     """Render images 0..n-1 of a renderer as Samples (digits known)."""
     from .sources import Samples
     idx = range(n)
@@ -217,7 +223,7 @@ def render_samples(renderer: Renderer, n: int, progress: bool = False):
         idx = track(idx, description="rendering", transient=True)
     out = [renderer(i) for i in idx]
     return Samples(np.stack([o.image for o in out]), np.array([o.sum for o in out], np.int64),
-                   np.stack([o.digits for o in out]), f"synthetic:seed{renderer.seed}")
+                   np.stack([o.digits for o in out]), source or f"synthetic:seed{renderer.seed}")
 
 
 def render_npz(n: int, out, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
@@ -225,13 +231,9 @@ def render_npz(n: int, out, layout: str = "train", glyphs: str = "handwriting", 
     """Pre-render n images to an .npz (images, labels, digits), written atomically; returns seconds."""
     import time
     from dataclasses import replace
-    from ..config import LAYOUTS
-    from .mnist import load_bank
+    from ..config import layout_config
     from .sources import save_npz
-    if layout not in LAYOUTS:
-        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    cfg = replace(LAYOUTS[layout], glyphs=glyphs)
-    renderer = Renderer(cfg, None if glyphs == "fonts" else load_bank(bank, "train"), seed)
+    renderer = create_renderer(replace(layout_config(layout), glyphs=glyphs), seed, bank)
     t0 = time.perf_counter()
     samples = render_samples(renderer, n, progress)
     seconds = time.perf_counter() - t0

@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..config import N_CLASSES, N_DIGITS, N_SUMS
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
-MAX_SUM = 36
+MAX_SUM = N_SUMS - 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -106,7 +107,12 @@ def resize_stack(arr: np.ndarray, size: tuple[int, int], where: str) -> np.ndarr
     if h < size[0] / 4 or w < size[1] / 4:
         raise DataError(f"{where}: images of {h}x{w} are too small to resize sensibly to {size[0]}x{size[1]}")
     log.info("%s: resizing %d images from %dx%d to %dx%d", where, len(arr), h, w, *size)
-    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in arr])
+    return np.stack([resize_image(im, size) for im in arr])
+
+
+def resize_image(im: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One image to (H, W) = size, area interpolation (the right filter for shrinking)."""
+    return im if im.shape == tuple(size) else cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
 def check_labels(sums: np.ndarray, where: str, n: int) -> np.ndarray:
@@ -128,10 +134,11 @@ def check_labels(sums: np.ndarray, where: str, n: int) -> np.ndarray:
 
 def check_digits(digits: np.ndarray, sums: np.ndarray, where: str) -> np.ndarray:
     """Digits must be N x 4 integers in 0..9 whose row sums equal the labels."""
-    if digits.dtype.kind not in "biu" or digits.shape != (len(sums), 4):
-        raise DataError(f"{where}: digits must be an integer array of shape {len(sums)} x 4, got {digits.dtype} {digits.shape}")
-    if digits.min() < 0 or digits.max() > 9:
-        raise DataError(f"{where}: digits must be in 0..9")
+    if digits.dtype.kind not in "iu" or digits.shape != (len(sums), N_DIGITS):
+        raise DataError(f"{where}: digits must be an integer array of shape {len(sums)} x {N_DIGITS}, "
+                        f"got {digits.dtype} {digits.shape}")
+    if digits.min() < 0 or digits.max() > N_CLASSES - 1:
+        raise DataError(f"{where}: digits must be in 0..{N_CLASSES - 1}")
     bad = np.flatnonzero(digits.sum(1) != sums)
     if len(bad):
         raise DataError(f"{where}: digits of row {bad[0]} sum to {digits[bad[0]].sum()}, label says {sums[bad[0]]}")
@@ -182,17 +189,16 @@ def load_folder(path: str | Path, size=(40, 168)) -> Samples:
             nums = [int(float(c)) for c in row[1:] if c.strip()]
         except ValueError:
             raise DataError(f"{table} row {i}: labels must be integers, got {row[1:]}") from None
-        if len(nums) not in (1, 5):
+        if len(nums) not in (1, 1 + N_DIGITS):
             raise DataError(f"{table} row {i}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
         sums.append(nums[0])
         digits.append(nums[1:])
     shapes = {im.shape for im in images}
-    stack = np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images]) \
-        if len(shapes) > 1 else np.stack(images)
+    stack = np.stack([resize_image(im, size) for im in images]) if len(shapes) > 1 else np.stack(images)
     imgs = to_uint8_images(stack, str(path), size)
     sums_a = check_labels(np.array(sums), str(table), len(imgs))
     dig = None
-    if all(len(d) == 4 for d in digits):
+    if all(len(d) == N_DIGITS for d in digits):
         dig = check_digits(np.array(digits), sums_a, str(table))
     return Samples(imgs, sums_a, dig, str(path))
 
@@ -253,7 +259,7 @@ def load_images(paths, size=(40, 168)) -> tuple[np.ndarray, list[str]]:
 def save_npz(samples: Samples, path: str | Path) -> Path:
     """Write Samples as an .npz (images, labels[, digits]) atomically."""
     import io
-    from ..runs import atomic_write
+    from ..files import atomic_write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"images": samples.images, "labels": samples.sums}

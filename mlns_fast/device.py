@@ -1,0 +1,55 @@
+"""Where a run computes and at what precision: resolved once per run, then handed around.
+
+`auto` picks bf16 where the device computes it natively (CUDA Ampere+, or a CPU with
+AVX512-BF16 / AMX), else fp32; fp16 needs CUDA. Measured on this project's 2-core AVX512-BF16 CPU,
+bf16 autocast trains mlns_cnn 2.1x faster than fp32 (benchmarks/README.md), so such CPUs get it too.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+
+from .callbacks import CPUAutocast
+from .errors import ConfigError
+
+
+def default_device() -> torch.device:
+    """This process's GPU (its local rank's under a distributed launch), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the device has native bf16, else fp32; fp16 needs CUDA."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA GPU (use bf16 or fp32 on CPU)")
+    return precision
+
+
+def precision_callbacks(precision: str, device: torch.device) -> list[Callback]:
+    """fastai callbacks for a resolved precision (fresh instances: each Learner needs its own)."""
+    if precision == "fp32":
+        return []
+    if device.type == "cuda":
+        return [MixedPrecision(amp_mode=precision)]  # loss scaling only for fp16 (fastai decides)
+    return [CPUAutocast()]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
