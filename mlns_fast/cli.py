@@ -82,7 +82,8 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
         typer.echo(f"interrupted ({summary.get('message')}); resume with: mlns-fast train --resume {run_path}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary["status"] == "diverged":
-        typer.echo(f"diverged: {summary.get('message')}; last good checkpoint kept in {run_path}", err=True)
+        kept = "last good checkpoint kept in" if (run_path / "checkpoint.pt").is_file() else "no checkpoint was written in"
+        typer.echo(f"diverged: {summary.get('message')}; {kept} {run_path}", err=True)
         raise typer.Exit(EXIT_DIVERGED)
     acc, acc_ema = summary.get("final_acc"), summary.get("final_acc_ema")
     typer.echo(f"{run_path}: valid sum accuracy {acc:.4f} raw" + (f", {acc_ema:.4f} EMA" if acc_ema is not None else "")
@@ -163,9 +164,8 @@ def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
     r = resolve_run(run, runs_dir)
     images, names = load_images([str(p) for p in inputs])
     if backend == "onnx":
-        from .export import OnnxPredictor, export
-        onnx_path = r.path / f"model{'' if raw else '_ema'}.onnx"
-        pred = OnnxPredictor(onnx_path if onnx_path.is_file() else export(r, "onnx", ema=not raw))(images)
+        from .export import OnnxPredictor, onnx_for
+        pred = OnnxPredictor(onnx_for(r, ema=not raw))(images)
     else:
         from .evaluate import load_trained, predict_arrays
         pred = predict_arrays(load_trained(r, ema=not raw)[1], images)

@@ -13,7 +13,7 @@ from .config import RunConfig, layout_config
 from .data.demo import demo_split
 from .data.render import create_renderer, render_samples
 from .data.sources import Samples
-from .errors import ModelError
+from .errors import ModelError, RunError
 from .files import atomic_write
 from .losses import digit_accuracy, sum_accuracy, sum_log_probs
 from .model import MlnsNet, create_model, read_state_dict
@@ -79,7 +79,11 @@ def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> d
         result["all_digits_accuracy"] = float((pred["digits"] == samples.digits).all(1).mean())
     correct = pred["sum"] == samples.sums
     out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise RunError(f"{out_dir}: cannot write evaluation files ({e.strerror})") from None
     from .plots import image_grid, plot_confusion
     plot_confusion(samples.sums, pred["sum"], out_dir / "confusion.png",
                    f"{run.name} on {samples.source}: {result['sum_accuracy']:.2%}")

@@ -5,6 +5,7 @@ The exported graph takes `image` (B, 1, 40, 168) float32 in 0..1 (dynamic batch)
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from .errors import ConfigError
 from .evaluate import batches, load_trained, readout
 from .files import atomic_path
 from .losses import sum_log_probs
-from .runs import RunDir
+from .runs import RunDir, finished_weights
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -40,10 +41,15 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: b
     """Write the run's network as ONNX (opset 17, dynamic batch) or TorchScript; returns the file."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    out = Path(out) if out else run.path / f"model{'_ema' if ema else ''}{FORMATS[fmt]}"
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. {out / ('model' + FORMATS[fmt])})")
     cfg, model = load_trained(run, ema)
     net = Exported(model).eval()
-    out = Path(out) if out else run.path / f"model{'_ema' if ema else ''}{FORMATS[fmt]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create its folder ({e.strerror})") from None
     x = torch.rand(2, 1, cfg.render.height, cfg.render.width)
     names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -52,9 +58,42 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: b
             # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
             torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=17,
                               dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+            _stamp(tmp, weights_digest(finished_weights(run, ema)))
         else:
             torch.jit.save(torch.jit.trace(net, x), str(tmp))
     return out
+
+
+WEIGHTS_KEY = "mlns_fast.weights_sha256"  # ONNX metadata: which weights file this graph was exported from
+
+
+def weights_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _stamp(path: Path, digest: str) -> None:
+    import onnx
+    m = onnx.load(str(path))
+    m.metadata_props.add(key=WEIGHTS_KEY, value=digest)
+    onnx.save(m, str(path))
+
+
+def onnx_for(run: RunDir, ema: bool = True) -> Path:
+    """The run's ONNX file for these weights: the cached one if it was exported from exactly these
+    weights (its metadata says so), else a fresh export (a stale, foreign or corrupt file is replaced)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    path = run.path / f"model{'_ema' if ema else ''}.onnx"
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if props.get(WEIGHTS_KEY) == weights_digest(finished_weights(run, ema)):
+            return path
+        log.info("%s was not exported from this run's weights; exporting again", path.name)
+    except FileNotFoundError:
+        pass
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:  # a corrupt or foreign file
+        log.info("%s is unreadable (%s); exporting again", path.name, type(e).__name__)
+    return export(run, "onnx", path, ema)
 
 
 class OnnxPredictor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -30,6 +31,7 @@ from .config import RunConfig, load_run_config, write_toml
 from .errors import MlnsError, RunError
 from .files import atomic_path, atomic_torch_save, atomic_write
 
+log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "experiments/runs"
 # The run folder's schema, in one place: metrics.csv columns (one row per epoch) ...
 METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
@@ -80,14 +82,61 @@ class RunDir:
         stem = time.strftime("%Y%m%d-%H%M%S") + (f"-{cfg.name}" if cfg.name else "")
         for k in range(1, 1000):
             path = root / (stem if k == 1 else f"{stem}-{k}")
+            if path.resolve().parent != root.resolve():  # names are checked already; this is the backstop
+                raise RunError(f"run name {cfg.name!r} would leave {root}")
             try:
                 path.mkdir()
             except FileExistsError:
                 continue
-            run = cls(path)
-            atomic_write(path / "config.toml", write_toml(cfg))
-            return run
+            except OSError as e:
+                raise RunError(f"{root}: cannot create a run folder ({e.strerror})") from None
+            try:
+                atomic_write(path / "config.toml", write_toml(cfg))
+            except OSError as e:
+                path.rmdir()
+                raise RunError(f"{path}: cannot write config.toml ({e.strerror})") from None
+            return cls(path)
         raise RunError(f"{root}: could not find a free run folder name for {stem}")
+
+    # --- liveness: a lock file names the process that trains this run --------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "run.lock"
+
+    def lock(self) -> None:
+        """Claim the run for this process (refused while another live process holds it)."""
+        pid = self.holder()
+        if pid is not None and pid != os.getpid():
+            raise RunError(f"{self.path}: is being trained by process {pid}; stop it first")
+        atomic_write(self.lock_path, json.dumps({"pid": os.getpid(), "host": platform.node()}))
+
+    def unlock(self) -> None:
+        self.lock_path.unlink(missing_ok=True)
+
+    def holder(self) -> int | None:
+        """The PID of the live process training this run, or None (no lock, or its process is gone)."""
+        try:
+            info = json.loads(self.lock_path.read_text())
+            pid = int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if info.get("host") != platform.node():
+            return pid  # another machine's process: assume alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def status(self) -> str:
+        """The summary's status, except that a `running` run no live process holds is `stale`."""
+        try:
+            status = self.summary().get("status", "unknown")
+        except RunError:
+            return "unknown"
+        return "stale" if status == "running" and self.holder() is None else str(status)
 
     # --- files -------------------------------------------------------------------------------
     def config(self) -> RunConfig:
@@ -131,15 +180,20 @@ class RunDir:
     def save_checkpoint(self, state: dict) -> None:
         atomic_torch_save(state, self.checkpoint_path)
 
-    def load_checkpoint(self) -> dict:
+    def load_checkpoint(self) -> dict | None:
+        """The last epoch's checkpoint, or None if the run stopped before finishing one."""
         if not self.checkpoint_path.is_file():
-            raise RunError(f"{self.path}: no checkpoint.pt to resume from (it stopped before finishing an epoch)")
+            return None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+                ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:  # refused or corrupt
             raise RunError(f"{self.checkpoint_path}: cannot be loaded safely ({type(e).__name__})") from None
+        problem = _checkpoint_problem(ckpt)
+        if problem:
+            raise RunError(f"{self.checkpoint_path}: not a usable checkpoint ({problem})")
+        return ckpt
 
     def weights_path(self, ema: bool = True) -> Path:
         return self.path / ("model_ema.safetensors" if ema else "model.safetensors")
@@ -178,6 +232,12 @@ class NullRun:
     def save_weights(self, module, ema: bool) -> None:
         pass
 
+    def lock(self) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
     def write_curves(self, rows: list[dict]) -> None:
         pass
 
@@ -200,6 +260,20 @@ def _num(v: str):
         return v
 
 
+def _checkpoint_problem(ckpt) -> str | None:
+    """What is wrong with a loaded checkpoint's structure, if anything."""
+    if not isinstance(ckpt, dict):
+        return "not a dict"
+    for key, typ in (("epoch", int), ("model", dict), ("opt", dict), ("rng_torch", torch.Tensor)):
+        if key not in ckpt:
+            return f"missing {key!r}"
+        if not isinstance(ckpt[key], typ) or isinstance(ckpt[key], bool):
+            return f"{key!r} is {type(ckpt[key]).__name__}, expected {typ.__name__}"
+    if ckpt["epoch"] < 0 or not {"state", "hypers"} <= set(ckpt["opt"]):
+        return "bad epoch or optimizer state"
+    return None
+
+
 def list_runs(runs_dir: str | Path) -> list[RunDir]:
     """Every folder in `runs_dir` that looks like a run (has a config.toml or summary.json), oldest first."""
     root = Path(runs_dir)
@@ -214,14 +288,22 @@ def resolve_run(ref: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> RunDir:
     p = Path(ref)
     if p.is_dir() and (p / "config.toml").exists():
         return RunDir(p)
+    if p.is_dir() and any((p / f).exists() for f in ("summary.json", "metrics.csv", "checkpoint.pt")):
+        raise RunError(f"{p}: run folder has no config.toml (deleted or never written)")
     runs = list_runs(runs_dir)
     if ref == "latest":
         if not runs:
             raise RunError(f"{runs_dir}: no runs yet")
         return runs[-1]
     for r in reversed(runs):
-        if r.name == ref or r.name.endswith(f"-{ref}") and _config_name(r) == ref:
+        if r.name == ref:
             return r
+    named = [r for r in runs if _config_name(r) == ref]  # `-2` folders of same-second runs included
+    if len(named) > 1:
+        log.info("%d runs are named %r; using the newest, %s (give a folder name to pick another)",
+                 len(named), ref, named[-1].name)
+    if named:
+        return named[-1]
     raise RunError(f"unknown run {ref!r} (not a run folder, nor a run name in {runs_dir}; try `mlns-fast compare`)")
 
 
@@ -238,11 +320,4 @@ def finished_weights(run: RunDir, ema: bool = True) -> Path:
         if candidate.is_file():
             return candidate
     raise RunError(f"{run.path}: no weights (the run is partial: status "
-                   f"{_status(run)}); finish or resume it first")
-
-
-def _status(run: RunDir) -> str:
-    try:
-        return run.summary().get("status", "unknown")
-    except RunError:
-        return "unknown"
+                   f"{run.status()}); finish or resume it first")

@@ -52,13 +52,11 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
 
     `summary_extra`: keys added to the run's summary.json (e.g. a sweep's study and trial number)."""
     device = torch.device(device) if device else default_device()
-    run, ckpt = None, None
-    if resume:
-        run = resolve_run(resume, runs_dir)
-        cfg, ckpt = run.config(), run.load_checkpoint()
-        if ckpt["epoch"] + 1 >= cfg.train.epochs:
-            raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
-        cfg = replace(cfg, model=replace(cfg.model, weights=""))  # the checkpoint replaces them
+    run, ckpt = resume_point(resume, runs_dir) if resume else (None, None)
+    if run is not None:
+        cfg = run.config()
+        if ckpt is not None:
+            cfg = replace(cfg, model=replace(cfg.model, weights=""))  # the checkpoint replaces them
     rank, world = rank_distrib(), max(num_distrib(), 1)  # set by `accelerate launch` / torchrun
     set_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
@@ -67,6 +65,7 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
     run = NullRun() if rank > 0 else run or RunDir.create(runs_dir, cfg)
+    run.lock()
     t = cfg.train
     ema = EMACallback(t.ema, t.ema_warmup, lambda: precision_callbacks(precision, device)) if t.ema > 0 else None
     info = {"params": count_params(model), "device": device_name(device), "precision": precision,
@@ -80,7 +79,25 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     learn = build_learner(cfg, dls, model, device, precision, quiet or rank > 0, cbs)
     if ema:
         learn.metrics += ema.metrics()
-    return fit(learn, tracker, cfg)
+    try:
+        return fit(learn, tracker, cfg)
+    finally:
+        run.unlock()
+
+
+def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
+    """The run to resume and its checkpoint; None when it stopped before its first checkpoint (it
+    then starts again from epoch 1 with its own config, in its own folder)."""
+    run = resolve_run(ref, runs_dir)
+    cfg, ckpt, status = run.config(), run.load_checkpoint(), run.status()
+    if status == "finished" or (ckpt is not None and ckpt["epoch"] + 1 >= cfg.train.epochs):
+        raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
+    pid = run.holder()
+    if pid is not None:
+        raise RunError(f"{run.path}: is being trained by process {pid}; stop it first")
+    if ckpt is None:
+        log.info("%s: no checkpoint yet (it stopped during its first epoch); starting it again", run.path)
+    return run, ckpt
 
 
 def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:

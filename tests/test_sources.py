@@ -171,3 +171,81 @@ def test_load_images_for_prediction(tmp_path):
     imgs, names = load_images([tmp_path / "stack.npy", tmp_path / "one.png"])
     assert imgs.shape == (4, 40, 168) and names[0].endswith("stack.npy[0]") and names[3].endswith("one.png")
     assert "file not found" in _err(lambda: load_images([tmp_path / "none.png"]))
+
+
+def _folder(tmp_path, rows, n=2):
+    s = make_samples(n)
+    for i in range(n):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), s.images[i])
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "{abs}", "../not_an_image.txt", "../missing.png", "sub/../../outside.png"])
+def test_csv_rows_cannot_leave_the_folder_and_errors_do_not_tell_what_exists(tmp_path, name):
+    (tmp_path / "outside.png").write_bytes(cv2.imencode(".png", np.zeros((40, 168), np.uint8))[1].tobytes())
+    (tmp_path / "not_an_image.txt").write_text("hello")
+    inner = tmp_path / "data"
+    inner.mkdir()
+    name = name.replace("{abs}", str(tmp_path / "outside.png"))
+    _folder(inner, [f"{name},3"])
+    with pytest.raises(DataError, match=r"row 1: image .* not found in") as e:
+        load_folder(inner)
+    assert "readable" not in str(e.value)
+
+
+def test_rgba_ink_in_the_alpha_channel_is_read(tmp_path):
+    bgra = np.zeros((40, 168, 4), np.uint8)
+    bgra[10:30, 20:40, 3] = 255  # black colour everywhere, the digit drawn in alpha
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    (tmp_path / "labels.csv").write_text("a.png,5\n")
+    img = load_folder(tmp_path).images[0]
+    assert img.max() == 255 and img[20, 30] == 255 and img[0, 0] == 0
+
+
+def test_rgba_colour_is_composited_over_black(tmp_path):
+    bgra = np.zeros((40, 168, 4), np.uint8)
+    bgra[..., :3] = 200
+    bgra[5:35, 10:60, :3] = 255
+    bgra[..., 3] = 255
+    bgra[:, 100:, 3] = 0  # transparent right part -> black
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    (tmp_path / "labels.csv").write_text("a.png,5\n")
+    img = load_folder(tmp_path).images[0]
+    assert img[20, 30] == 255 and img[0, 0] == 200 and img[20, 120] == 0
+
+
+@pytest.mark.parametrize("rows, msg", [
+    (["im0.png,3.7"], "whole numbers, got '3.7'"),
+    (["im0.png,3", "im1.png,abc"], "row 2: labels must be integers, got 'abc'"),
+    (["im0.png,3", "im1.png,4", "im0.png,5"], r"im0.png is listed again \(first at row 1\)"),
+    (["im0.png"], "row 1: expected filename,sum"),
+])
+def test_bad_csv_rows(tmp_path, rows, msg):
+    with pytest.raises(DataError, match=msg):
+        load_folder(_folder(tmp_path, rows))
+
+
+def test_csv_whole_floats_and_a_bom_header_are_fine(tmp_path):
+    _folder(tmp_path, [])
+    (tmp_path / "labels.csv").write_bytes("\ufefffilename,sum\nim0.png,3.0\nim1.png,4\n".encode())
+    assert load_folder(tmp_path).sums.tolist() == [3, 4]
+
+
+def test_non_utf8_csv(tmp_path):
+    _folder(tmp_path, [])
+    (tmp_path / "labels.csv").write_bytes(b"im0.png,3\n\xff\xfe\x00bad,4\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_folder(tmp_path)
+
+
+@pytest.mark.parametrize("images, labels, msg", [
+    (np.ones((2, 40, 168), bool), np.array([3, 4]), "images must be numeric"),
+    (np.zeros((2, 40, 168), np.uint8), np.array([True, False]), "labels must be integers"),
+    (np.full((2, 40, 168), 300.0), np.array([3, 4]), r"float pixels must be in 0..1 or 0..255, found 300..300"),
+    (np.full((2, 40, 168), -0.5), np.array([3, 4]), "float pixels must be in"),
+])
+def test_silently_wrong_arrays_are_refused(tmp_path, images, labels, msg):
+    x, y = _pair(tmp_path, images, labels)
+    with pytest.raises(DataError, match=msg):
+        load_npy_pair(x, y)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 
 import numpy as np
 import torch
@@ -103,6 +104,14 @@ class PlanDL(DataLoader):
 
     def get_idxs(self):
         return self._plan()
+
+    def wif(self):
+        """In each worker process: leave SIGINT / SIGTERM to the main process. A signal to the whole
+        process group (`timeout`, Slurm, systemd, Ctrl-C) would otherwise kill the worker first, and
+        the main process would fail on the dead worker instead of stopping cleanly after the batch;
+        the main process ends its workers itself when the fit stops."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world)

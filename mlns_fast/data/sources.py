@@ -72,8 +72,8 @@ def _load_array(path: Path) -> np.ndarray:
 
 def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int]) -> np.ndarray:
     """Validate an image stack and return it as uint8 (N, H, W) at `size`, gray, 0..255."""
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise DataError(f"{where}: images must be numeric, got dtype {arr.dtype}")
+    if arr.dtype == object or arr.dtype.kind not in "iuf":  # bool images would become near-black 0/1 pixels
+        raise DataError(f"{where}: images must be numeric (uint8, int or float), got dtype {arr.dtype}")
     if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
         arr = _to_gray(arr)
     if arr.ndim != 3:
@@ -83,8 +83,10 @@ def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int]) -> np.nd
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise DataError(f"{where}: images contain NaN or inf pixels")
-        scale = 255.0 if arr.max() <= 1.0 else 1.0
-        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 255:  # never clipped silently: a wrong scale or offset is the user's to fix
+            raise DataError(f"{where}: float pixels must be in 0..1 or 0..255, found {lo:g}..{hi:g}")
+        arr = (arr * (255.0 if hi <= 1.0 else 1.0)).round().astype(np.uint8)
     elif arr.dtype != np.uint8:
         if arr.min() < 0 or arr.max() > 255:
             raise DataError(f"{where}: integer pixels must be in 0..255")
@@ -118,7 +120,7 @@ def resize_image(im: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def check_labels(sums: np.ndarray, where: str, n: int) -> np.ndarray:
     """Sums must be n integers in 0..36 (float arrays holding whole numbers are accepted)."""
     sums = np.asarray(sums)
-    if sums.dtype == object or sums.dtype.kind not in "biuf":
+    if sums.dtype == object or sums.dtype.kind not in "iuf":  # bool labels would become sums 0 / 1
         raise DataError(f"{where}: labels must be integers, got dtype {sums.dtype}")
     sums = sums.reshape(-1) if sums.ndim == 2 and 1 in sums.shape else sums
     if sums.ndim != 1:
@@ -172,25 +174,23 @@ def load_npz(path: str | Path, size=(40, 168)) -> Samples:
 
 
 def load_folder(path: str | Path, size=(40, 168)) -> Samples:
-    """A folder of PNG/JPG files plus labels.csv: `filename,sum[,d1,d2,d3,d4]` (a header row is optional)."""
+    """A folder of PNG/JPG files plus labels.csv: `filename,sum[,d1,d2,d3,d4]` (a header row is optional).
+
+    Every file must lie inside the folder (no `..`, no absolute paths, no links out) and appear once."""
     path = Path(path)
     table = path / "labels.csv"
-    if not table.is_file():
-        raise DataError(f"{path}: folder has no labels.csv (expected filename,sum[,d1,d2,d3,d4])")
-    rows = [r for r in csv.reader(table.read_text().splitlines()) if r and r[0].strip()]
-    if rows and not rows[0][1].strip().lstrip("-").isdigit():
-        rows = rows[1:]  # header
-    if not rows:
-        raise DataError(f"{table}: no rows")
-    images, sums, digits = [], [], []
+    rows = _read_table(table, path)
+    images, sums, digits, seen = [], [], [], {}
     for i, row in enumerate(rows, 1):
-        images.append(_read_image(path / row[0].strip(), f"{table} row {i}"))
-        try:
-            nums = [int(float(c)) for c in row[1:] if c.strip()]
-        except ValueError:
-            raise DataError(f"{table} row {i}: labels must be integers, got {row[1:]}") from None
+        where = f"{table} row {i}"
+        file = _inside(path, row[0].strip(), where)
+        if file in seen:  # a duplicate could land in both train and valid
+            raise DataError(f"{where}: {row[0].strip()} is listed again (first at row {seen[file]})")
+        seen[file] = i
+        images.append(_read_image(file, where))
+        nums = [_whole(c, where) for c in row[1:] if c.strip()]
         if len(nums) not in (1, 1 + N_DIGITS):
-            raise DataError(f"{table} row {i}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
+            raise DataError(f"{where}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
         sums.append(nums[0])
         digits.append(nums[1:])
     shapes = {im.shape for im in images}
@@ -203,13 +203,69 @@ def load_folder(path: str | Path, size=(40, 168)) -> Samples:
     return Samples(imgs, sums_a, dig, str(path))
 
 
+def _read_table(table: Path, folder: Path) -> list[list[str]]:
+    """labels.csv's rows (UTF-8, a BOM allowed), the header dropped; every row `file,number...`."""
+    if not table.is_file():
+        raise DataError(f"{folder}: folder has no labels.csv (expected filename,sum[,d1,d2,d3,d4])")
+    try:
+        text = table.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{table}: not UTF-8 text") from None
+    rows = [r for r in csv.reader(text.splitlines()) if r and r[0].strip()]
+    for i, r in enumerate(rows, 1):
+        if len(r) < 2:
+            raise DataError(f"{table} row {i}: expected filename,sum[,d1,d2,d3,d4]; got {','.join(r)[:60]!r}")
+    if rows and not rows[0][1].strip().lstrip("-").replace(".", "", 1).isdigit():
+        rows = rows[1:]  # header
+    if not rows:
+        raise DataError(f"{table}: no rows")
+    return rows
+
+
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """`folder / name` resolved, if it stays inside the folder; one message for every other case, so
+    the error never tells whether some outside path exists."""
+    root = folder.resolve()
+    p = (folder / name).resolve()
+    if not name or not p.is_relative_to(root) or not p.is_file():
+        raise DataError(f"{where}: image {name!r} not found in {folder}")
+    return p
+
+
+def _whole(cell: str, where: str) -> int:
+    """A label cell as an integer: `3` or `3.0`, never a truncated `3.7`."""
+    try:
+        v = float(cell)
+    except ValueError:
+        raise DataError(f"{where}: labels must be integers, got {cell.strip()!r}") from None
+    if not v.is_integer():
+        raise DataError(f"{where}: labels must be whole numbers, got {cell.strip()!r}")
+    return int(v)
+
+
 def _read_image(p: Path, where: str) -> np.ndarray:
+    """One image file as gray uint8; transparency is honoured (see `_flatten_alpha`)."""
     if not p.is_file():
         raise DataError(f"{where}: image {p} not found")
-    im = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    im = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if im is None:
-        raise DataError(f"{where}: {p} is not a readable image")
-    return im
+        raise DataError(f"{where}: {p.name} is not a readable image")
+    if im.dtype != np.uint8:  # 16-bit PNGs
+        im = (im / (65535.0 if im.dtype == np.uint16 else max(float(im.max()), 1.0)) * 255).round().astype(np.uint8)
+    if im.ndim == 3 and im.shape[2] == 4:
+        return _flatten_alpha(im)
+    return cv2.cvtColor(im, cv2.COLOR_BGR2GRAY) if im.ndim == 3 else im
+
+
+def _flatten_alpha(bgra: np.ndarray) -> np.ndarray:
+    """An RGBA image on this task's black background. Where the colour carries no picture (flat)
+    and the alpha does, the ink *is* the alpha channel (a common export of drawn digits); otherwise
+    the colour is composited over black."""
+    gray = cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2GRAY)
+    alpha = bgra[..., 3]
+    if int(gray.max()) - int(gray.min()) < 16 and int(alpha.max()) - int(alpha.min()) >= 16:
+        return alpha.copy()
+    return (gray.astype(np.float32) * (alpha / 255.0)).round().astype(np.uint8)
 
 
 def load_source(spec: str, size=(40, 168)) -> Samples:
