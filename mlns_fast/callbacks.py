@@ -212,13 +212,22 @@ class RunTracker(Callback):
 
     def finish(self, status: str, message: str = "") -> dict:
         """After fit: final weights (finished runs only), summary.json and curves.png; the summary."""
+        extra = {}
         if status == "finished":
             self.folder.save_weights(unwrap_model(self.learn.model), ema=False)
             if self.ema:
                 self.folder.save_weights(self.ema.model_ema.module, ema=True)
-        summary = self.write_summary(status, message=message)
+            extra["weights"] = self.best_weights()
+        summary = self.write_summary(status, message=message, **extra)
         self.folder.write_curves(self.rows)
         return summary
+
+    def best_weights(self) -> str:
+        """`ema` or `raw`: the set that scored better on validation after the last epoch (EMA on ties);
+        evaluate, predict and export use it unless told otherwise."""
+        last = self.rows[-1] if self.rows else {}
+        raw, ema = last.get("acc"), last.get("acc_ema")
+        return "ema" if self.ema and ema is not None and (raw is None or ema >= raw) else "raw"
 
     def write_summary(self, status: str, **extra) -> dict:
         """summary.json: status, accuracies (best / final, raw / EMA), cost, environment; earlier keys kept."""

@@ -30,6 +30,13 @@ data_app = typer.Typer(no_args_is_help=True, help="Demo data, pre-rendered synth
 app.add_typer(data_app, name="data")
 
 RUNS_DIR = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="folder of run folders")
+WEIGHTS_FROM = typer.Option("best", "--weights-from",
+                            help="best (the set that scored better on validation at the end of the run) | raw | ema")
+RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
+
+
+def _which(weights_from: str, raw: bool) -> str:
+    return "raw" if raw else weights_from
 EXIT_INTERRUPTED, EXIT_DIVERGED = 130, 3
 
 
@@ -96,12 +103,13 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
             out: Path = typer.Option(Path("experiments/figures/lr_find.png"), "--out", help="plot PNG"),
             num_it: int = typer.Option(100, "--num-it", help="mini-batches to try"),
             quiet: bool = typer.Option(False, "--quiet", "-q"),
+            runs_dir: str = RUNS_DIR,
             **flags):
     """fastai's learning-rate finder on the same data and model options as train."""
     from .train import lr_find as run_lr_find
     if num_it < 20:
         raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
-    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it)
+    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it, runs_dir=runs_dir)
     for k, v in res.items():
         typer.echo(f"{k:>8}: {v:.2e}")
     typer.echo(f"plot: {out}")
@@ -131,14 +139,15 @@ def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
              npz: Optional[Path] = typer.Option(None, "--npz", help=".npz with images, labels[, digits]"),
              folder: Optional[Path] = typer.Option(None, "--dir", help="folder of images + labels.csv"),
              layout: Optional[str] = typer.Option(None, "--layout", help="render a test set from reserved digits with this layout (course, tight, train)"),
-             raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+             weights_from: str = WEIGHTS_FROM,
+             raw: bool = RAW,
              as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
              runs_dir: str = RUNS_DIR):
     """Sum accuracy of a run (default data: the demo test split, reserved digits) + confusion and mistakes PNGs."""
     from .evaluate import evaluate as run_evaluate
     from .runs import resolve_run
     r = resolve_run(run, runs_dir)
-    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout), ema=not raw)
+    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout), _which(weights_from, raw))
     if as_json:
         typer.echo(json.dumps(res))
         return
@@ -153,7 +162,8 @@ def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
 def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
             inputs: List[Path] = typer.Argument(..., help="PNG/JPG files or .npy stacks"),
             as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
-            raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+            weights_from: str = WEIGHTS_FROM,
+            raw: bool = RAW,
             backend: str = typer.Option("torch", "--backend", help="torch | onnx (exports once, then onnxruntime)"),
             runs_dir: str = RUNS_DIR):
     """Predict the sum (and digits) of images with a trained run."""
@@ -165,10 +175,10 @@ def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
     images, names = load_images([str(p) for p in inputs])
     if backend == "onnx":
         from .export import OnnxPredictor, onnx_for
-        pred = OnnxPredictor(onnx_for(r, ema=not raw))(images)
+        pred = OnnxPredictor(onnx_for(r, _which(weights_from, raw)))(images)
     else:
         from .evaluate import load_trained, predict_arrays
-        pred = predict_arrays(load_trained(r, ema=not raw)[1], images)
+        pred = predict_arrays(load_trained(r, _which(weights_from, raw))[1], images)
     rows = [{"input": n, "sum": int(pred["sum"][i]), "confidence": round(float(pred["confidence"][i]), 4),
              "digits": None if pred["digits"] is None else [int(d) for d in pred["digits"][i]]}
             for i, n in enumerate(names)]
@@ -212,12 +222,13 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
 def export(run: str = typer.Argument(..., help="run folder, name, or latest"),
            fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
            out: Optional[Path] = typer.Option(None, "--out", help="output file (default: in the run folder)"),
-           raw: bool = typer.Option(False, "--raw", help="raw weights instead of EMA"),
+           weights_from: str = WEIGHTS_FROM,
+           raw: bool = RAW,
            runs_dir: str = RUNS_DIR):
-    """Export a run's network (EMA weights by default) for use outside the toolkit."""
+    """Export a run's network (its best weights by default) for use outside the toolkit."""
     from .export import export as run_export
     from .runs import resolve_run
-    typer.echo(run_export(resolve_run(run, runs_dir), fmt, out, ema=not raw))
+    typer.echo(run_export(resolve_run(run, runs_dir), fmt, out, _which(weights_from, raw)))
 
 
 @app.command()

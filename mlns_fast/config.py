@@ -83,12 +83,21 @@ class DataConfig(Checked):
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
-    """Backbone and head."""
+    """Backbone and head, and where their first weights come from (random, timm, a file, a run)."""
     arch: str = _f("mlns_cnn", "timm architecture name, or mlns_cnn / convnet4 (built in)")
     head: str = _f("digits", "sum (37-way) | digits (4 x 10, sum by convolution)", choices=HEADS)
+    pretrained: bool = _f(False, "timm's own pretrained weights for --arch (a tag picks among them, e.g. "
+                                 "resnet50.a1_in1k); fetched once into the Hugging Face cache; offline: --weights FILE")
     weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
+    init: str = _f("", "start from another run's best weights (RUN: folder, name or latest; or its .safetensors): "
+                       "the backbone always, the head where shapes match")
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
+
+    def __post_init__(self):
+        check_fields(self)
+        if sum(map(bool, (self.pretrained, self.weights, self.init))) > 1:
+            raise ConfigError("give one of --pretrained, --weights, --init (each sets the first weights)")
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from .model import MlnsNet, create_model, read_state_dict
 from .runs import RunDir, finished_weights
 
 
-def load_trained(run: RunDir, ema: bool = True) -> tuple[RunConfig, MlnsNet]:
-    """A run's config and its network with the final EMA (or raw) weights, in eval mode on CPU."""
+def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
+    """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU."""
     cfg = run.config()
-    model = create_model(replace(cfg.model, weights=""), (cfg.render.height, cfg.render.width))
-    path = finished_weights(run, ema)
+    first = replace(cfg.model, weights="", init="", pretrained=False)  # the run's own weights replace them
+    model = create_model(first, (cfg.render.height, cfg.render.width))
+    path = finished_weights(run, which)
     try:
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
@@ -62,12 +63,12 @@ def rendered_test_set(layout: str, n: int = 2000, seed: int = 1004) -> Samples:
     return render_samples(renderer, n, source=f"rendered:{layout}")
 
 
-def evaluate(run: RunDir, samples: Samples | None = None, ema: bool = True) -> dict:
+def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best") -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
-    _, model = load_trained(run, ema)
-    used_ema = finished_weights(run, ema) == run.weights_path(True)  # a run without EMA falls back to raw
+    _, model = load_trained(run, which)
+    used_ema = finished_weights(run, which) == run.weights_path(True)
     out = predict_outputs(model, samples.images)
     pred = readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
     sums = torch.from_numpy(samples.sums)

@@ -37,14 +37,15 @@ class Exported(nn.Module):
         return (probs, out) if out.ndim == 3 else (probs,)
 
 
-def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: bool = True) -> Path:
+def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which: str = "best") -> Path:
     """Write the run's network as ONNX (opset 17, dynamic batch) or TorchScript; returns the file."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    out = Path(out) if out else run.path / f"model{'_ema' if ema else ''}{FORMATS[fmt]}"
+    weights = finished_weights(run, which)
+    out = Path(out) if out else run.path / weights.with_suffix(FORMATS[fmt]).name
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. {out / ('model' + FORMATS[fmt])})")
-    cfg, model = load_trained(run, ema)
+    cfg, model = load_trained(run, which)
     net = Exported(model).eval()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, ema: b
             # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
             torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=17,
                               dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
-            _stamp(tmp, weights_digest(finished_weights(run, ema)))
+            _stamp(tmp, weights_digest(weights))
         else:
             torch.jit.save(torch.jit.trace(net, x), str(tmp))
     return out
@@ -78,22 +79,23 @@ def _stamp(path: Path, digest: str) -> None:
     onnx.save(m, str(path))
 
 
-def onnx_for(run: RunDir, ema: bool = True) -> Path:
+def onnx_for(run: RunDir, which: str = "best") -> Path:
     """The run's ONNX file for these weights: the cached one if it was exported from exactly these
     weights (its metadata says so), else a fresh export (a stale, foreign or corrupt file is replaced)."""
     import onnx
     from google.protobuf.message import DecodeError
-    path = run.path / f"model{'_ema' if ema else ''}.onnx"
+    weights = finished_weights(run, which)
+    path = run.path / weights.with_suffix(".onnx").name
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if props.get(WEIGHTS_KEY) == weights_digest(finished_weights(run, ema)):
+        if props.get(WEIGHTS_KEY) == weights_digest(weights):
             return path
         log.info("%s was not exported from this run's weights; exporting again", path.name)
     except FileNotFoundError:
         pass
     except (DecodeError, OSError, ValueError, RuntimeError) as e:  # a corrupt or foreign file
         log.info("%s is unreadable (%s); exporting again", path.name, type(e).__name__)
-    return export(run, "onnx", path, ema)
+    return export(run, "onnx", path, which)
 
 
 class OnnxPredictor:

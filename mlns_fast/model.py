@@ -54,16 +54,31 @@ def mlns_cnn() -> SmallCNN:
 BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn}
 
 
-def create_backbone(arch: str) -> nn.Module:
-    """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`."""
+def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | Path | None = None) -> nn.Module:
+    """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`.
+
+    `pretrained`: timm's own weights for `arch` (`resnet50.a1_in1k` picks a tag), through timm's
+    download and Hugging Face cache (`HF_HUB_OFFLINE=1` uses the cache only); timm adapts the RGB
+    stem to one channel. `pretrained_file` points timm at a local file instead (its
+    `pretrained_cfg_overlay`), which is how the download path is tested offline."""
     if arch in BUILTIN:
+        if pretrained:
+            raise ModelError(f"{arch} is built in and has no pretrained weights; use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
     import timm
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
         raise ModelError(f"unknown architecture {arch!r}{hint}")
-    return timm.create_model(arch, pretrained=False, in_chans=1, num_classes=0, global_pool="")
+    overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
+    try:
+        return timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **overlay)
+    except RuntimeError as e:  # timm: an invalid pretrained tag, or weights that do not fit
+        raise ModelError(f"{arch}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # huggingface_hub: offline, not cached, or the download failed
+        raise ModelError(f"{arch}: timm's pretrained weights could not be fetched ({type(e).__name__}: offline or not "
+                         "in the Hugging Face cache); without a network use --weights FILE (a local .safetensors / "
+                         ".pth)") from None
 
 
 class SumHead(nn.Module):
@@ -129,10 +144,13 @@ class MlnsNet(nn.Module):
 
 def create_model(cfg: ModelConfig, size: tuple[int, int] = (40, 168)) -> MlnsNet:
     """The network of a run's model config, with local pretrained backbone weights if given."""
-    backbone = create_backbone(cfg.arch)
+    backbone = create_backbone(cfg.arch, cfg.pretrained)
     if cfg.weights:
         load_backbone_weights(backbone, cfg.weights)
-    return MlnsNet(backbone, cfg.head, cfg.drop, size)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size)
+    if cfg.init:
+        load_init_weights(model, cfg.init)
+    return model
 
 
 def count_params(model: nn.Module) -> int:
@@ -185,3 +203,18 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
                          f"({len(ok)} of {len(own)} tensors fit, {len(bad)} of wrong shape)")
     backbone.load_state_dict(ok, strict=False)
     log.info("loaded %d / %d backbone tensors from %s", len(ok), len(own), path)
+
+
+def load_init_weights(model: MlnsNet, path: str | Path) -> None:
+    """Another run's weights as a starting point: every backbone tensor must fit (same architecture);
+    head tensors are taken where their shapes match (a `sum` run can seed a `digits` backbone)."""
+    sd, own = read_state_dict(path), model.state_dict()
+    backbone = [k for k in own if k.startswith("backbone.")]
+    misfit = [k for k in backbone if k not in sd or sd[k].shape != own[k].shape]
+    if misfit:
+        raise ModelError(f"{path}: its backbone does not fit this one ({len(misfit)} of {len(backbone)} tensors "
+                         f"missing or of another shape, e.g. {misfit[0]}); --init needs the same --arch")
+    head = [k for k in own if not k.startswith("backbone.") and k in sd and sd[k].shape == own[k].shape]
+    model.load_state_dict({k: sd[k] for k in backbone + head}, strict=False)
+    log.info("initialised from %s: backbone (%d tensors) and %d of %d head tensors", path, len(backbone),
+             len(head), len(own) - len(backbone))

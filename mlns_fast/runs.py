@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, load_run_config, write_toml
-from .errors import MlnsError, RunError
+from .errors import ConfigError, MlnsError, RunError
 from .files import atomic_path, atomic_torch_save, atomic_write
 
 log = logging.getLogger(__name__)
@@ -314,10 +314,23 @@ def _config_name(run: RunDir) -> str | None:
         return None
 
 
-def finished_weights(run: RunDir, ema: bool = True) -> Path:
-    """The weights file of a run, EMA by default (raw when the run had no EMA); an error if missing."""
-    for candidate in ([run.weights_path(True), run.weights_path(False)] if ema else [run.weights_path(False)]):
-        if candidate.is_file():
-            return candidate
+WEIGHT_CHOICES = ("best", "raw", "ema")
+
+
+def finished_weights(run: RunDir, which: str = "best") -> Path:
+    """A finished run's weights file: `raw`, `ema`, or `best` = the set that scored better on
+    validation at the end of the run (summary.json `weights`); a run without EMA has raw only."""
+    if which not in WEIGHT_CHOICES:
+        raise ConfigError(f"--weights-from must be one of {', '.join(WEIGHT_CHOICES)}; got {which!r}")
+    if which == "best":
+        try:
+            which = run.summary().get("weights") or "ema"  # runs from before `weights` was recorded: EMA
+        except RunError:
+            which = "ema"
+    path = run.weights_path(which == "ema")
+    if which == "ema" and not path.is_file():
+        path = run.weights_path(False)
+    if path.is_file():
+        return path
     raise RunError(f"{run.path}: no weights (the run is partial: status "
                    f"{run.status()}); finish or resume it first")

@@ -25,7 +25,7 @@ from .device import default_device, device_name, precision_callbacks, resolve_pr
 from .errors import RunError
 from .losses import acc, make_loss
 from .model import count_params, create_model
-from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, git_commit, library_versions, resolve_run
+from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,10 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     run, ckpt = resume_point(resume, runs_dir) if resume else (None, None)
     if run is not None:
         cfg = run.config()
-        if ckpt is not None:
-            cfg = replace(cfg, model=replace(cfg.model, weights=""))  # the checkpoint replaces them
+        if ckpt is not None:  # the checkpoint replaces the first weights
+            cfg = replace(cfg, model=replace(cfg.model, weights="", init="", pretrained=False))
+    elif cfg.model.init:
+        cfg = replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir)))
     rank, world = rank_distrib(), max(num_distrib(), 1)  # set by `accelerate launch` / torchrun
     set_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
@@ -83,6 +85,14 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
         return fit(learn, tracker, cfg)
     finally:
         run.unlock()
+
+
+def init_weights(ref: str, runs_dir) -> str:
+    """`--init`: a weights file as given, or a run's best weights file (recorded in the new run's config)."""
+    p = Path(ref)
+    if p.is_file() and p.suffix in (".safetensors", ".pt", ".pth"):
+        return str(p.resolve())
+    return str(finished_weights(resolve_run(ref, runs_dir), "best").resolve())
 
 
 def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
@@ -113,8 +123,11 @@ def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:
     return tracker.finish(status, message)
 
 
-def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 100, device=None) -> dict:
+def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 100, device=None,
+            runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
     """fastai's lr_find on the run config's data and model: suggestions (valley, slide, minimum, steep) and a PNG."""
+    if cfg.model.init:
+        cfg = replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir)))
     from fastai.callback.schedule import minimum, slide, steep, valley
     import matplotlib
     matplotlib.use("Agg")

@@ -62,3 +62,58 @@ def test_malicious_pickle_is_refused(tmp_path, capsys):
     with pytest.raises(ModelError, match="not a loadable weights file"):
         read_state_dict(tmp_path / "evil.pt")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_pretrained_goes_through_timm_and_adapts_the_stem(tmp_path):
+    """`--pretrained` is timm's own loading path; here pointed at a local file (no network)."""
+    import timm
+    rgb = timm.create_model("resnet10t", pretrained=False)  # ImageNet-shaped: RGB stem, 1000-way fc
+    torch.save(rgb.state_dict(), tmp_path / "r10t.pth")
+    bb = create_backbone("resnet10t", pretrained=True, pretrained_file=tmp_path / "r10t.pth")
+    stem = rgb.conv1[0].weight
+    assert bb.conv1[0].weight.shape == (stem.shape[0], 1, 3, 3)
+    torch.testing.assert_close(bb.conv1[0].weight, stem.sum(1, keepdim=True))  # timm's adapt_input_conv rule
+    assert torch.equal(bb.layer4[0].conv2.weight, rgb.layer4[0].conv2.weight)
+    fresh = create_backbone("resnet10t")
+    assert not torch.equal(fresh.layer4[0].conv2.weight, rgb.layer4[0].conv2.weight)
+
+
+@pytest.mark.parametrize("arch, msg", [("resnet10t.bogus_tag", "Invalid pretrained tag"),
+                                       ("mlns_cnn", "built in and has no pretrained weights")])
+def test_pretrained_user_errors(arch, msg):
+    with pytest.raises(ModelError, match=msg):
+        create_backbone(arch, pretrained=True)
+
+
+def test_pretrained_offline_is_one_line_naming_the_offline_route(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    p = subprocess.run([sys.executable, "-m", "mlns_fast", "train", "--arch", "resnet10t", "--pretrained",
+                        "--runs-dir", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "--weights FILE" in lines[0] and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_source_of_first_weights():
+    from mlns_fast.errors import ConfigError
+    with pytest.raises(ConfigError, match="one of --pretrained, --weights, --init"):
+        ModelConfig(arch="resnet18", pretrained=True, weights="w.pth")
+
+
+def test_init_takes_the_backbone_and_the_head_where_it_fits(tmp_path):
+    from safetensors.torch import save_file
+    from mlns_fast.model import load_init_weights
+    src = create_model(ModelConfig(arch="convnet4", head="digits"))
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    dst = create_model(ModelConfig(arch="convnet4", head="sum", init=str(tmp_path / "w.safetensors")))
+    for k, v in dst.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, src.state_dict()[k]), k
+    same_head = create_model(ModelConfig(arch="convnet4", head="digits", init=str(tmp_path / "w.safetensors")))
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in same_head.state_dict().items())
+    with pytest.raises(ModelError, match="needs the same --arch"):
+        load_init_weights(create_model(ModelConfig(arch="mlns_cnn")), tmp_path / "w.safetensors")

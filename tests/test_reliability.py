@@ -236,3 +236,9 @@ def test_sigterm_to_the_process_group_interrupts_cleanly(tmp_path, tiny_data):
     assert "Traceback" not in err and "resume with: mlns-fast train --resume" in err
     run = list_runs(runs)[0]
     assert run.status() == "interrupted" and not run.lock_path.exists()
+
+
+def test_the_same_source_cannot_train_and_validate(capsys, tmp_path, tiny_data):
+    flags = tiny_flags(tiny_data, valid=(tiny_data["train"],))
+    code, _, err = run_cli(capsys, "train", "--quiet", "--runs-dir", tmp_path / "runs", *flag_args(flags))
+    assert_user_error(code, err, "given as both --real and --valid")

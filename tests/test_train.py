@@ -114,3 +114,31 @@ def test_evaluate_says_raw_when_the_run_has_no_ema(tiny_cfg, tmp_path):
     s = train(tiny_cfg(ema=0.0, epochs=1), tmp_path, quiet=True)
     res = evaluate(RunDir(tmp_path / s["run"]), demo_split("valid").subset(slice(0, 32)))
     assert res["weights"] == "raw" and res["n"] == 32 and 0 <= res["sum_accuracy"] <= 1
+
+
+def test_best_weights_are_recorded_and_used_by_default(tiny_cfg, tmp_path):
+    from mlns_fast.evaluate import evaluate
+    from mlns_fast.runs import finished_weights
+    s = train(tiny_cfg(epochs=1, ema=0.5), tmp_path, quiet=True)
+    run = RunDir(tmp_path / s["run"])
+    want = "ema" if s["final_acc_ema"] >= s["final_acc"] else "raw"
+    assert s["weights"] == want and finished_weights(run).name == run.weights_path(want == "ema").name
+    summary = json.loads((run.path / "summary.json").read_text())
+    for forced in ("raw", "ema"):  # whatever the summary names is what `best` means
+        (run.path / "summary.json").write_text(json.dumps({**summary, "weights": forced}))
+        assert finished_weights(run) == run.weights_path(forced == "ema")
+        assert evaluate(run, make_valid(32))["weights"] == forced
+    assert evaluate(run, make_valid(32), "ema")["weights"] == "ema"
+
+
+def make_valid(n):
+    from mlns_fast.data.demo import demo_split
+    return demo_split("valid").subset(slice(0, n))
+
+
+def test_init_from_a_run_records_its_weights_file(tiny_cfg, tmp_path):
+    from mlns_fast.runs import finished_weights
+    a = train(tiny_cfg(name="pre", data="synthetic", epochs=1), tmp_path, quiet=True)
+    b = train(tiny_cfg(name="fine", data="real", head="sum", epochs=1, init="pre"), tmp_path, quiet=True)
+    cfg = RunDir(tmp_path / b["run"]).config()
+    assert b["status"] == "finished" and cfg.model.init == str(finished_weights(RunDir(tmp_path / a["run"])).resolve())

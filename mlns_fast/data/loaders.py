@@ -125,6 +125,9 @@ def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | Non
         train = demo_split("train") if need_train else None
         valid = load_sources(d.valid, size) if d.valid else demo_split("valid")
         return train, valid
+    both = sorted(set(map(_canonical, d.real)) & set(map(_canonical, d.valid)))
+    if both:
+        raise DataError(f"{both[0]}: given as both --real and --valid; validation must be held out")
     everything = load_sources(d.real, size)
     if d.valid:
         return everything, load_sources(d.valid, size)
@@ -134,6 +137,12 @@ def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | Non
         raise DataError(f"{everything.source}: {len(everything)} images are too few to hold out a validation set")
     log.info("holding out %d of %d real images for validation", n_valid, len(everything))
     return everything.subset(np.sort(order[n_valid:])), everything.subset(np.sort(order[:n_valid]))
+
+
+def _canonical(spec: str) -> str:
+    """A source spec with each of its paths resolved, so `a.npz` and `./a.npz` compare equal."""
+    from pathlib import Path
+    return ":".join(str(Path(part).resolve()) for part in spec.split(":"))
 
 
 def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1) -> DataLoaders:
