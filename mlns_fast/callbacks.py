@@ -213,7 +213,7 @@ class RunTracker(Callback):
     def finish(self, status: str, message: str = "") -> dict:
         """After fit: final weights (finished runs only), summary.json and curves.png; the summary."""
         extra = {}
-        if status == "finished":
+        if status in ("finished", "pruned"):  # a pruned sweep trial still ends a clean epoch: keep its weights
             self.folder.save_weights(unwrap_model(self.learn.model), ema=False)
             if self.ema:
                 self.folder.save_weights(self.ema.model_ema.module, ema=True)

@@ -91,6 +91,8 @@ class ModelConfig(Checked):
     weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
     init: str = _f("", "start from another run's best weights (RUN: folder, name or latest; or its .safetensors): "
                        "the backbone always, the head where shapes match")
+    output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
+                               "supports it, else its own)", choices=(0, 8, 16, 32))
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
 
@@ -108,7 +110,8 @@ class TrainConfig(Checked):
     wd: float = _f(0.01, "AdamW weight decay", 0.0, 10.0)
     ema: float = _f(0.99, "EMA decay per step (0 = off); validated and saved beside the raw weights", 0.0, 1.0,
                     open_hi=True)
-    ema_warmup: bool = _f(False, "timm's EMA decay warm-up (decay grows with the step)")
+    ema_warmup: bool = _f(True, "timm's EMA decay warm-up: decay min(ema, 1 - (1 + step)^-2/3), so early averages do "
+                                "not keep the random init's BatchNorm statistics (measured: experiments/ema_probe.py)")
     precision: str = _f("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where the GPU/CPU has native bf16, else fp32)",
                         choices=PRECISIONS)
     seed: int = _f(0, "seed of weights, shuffling, rendering and augmentation", 0, 2**32 - 1)
@@ -163,7 +166,7 @@ def check_fields(obj) -> None:
     for f in fields(cls):
         value, meta, label = getattr(obj, f.name), f.metadata, flag_label(cls, f.name)
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}; got {value!r}")
+            raise ConfigError(f"{label} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
         if hints[f.name] is tuple and not meta.get("multiple"):
             _check_pair(label, value, meta)
         elif hints[f.name] in (int, float):

@@ -54,31 +54,64 @@ def mlns_cnn() -> SmallCNN:
 BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn}
 
 
-def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | Path | None = None) -> nn.Module:
+AUTO_STRIDE = 16  # --output-stride 0: where a family supports it (measured: experiments/RESULTS.md, timm backbones)
+
+
+def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | Path | None = None,
+                    size: tuple[int, int] = (40, 168), output_stride: int = 0) -> nn.Module:
     """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`.
 
     `pretrained`: timm's own weights for `arch` (`resnet50.a1_in1k` picks a tag), through timm's
     download and Hugging Face cache (`HF_HUB_OFFLINE=1` uses the cache only); timm adapts the RGB
     stem to one channel. `pretrained_file` points timm at a local file instead (its
-    `pretrained_cfg_overlay`), which is how the download path is tested offline."""
+    `pretrained_cfg_overlay`), which is how the download path is tested offline.
+
+    The feature map the head reads: a stride-32 backbone hands it 2 x 6 cells for four digits, so
+    families that take timm's `output_stride` (ResNets, ConvNeXt, EfficientNet, RegNet...) run at
+    `output_stride` (0 = AUTO_STRIDE: 3 x 11 cells) through dilation; token models (ViT, hybrids)
+    are built for this image size (`dynamic_img_size`, padded to whole patches)."""
     if arch in BUILTIN:
-        if pretrained:
-            raise ModelError(f"{arch} is built in and has no pretrained weights; use a timm --arch, or --init RUN")
+        if pretrained or output_stride:
+            raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (8); "
+                             "use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
     import timm
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
         raise ModelError(f"unknown architecture {arch!r}{hint}")
-    overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
+    kw = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
     try:
-        return timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **overlay)
+        kw.update(_family_kwargs(arch, size, output_stride))
+        return timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **kw)
     except RuntimeError as e:  # timm: an invalid pretrained tag, or weights that do not fit
         raise ModelError(f"{arch}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # huggingface_hub: offline, not cached, or the download failed
         raise ModelError(f"{arch}: timm's pretrained weights could not be fetched ({type(e).__name__}: offline or not "
                          "in the Hugging Face cache); without a network use --weights FILE (a local .safetensors / "
                          ".pth)") from None
+
+
+def _family_kwargs(arch: str, size: tuple[int, int], output_stride: int) -> dict:
+    """timm keywords that fit this family to 40 x 168 images: a token model's image size, or an output
+    stride. Found by building the bare model once (no weights): timm has no registry of who takes what."""
+    import timm
+    probe = timm.create_model(arch, pretrained=False, num_classes=0)
+    if hasattr(probe, "patch_embed"):  # ViT and hybrids
+        if output_stride:
+            raise ModelError(f"{arch}: a token model has no --output-stride (its patch size sets the grid)")
+        return {"img_size": tuple(size), "dynamic_img_size": True, "dynamic_img_pad": True}
+    stride = output_stride or AUTO_STRIDE
+    if stride == 32:
+        return {}
+    try:
+        timm.create_model(arch, pretrained=False, num_classes=0, output_stride=stride)
+    except (TypeError, AssertionError, ValueError):
+        if output_stride:
+            raise ModelError(f"{arch}: this family does not take --output-stride {output_stride} "
+                             "(use 0 for its own)") from None
+        return {}
+    return {"output_stride": stride}
 
 
 class SumHead(nn.Module):
@@ -124,19 +157,20 @@ class MlnsNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1, size=(40, 168)):
         super().__init__()
-        self.backbone, self.head_name = backbone, head
-        with torch.no_grad():  # feature-map width at this image size (the sum head's input size)
+        self.backbone, self.head_name, self.tokens = backbone, head, False
+        with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
             backbone.eval()  # no BatchNorm statistics from the dummy batch
-            width = self.features(torch.zeros(2, 1, *size).to(next(backbone.parameters()))).shape[-1]
+            x = torch.zeros(2, 1, *size).to(next(backbone.parameters()))
+            self.tokens = backbone.forward_features(x).ndim == 3
+            f = self.features(x)
             backbone.train(was)
-        self.head = HEADS[head](backbone.num_features, drop, width)
+        self.head = HEADS[head](f.shape[1], drop, f.shape[-1])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.backbone.forward_features(x)  # (B, C, h, w)
-        if f.ndim == 3:  # token models: (B, N, C) -> (B, C, 1, N)
-            f = f.transpose(1, 2).unsqueeze(2)
-        return f
+        if self.tokens:  # token models: the patch grid (B, C, h, w), prefix tokens dropped, final norm applied
+            return self.backbone.forward_intermediates(x, indices=1, intermediates_only=True, norm=True)[-1]
+        return self.backbone.forward_features(x)  # (B, C, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
         return self.head(self.features(x))
@@ -144,7 +178,7 @@ class MlnsNet(nn.Module):
 
 def create_model(cfg: ModelConfig, size: tuple[int, int] = (40, 168)) -> MlnsNet:
     """The network of a run's model config, with local pretrained backbone weights if given."""
-    backbone = create_backbone(cfg.arch, cfg.pretrained)
+    backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.weights:
         load_backbone_weights(backbone, cfg.weights)
     model = MlnsNet(backbone, cfg.head, cfg.drop, size)

@@ -79,7 +79,7 @@ def test_pretrained_goes_through_timm_and_adapts_the_stem(tmp_path):
 
 
 @pytest.mark.parametrize("arch, msg", [("resnet10t.bogus_tag", "Invalid pretrained tag"),
-                                       ("mlns_cnn", "built in and has no pretrained weights")])
+                                       ("mlns_cnn", "is built in: it has no pretrained weights")])
 def test_pretrained_user_errors(arch, msg):
     with pytest.raises(ModelError, match=msg):
         create_backbone(arch, pretrained=True)
@@ -117,3 +117,24 @@ def test_init_takes_the_backbone_and_the_head_where_it_fits(tmp_path):
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in same_head.state_dict().items())
     with pytest.raises(ModelError, match="needs the same --arch"):
         load_init_weights(create_model(ModelConfig(arch="mlns_cnn")), tmp_path / "w.safetensors")
+
+
+def test_feature_maps_suit_the_reader():
+    """Stride-32 CNNs would hand the reader 2 x 6 cells; token models need a grid, not a token list."""
+    vit = create_model(ModelConfig(arch="vit_tiny_patch16_224")).eval()
+    assert vit.tokens and vit.features(torch.rand(2, 1, 40, 168)).shape == (2, 192, 3, 11)
+    assert vit(torch.rand(2, 1, 40, 168)).shape == (2, 4, 10)
+    r18 = create_model(ModelConfig(arch="resnet18")).eval()
+    assert r18.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (3, 11)  # auto: output stride 16
+    r18_32 = create_model(ModelConfig(arch="resnet18", output_stride=32)).eval()
+    assert r18_32.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (2, 6)
+    mnv3 = create_model(ModelConfig(arch="mobilenetv3_small_100")).eval()  # no output_stride: its own
+    assert mnv3.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (2, 6)
+
+
+@pytest.mark.parametrize("arch, stride, msg", [("mobilenetv3_small_100", 16, "does not take --output-stride"),
+                                               ("vit_tiny_patch16_224", 16, "token model"),
+                                               ("mlns_cnn", 8, "built in")])
+def test_output_stride_errors(arch, stride, msg):
+    with pytest.raises(ModelError, match=msg):
+        create_model(ModelConfig(arch=arch, output_stride=stride))

@@ -83,7 +83,8 @@ def test_onnx_cache_must_belong_to_the_weights(capsys, tmp_path, trained, tiny_d
     run = resolve_run("toy", trained)
     x = np.load(str(tiny_data["valid"].split(":")[0]))[:6]
     np.save(tmp_path / "x.npy", x)
-    code, torch_out, _ = run_cli(capsys, "predict", "toy", tmp_path / "x.npy", "--runs-dir", trained, "--json")
+    code, torch_out, _ = run_cli(capsys, "predict", "toy", tmp_path / "x.npy", "--runs-dir", trained, "--json",
+                                 "--weights-from", "ema")
     onnx_path = run.path / "model_ema.onnx"
     for junk in (b"not an onnx file", None):
         if junk is None:  # a valid graph, but exported from other weights: a raw-weights export renamed
@@ -92,7 +93,7 @@ def test_onnx_cache_must_belong_to_the_weights(capsys, tmp_path, trained, tiny_d
         else:
             onnx_path.write_bytes(junk)
         code, out, err = run_cli(capsys, "predict", "toy", tmp_path / "x.npy", "--runs-dir", trained, "--json",
-                                 "--backend", "onnx")
+                                 "--backend", "onnx", "--weights-from", "ema")
         assert code == 0, err
         assert [json.loads(r)["sum"] for r in out.splitlines()] == [json.loads(r)["sum"] for r in torch_out.splitlines()]
         import onnx
