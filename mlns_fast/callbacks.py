@@ -149,7 +149,24 @@ class SignalStop(Callback):
             signal.signal(sig, handler)
 
 
-class RunTracker(Callback):
+class CompletedEpochs(Callback):
+    """Base of callbacks that act after an epoch only if it ran to its end: not cancelled or stopped,
+    and validated. `completed_metrics()` is then the epoch's metrics by name, else None."""
+
+    def before_epoch(self):
+        self.skipped = False
+
+    def after_cancel_epoch(self):
+        self.skipped = True
+
+    def completed_metrics(self) -> dict | None:
+        rec = self.learn.recorder
+        if self.skipped or rec.cancel_train or rec.cancel_valid or getattr(self.learn, "stop_reason", None):
+            return None
+        return dict(zip(rec.metric_names, rec.log))
+
+
+class RunTracker(CompletedEpochs):
     """Owns a run's epoch rows, checkpoint, resume and summary (the shape of fastai's TrackerCallback).
 
     After every completed epoch: a metrics.csv row, an atomic checkpoint, then summary.json. Given
@@ -170,16 +187,13 @@ class RunTracker(Callback):
             self.ckpt = None
 
     def before_epoch(self):
-        self.skipped, self.t0 = False, time.perf_counter()
-
-    def after_cancel_epoch(self):
-        self.skipped = True
+        super().before_epoch()
+        self.t0 = time.perf_counter()
 
     def after_epoch(self):
-        rec = self.learn.recorder
-        if self.skipped or rec.cancel_train or rec.cancel_valid or getattr(self.learn, "stop_reason", None):
+        vals = self.completed_metrics()
+        if vals is None:
             return
-        vals = dict(zip(rec.metric_names, rec.log))
         vals.update(epoch=self.epoch, lr=self.opt.hypers[-1]["lr"], seconds=round(time.perf_counter() - self.t0, 3))
         from .runs import METRIC_COLUMNS
         self.rows.append({c: _clean(vals.get(c)) for c in METRIC_COLUMNS})

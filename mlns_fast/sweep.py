@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import optuna
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import CancelFitException
 from optuna.trial import TrialState
 
-from .callbacks import RunTracker
+from .callbacks import CompletedEpochs, RunTracker
 from .config import SECTIONS, RunConfig, config_from_dict, read_toml, write_toml
 from .errors import ConfigError, MlnsError, RunError
 from .files import atomic_write
@@ -544,7 +544,7 @@ class ClaimLock:
 
 # --- one trial -----------------------------------------------------------------------------------
 
-class PruneTrial(Callback):
+class PruneTrial(CompletedEpochs):
     """After every logged epoch: report the study metric to the trial; stop the run as `pruned` when the
     pruner says so. Ordered after the run tracker, so the epoch's metrics row and checkpoint are
     written before the decision. The last epoch is reported, never pruned (nothing left to save)."""
@@ -553,17 +553,8 @@ class PruneTrial(Callback):
     def __init__(self, trial, column: str):
         self.trial, self.column, self.last = trial, column, None
 
-    def before_epoch(self):
-        self.skipped = False
-
-    def after_cancel_epoch(self):
-        self.skipped = True
-
     def after_epoch(self):
-        rec = self.learn.recorder
-        if self.skipped or rec.cancel_train or rec.cancel_valid or getattr(self.learn, "stop_reason", None):
-            return
-        value = dict(zip(rec.metric_names, rec.log)).get(self.column)
+        value = (self.completed_metrics() or {}).get(self.column)
         if value is None or math.isnan(float(value)):
             return
         self.last = float(value)
