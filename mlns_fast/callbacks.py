@@ -23,6 +23,15 @@ from .losses import acc
 log = logging.getLogger(__name__)
 
 
+def scorer(dls, module, loss_func, cbs=()) -> Learner:
+    """A quiet fastai Learner that only scores `module` (validate, get_preds) on `dls.valid`: fastai's
+    own validation loop for weights other than the training Learner's (EMA, calibration)."""
+    from fastai.callback.progress import ProgressCallback
+    learn = Learner(dls, module, loss_func=loss_func, metrics=[AvgMetric(acc)], cbs=list(cbs))
+    learn.remove_cbs(ProgressCallback)
+    return learn
+
+
 class EMACallback(Callback):
     """Exponential moving average of the weights through timm's `ModelEmaV3`, validated every epoch.
 
@@ -43,10 +52,7 @@ class EMACallback(Callback):
     def before_fit(self):
         if self.model_ema is None:
             self.model_ema = ModelEmaV3(unwrap_model(self.learn.model), decay=self.decay, use_warmup=self.warmup)
-        from fastai.callback.progress import ProgressCallback
-        self.scorer = Learner(self.dls, self.model_ema.module, loss_func=self.learn.loss_func,
-                              metrics=[AvgMetric(acc)], cbs=self.scorer_cbs())
-        self.scorer.remove_cbs(ProgressCallback)
+        self.scorer = scorer(self.dls, self.model_ema.module, self.learn.loss_func, self.scorer_cbs())
 
     def before_batch(self):
         self.cancelled = False
@@ -224,9 +230,8 @@ class RunTracker(CompletedEpochs):
             learn.recorder.smooth_loss.val = ckpt["smooth_loss"]["val"]
         log.info("resuming %s at epoch %d", self.folder.path, self.start_epoch)
 
-    def finish(self, status: str, message: str = "") -> dict:
+    def finish(self, status: str, message: str = "", **extra) -> dict:
         """After fit: final weights (finished runs only), summary.json and curves.png; the summary."""
-        extra = {}
         if status in ("finished", "pruned"):  # a pruned sweep trial still ends a clean epoch: keep its weights
             self.folder.save_weights(unwrap_model(self.learn.model), ema=False)
             if self.ema:

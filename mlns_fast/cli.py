@@ -102,6 +102,8 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
 def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML experiment file"),
             out: Path = typer.Option(Path("experiments/figures/lr_find.png"), "--out", help="plot PNG"),
             num_it: int = typer.Option(100, "--num-it", help="mini-batches to try"),
+            warmup: int = typer.Option(0, "--warmup", help="optimizer steps at lr/10 before the sweep (this task's "
+                                                           "loss sits on a plateau at first: try 200)"),
             quiet: bool = typer.Option(False, "--quiet", "-q"),
             runs_dir: str = RUNS_DIR,
             **flags):
@@ -109,7 +111,10 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
     from .train import lr_find as run_lr_find
     if num_it < 20:
         raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
-    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it, runs_dir=runs_dir)
+    if not 0 <= warmup <= 100_000:
+        raise ConfigError(f"--warmup must be in [0, 100000], got {warmup}")
+    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it, runs_dir=runs_dir,
+                      warmup=warmup)
     for k, v in res.items():
         typer.echo(f"{k:>8}: {v:.2e}")
     typer.echo(f"plot: {out}")
@@ -156,6 +161,23 @@ def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
                + (f", digit accuracy {res['digit_accuracy']:.4f}" if "digit_accuracy" in res else ""))
     for f in res["files"]:
         typer.echo(f"  {f}")
+
+
+@app.command()
+def robustness(run: str = typer.Argument(..., help="run folder, name, or latest"),
+               sets: Optional[List[str]] = typer.Option(None, "--set", help="only these sets (repeatable); default: all"),
+               weights_from: str = WEIGHTS_FROM,
+               as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+               runs_dir: str = RUNS_DIR):
+    """Score a run on the robustness battery: layout, style and writer shifts, all from unseen handwriting."""
+    from .robustness import render_table, robustness as run_robustness
+    from .runs import resolve_run
+    res = run_robustness(resolve_run(run, runs_dir), weights_from, list(sets or []))
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    typer.echo(render_table(res).rstrip("\n"))
+    typer.echo(f"worst: {res['worst']}; chart: {res['files'][0]}")
 
 
 @app.command()

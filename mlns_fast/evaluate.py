@@ -30,7 +30,28 @@ def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
-    return cfg, model.eval()
+    t = run_temperature(run, "ema" if path == run.weights_path(True) else "raw")
+    return cfg, (Calibrated(model, t) if t != 1.0 else model).eval()
+
+
+def run_temperature(run: RunDir, weights: str) -> float:
+    """The temperature fitted on the valid split at the end of the run for these weights (1.0 if none)."""
+    try:
+        t = (run.summary().get("temperature") or {}).get(weights, 1.0)
+    except (RunError, AttributeError):
+        return 1.0
+    return float(t) if isinstance(t, (int, float)) and 0.01 <= t <= 100 else 1.0
+
+
+class Calibrated(torch.nn.Module):
+    """A network whose logits are divided by its fitted temperature: same argmax per digit, honest confidences."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
 
 
 def batches(images: np.ndarray, bs: int = 256):
@@ -63,21 +84,38 @@ def rendered_test_set(layout: str, n: int = 2000, seed: int = 1004) -> Samples:
     return render_samples(renderer, n, source=f"rendered:{layout}")
 
 
+def score(model: torch.nn.Module, samples: Samples) -> tuple[dict, dict]:
+    """A model's figures on samples: n, sum accuracy, expected calibration error of the sum confidence,
+    and digit accuracies where the digits are known; plus its predictions."""
+    out = predict_outputs(model, samples.images)
+    pred = readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
+    sums = torch.from_numpy(samples.sums)
+    metrics = {"n": int(len(samples)), "sum_accuracy": float(sum_accuracy(out, sums)),
+               "ece": calibration_error(pred["confidence"], pred["sum"] == samples.sums)}
+    if pred["digits"] is not None and samples.digits is not None:
+        digits, known = torch.from_numpy(samples.digits), torch.ones(len(samples), dtype=torch.bool)
+        metrics["digit_accuracy"] = float(digit_accuracy(out, sums, digits, known))
+        metrics["all_digits_accuracy"] = float((pred["digits"] == samples.digits).all(1).mean())
+    return metrics, pred
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: mean |accuracy - confidence| over equal-width confidence bins,
+    weighted by the share of predictions in each bin."""
+    idx = np.clip(np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    return float(sum((idx == b).mean() * abs(correct[idx == b].mean() - confidence[idx == b].mean())
+                     for b in range(bins) if (idx == b).any()))
+
+
 def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best") -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     _, model = load_trained(run, which)
     used_ema = finished_weights(run, which) == run.weights_path(True)
-    out = predict_outputs(model, samples.images)
-    pred = readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
-    sums = torch.from_numpy(samples.sums)
-    result = {"run": run.name, "data": samples.source, "weights": "ema" if used_ema else "raw", "n": int(len(samples)),
-              "sum_accuracy": float(sum_accuracy(out, sums))}
-    if pred["digits"] is not None and samples.digits is not None:
-        digits, known = torch.from_numpy(samples.digits), torch.ones(len(samples), dtype=torch.bool)
-        result["digit_accuracy"] = float(digit_accuracy(out, sums, digits, known))
-        result["all_digits_accuracy"] = float((pred["digits"] == samples.digits).all(1).mean())
+    metrics, pred = score(model, samples)
+    result = {"run": run.name, "data": samples.source, "weights": "ema" if used_ema else "raw",
+              "temperature": getattr(model, "temperature", 1.0), **metrics}
     correct = pred["sum"] == samples.sums
     out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}"
     try:

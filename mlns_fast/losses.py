@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -89,3 +90,16 @@ def digit_accuracy(out, sums, digits, known):
     if out.ndim != 3 or not known.any():
         return torch.tensor(float("nan"))
     return (out[known].argmax(-1) == digits[known]).float().mean()
+
+
+def fit_temperature(out: torch.Tensor, sums: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 that minimises the sum NLL of `out / T` on
+    held-out outputs (either head), found by scipy's bounded scalar search over log T."""
+    from scipy.optimize import minimize_scalar
+    out = out.detach().float()
+
+    def nll(log_t: float) -> float:
+        return float(-sum_log_probs(out / float(np.exp(log_t))).gather(1, sums[:, None]).mean())
+
+    res = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-3})
+    return float(np.exp(res.x))

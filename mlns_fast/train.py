@@ -13,17 +13,19 @@ from pathlib import Path
 import torch
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and lr_find in)
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgMetric, Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from timm.utils import unwrap_model
 
-from .callbacks import DivergenceGuard, EMACallback, EpochPlan, RunTracker, ShardedTrainer, SignalStop
+from .callbacks import DivergenceGuard, EMACallback, EpochPlan, RunTracker, ShardedTrainer, SignalStop, scorer
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
 from .errors import RunError
-from .losses import acc, make_loss
+from .losses import acc, fit_temperature, make_loss
 from .model import count_params, create_model
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
 
@@ -120,12 +122,43 @@ def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:
         tracker.write_summary("failed", message=f"{type(e).__name__}: {e}")
         raise
     status, message = getattr(learn, "stop_reason", None) or ("finished", "")
-    return tracker.finish(status, message)
+    extra = {"temperature": temperatures(learn, tracker.ema)} if status == "finished" else {}
+    return tracker.finish(status, message, **extra)
+
+
+def temperatures(learn: Learner, ema: EMACallback | None) -> dict[str, float]:
+    """Per weights set (raw, EMA), the temperature that calibrates its sum confidence on the valid
+    split; predictions divide the network's logits by it (evaluate, predict, export)."""
+    modules = {"raw": unwrap_model(learn.model), **({"ema": ema.model_ema.module} if ema else {})}
+    device = learn.dls.device or torch.device("cpu")
+    out = {}
+    for name, module in modules.items():
+        # reorder=False: fastai would argsort our loader's (source, epoch, j) keys; the valid loader is unshuffled
+        lrn = scorer(learn.dls, module, learn.loss_func, precision_callbacks(learn.precision, device))
+        preds, targs = lrn.get_preds(dl=learn.dls.valid, reorder=False)
+        out[name] = round(fit_temperature(preds, targs[0] if isinstance(targs, (tuple, list)) else targs), 4)
+    return out
+
+
+class StopAfter(Callback):
+    """Ends a fit after `n` training batches."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def after_batch(self):
+        if self.training and self.train_iter >= self.n:
+            raise CancelFitException()
 
 
 def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 100, device=None,
-            runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
-    """fastai's lr_find on the run config's data and model: suggestions (valley, slide, minimum, steep) and a PNG."""
+            runs_dir: str | Path = DEFAULT_RUNS_DIR, warmup: int = 0) -> dict:
+    """fastai's lr_find on the run config's data and model: suggestions (valley, slide, minimum, steep) and a PNG.
+
+    `warmup`: optimizer steps at a tenth of the config's lr before the sweep. This task sits on a
+    loss plateau for its first few hundred steps at any learning rate, so a finder started from
+    random weights draws a flat line until it explodes; from warmed-up weights it shows where the
+    loss falls fastest. fastai's finder restores the weights it started from afterwards."""
     if cfg.model.init:
         cfg = replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir)))
     from fastai.callback.schedule import minimum, slide, steep, valley
@@ -140,6 +173,8 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     learn = build_learner(cfg, dls, model, device, precision, quiet)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if warmup:
+        learn.fit(10_000, lr=cfg.train.lr / 10, cbs=[StopAfter(warmup)])
     res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
     plt.gcf().savefig(out, dpi=110, bbox_inches="tight")
     plt.close("all")

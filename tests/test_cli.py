@@ -96,6 +96,33 @@ def test_lr_find(capsys, tmp_path, tiny_data):
         assert k in out
 
 
+def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypatch):
+    """--warmup takes optimizer steps before the sweep; fastai's finder still restores its start."""
+    import torch
+    from fastai.learner import Learner
+    from mlns_fast.config import resolve_config
+    from mlns_fast.train import lr_find
+    steps, starts = [], []
+    real_fit, real_lr_find = Learner.fit, Learner.lr_find
+
+    def fit(self, n_epoch, *a, **k):
+        out = real_fit(self, n_epoch, *a, **k)
+        steps.append(self.train_iter)
+        return out
+
+    def finder(self, *a, **k):
+        starts.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
+        res = real_lr_find(self, *a, **k)
+        assert all(torch.equal(p, starts[0][n]) for n, p in self.model.named_parameters())
+        return res
+
+    monkeypatch.setattr(Learner, "fit", fit)
+    monkeypatch.setattr(Learner, "lr_find", finder)
+    cfg = resolve_config(**tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160))
+    res = lr_find(cfg, tmp_path / "lr.png", quiet=True, num_it=25, warmup=7)
+    assert steps[0] == 7 and len(starts) == 1 and set(res) == {"valley", "slide", "minimum", "steep"}
+
+
 # --- user errors: one line, exit 2, no run folder -----------------------------------------------
 def _bad_inputs(tmp_path, tiny_data):
     import pickle

@@ -84,3 +84,15 @@ def test_digit_accuracy_only_over_known():
     logits[:, :, 3] = 5
     digits = torch.tensor([[3, 3, 3, 3], [0, 0, 0, 0]])
     assert digit_accuracy(logits, digits.sum(1), digits, torch.tensor([True, False])).item() == 1.0
+
+
+def test_fit_temperature_recovers_the_scale_that_generated_the_labels():
+    from mlns_fast.losses import fit_temperature
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 37, generator=g) * 3
+    labels = torch.multinomial((z / 2.0).softmax(1), 1, generator=g).squeeze(1)
+    assert abs(fit_temperature(z, labels) - 2.0) < 0.15
+    digits = torch.randn(4000, 4, 10, generator=g) * 4  # the digits head: T scales every position
+    from mlns_fast.losses import sum_log_probs
+    labels = torch.multinomial(sum_log_probs(digits / 0.5).exp(), 1, generator=g).squeeze(1)
+    assert abs(fit_temperature(digits, labels) - 0.5) < 0.08

@@ -142,3 +142,13 @@ def test_init_from_a_run_records_its_weights_file(tiny_cfg, tmp_path):
     b = train(tiny_cfg(name="fine", data="real", head="sum", epochs=1, init="pre"), tmp_path, quiet=True)
     cfg = RunDir(tmp_path / b["run"]).config()
     assert b["status"] == "finished" and cfg.model.init == str(finished_weights(RunDir(tmp_path / a["run"])).resolve())
+
+
+def test_temperature_is_fitted_and_applied(tiny_cfg, tmp_path):
+    from mlns_fast.evaluate import Calibrated, load_trained
+    s = train(tiny_cfg(epochs=1), tmp_path, quiet=True)
+    assert set(s["temperature"]) == {"raw", "ema"} and all(0.05 < t < 20 for t in s["temperature"].values())
+    _, model = load_trained(RunDir(tmp_path / s["run"]), "raw")
+    assert isinstance(model, Calibrated) and model.temperature == s["temperature"]["raw"]
+    x = torch.rand(3, 1, 40, 168)
+    torch.testing.assert_close(model(x), model.model(x) / s["temperature"]["raw"])

@@ -1,0 +1,162 @@
+"""The robustness battery: a run scored on fixed test sets that differ from the demo the way real data does.
+
+Every set is rendered from handwriting no run ever trains on: MNIST's *reserved* digits, scikit-learn's
+`load_digits` (other writers, 8x8 scans; evaluation-only by this project's rule) or OpenCV's fonts.
+Sets are deterministic (fixed seeds), built once and cached. The battery is a test: never train or
+tune on its exact settings.
+
+    layout  tight, loose, small, large, vertical, slant   (the `course` layout, one range pushed out)
+    style   thick, thin, blur, lowres, noise, contrast    (course layout, the strokes or the image changed)
+    writer  sklearn-digits, fonts                         (course layout, other glyphs)
+    demo    demo-test                                     (the demo test split)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from .config import LAYOUTS, RenderConfig
+from .data.mnist import Bank
+from .data.render import RENDER_VERSION, Renderer, create_renderer, render_samples
+from .data.sources import Samples
+
+log = logging.getLogger(__name__)
+N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 90 %
+COURSE = LAYOUTS["course"]
+
+
+@dataclass(frozen=True)
+class ShiftSet:
+    """One test set of the battery: a layout, a glyph source and an optional image transform."""
+    name: str
+    group: str
+    render: RenderConfig
+    glyphs: str = "reserved"  # reserved (MNIST) | sklearn | fonts
+    transform: str = ""  # "" | lowres
+    seed: int = 0
+
+
+BATTERY = [
+    ShiftSet("tight", "layout", LAYOUTS["tight"], seed=2001),
+    ShiftSet("loose", "layout", replace(COURSE, glyph_height=(0.45, 0.65), gap=(1.2, 2.5)), seed=2002),
+    ShiftSet("small", "layout", replace(COURSE, glyph_height=(0.3, 0.45)), seed=2003),
+    ShiftSet("large", "layout", replace(COURSE, glyph_height=(0.95, 1.0), aspect=(1.0, 1.4)), seed=2004),
+    ShiftSet("vertical", "layout", replace(COURSE, glyph_height=(0.4, 0.6), vjitter=1.0), seed=2005),
+    ShiftSet("slant", "layout", replace(COURSE, rotation=(-25.0, 25.0), shear=(-0.5, 0.5)), seed=2006),
+    ShiftSet("thick", "style", replace(COURSE, stroke=(2, 3)), seed=2007),
+    ShiftSet("thin", "style", replace(COURSE, stroke=(-2, -1)), seed=2008),
+    ShiftSet("blur", "style", replace(COURSE, blur_p=1.0, blur_sigma=(1.2, 1.8)), seed=2009),
+    ShiftSet("lowres", "style", COURSE, transform="lowres", seed=2010),
+    ShiftSet("noise", "style", replace(COURSE, noise_p=1.0, noise_std=(20.0, 35.0)), seed=2011),
+    ShiftSet("contrast", "style", replace(COURSE, contrast=(0.25, 0.45)), seed=2012),
+    ShiftSet("sklearn-digits", "writer", COURSE, glyphs="sklearn", seed=2013),
+    ShiftSet("fonts", "writer", replace(COURSE, glyphs="fonts"), glyphs="fonts", seed=2014),
+]
+NAMES = [s.name for s in BATTERY] + ["demo-test"]
+
+
+@lru_cache(maxsize=1)
+def sklearn_bank() -> Bank:
+    """scikit-learn's 1,797 digits (other writers, 8x8, 0..16), as 28x28 glyphs. Evaluation only."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    glyphs = np.stack([cv2.resize((im * (255 / 16)).astype(np.uint8), (20, 20), interpolation=cv2.INTER_CUBIC)
+                       for im in d.images])
+    images = np.zeros((len(glyphs), 28, 28), np.uint8)
+    images[:, 4:24, 4:24] = glyphs  # MNIST-like: a 20x20 digit in a 28x28 box
+    return Bank(images, d.target.astype(np.int64), np.arange(len(glyphs)), "sklearn:load_digits")
+
+
+def _lowres(images: np.ndarray) -> np.ndarray:
+    """Down to 40 % then back up: the blocky look of a low-resolution scan."""
+    h, w = images.shape[1:]
+    small = [cv2.resize(im, (int(w * 0.4), int(h * 0.4)), interpolation=cv2.INTER_AREA) for im in images]
+    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in small])
+
+
+def render_set(spec: ShiftSet, n: int | None = None) -> Samples:
+    """Render one set of the battery (deterministic): N_IMAGES images unless told."""
+    n = n or N_IMAGES
+    if spec.glyphs == "sklearn":
+        renderer = Renderer(spec.render, sklearn_bank(), spec.seed)
+    else:
+        renderer = create_renderer(spec.render, spec.seed, split="reserved")
+    s = render_samples(renderer, n, source=f"battery:{spec.name}")
+    if spec.transform == "lowres":
+        s.images = _lowres(s.images)
+    return s
+
+
+def _version() -> str:
+    spec = json.dumps([[asdict(s) for s in BATTERY], N_IMAGES, RENDER_VERSION], sort_keys=True, default=str)
+    return hashlib.sha1(spec.encode()).hexdigest()[:10]
+
+
+def battery(names: list[str] | None = None) -> dict[str, Samples]:
+    """The battery's sets by name, rendered on first use and cached beside the demo set."""
+    from .data.demo import cache_root, demo_split
+    from .data.sources import load_npz, save_npz
+    root = cache_root() / f"battery-{_version()}"
+    out = {}
+    for spec in BATTERY:
+        if names and spec.name not in names:
+            continue
+        path = root / f"{spec.name}.npz"
+        if not path.is_file():
+            log.info("rendering robustness set %s", spec.name)
+            save_npz(render_set(spec), path)
+        out[spec.name] = load_npz(path)
+        out[spec.name].source = f"battery:{spec.name}"
+    if not names or "demo-test" in names:
+        out["demo-test"] = demo_split("test", with_digits=True)
+    return out
+
+
+def robustness(run, which: str = "best", names: list[str] | None = None) -> dict:
+    """Score a run on the battery: per set n, sum accuracy, digit accuracy, calibration error; written
+    to RUN/robustness/<weights>/result.json with a chart (robustness.png)."""
+    from .errors import ConfigError, RunError
+    from .evaluate import load_trained, score
+    from .files import atomic_write
+    from .runs import finished_weights
+    unknown = sorted(set(names or []) - set(NAMES))
+    if unknown:
+        raise ConfigError(f"--sets: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
+    _, model = load_trained(run, which)
+    weights = "ema" if finished_weights(run, which) == run.weights_path(True) else "raw"
+    groups = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
+    rows = [{"set": name, "group": groups[name], **score(model, samples)[0]}
+            for name, samples in battery(names).items()]
+    result = {"run": run.name, "weights": weights, "sets": rows,
+              "worst": min(rows, key=lambda r: r["sum_accuracy"])["set"]}
+    out_dir = run.path / "robustness" / weights
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from .plots import plot_robustness
+        result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
+        atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise RunError(f"{out_dir}: cannot write robustness files ({e.strerror})") from None
+    return result
+
+
+def render_table(result: dict) -> str:
+    """The battery's figures as a terminal table."""
+    import io
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{result['run']}: robustness ({result['weights']} weights)")
+    for c in ("set", "group", "n", "sum acc", "digit acc", "ECE"):
+        t.add_column(c, justify="left" if c in ("set", "group") else "right")
+    for r in result["sets"]:
+        t.add_row(r["set"], r["group"], str(r["n"]), f"{r['sum_accuracy']:.4f}",
+                  f"{r['digit_accuracy']:.4f}" if "digit_accuracy" in r else "-", f"{r['ece']:.4f}")
+    console = Console(record=True, file=io.StringIO(), width=100)
+    console.print(t)
+    return console.export_text()

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from mlns_fast import robustness as rb
+from mlns_fast.evaluate import calibration_error
+
+
+def test_calibration_error_known_values():
+    conf = np.array([0.95, 0.95, 0.95, 0.95, 0.55, 0.55])
+    correct = np.array([1, 1, 1, 0, 1, 0], bool)
+    # bins: 0.95 -> acc 0.75 (|0.2|, weight 4/6); 0.55 -> acc 0.5 (|0.05|, weight 2/6)
+    assert calibration_error(conf, correct) == pytest.approx(4 / 6 * 0.2 + 2 / 6 * 0.05)
+    assert calibration_error(np.array([1.0, 1.0]), np.array([True, True])) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("spec", rb.BATTERY, ids=lambda s: s.name)
+def test_every_set_renders_deterministically_from_unseen_handwriting(spec, monkeypatch):
+    from mlns_fast.data import mnist
+    asked = []
+    real = mnist.embedded_bank
+    monkeypatch.setattr(mnist, "embedded_bank", lambda split="train": asked.append(split) or real(split))
+    a, b = rb.render_set(spec, 24), rb.render_set(spec, 24)
+    assert a.images.shape == (24, 40, 168) and a.images.dtype == np.uint8
+    assert (a.images == b.images).all() and (a.sums == a.digits.sum(1)).all()
+    assert a.images.max() > 40  # something was drawn
+    assert set(asked) <= {"reserved"}  # never a training or validation glyph
+
+
+def test_sets_differ_the_way_they_say():
+    base = rb.render_set(next(s for s in rb.BATTERY if s.name == "thin"), 64).images
+    thick = rb.render_set(next(s for s in rb.BATTERY if s.name == "thick"), 64).images
+    low = rb.render_set(next(s for s in rb.BATTERY if s.name == "contrast"), 64).images
+    assert (thick > 128).mean() > 1.5 * (base > 128).mean()  # more ink
+    assert low.max() <= 0.45 * 255 + 1
+
+
+def test_sklearn_bank_is_other_writers():
+    bank = rb.sklearn_bank()
+    assert bank.images.shape == (1797, 28, 28) and set(bank.labels.tolist()) == set(range(10))
+
+
+def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
+    from mlns_fast.cli import main
+    from .conftest import flag_args, tiny_flags
+    monkeypatch.setattr(rb, "N_IMAGES", 32)
+    runs = tmp_path / "runs"
+    assert main(["train", "--quiet", "--runs-dir", str(runs), *flag_args(tiny_flags(tiny_data, epochs=1))]) == 0
+    capsys.readouterr()
+    assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "tight", "--set", "sklearn-digits",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["set"] for r in res["sets"]] == ["tight", "sklearn-digits"]
+    for r in res["sets"]:
+        assert r["n"] == 32 and 0 <= r["sum_accuracy"] <= 1 and 0 <= r["ece"] <= 1 and 0 <= r["digit_accuracy"] <= 1
+    run = next(runs.iterdir())
+    assert (run / "robustness" / res["weights"] / "robustness.png").stat().st_size > 5000
+    assert json.loads((run / "robustness" / res["weights"] / "result.json").read_text())["sets"] == res["sets"]
+    assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "nope"]) == 2
+    assert "unknown set 'nope'" in capsys.readouterr().err
