@@ -106,13 +106,13 @@ def plot_size(rows: list[dict], path: str | Path) -> Path:
 def plot_robustness(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Sum and digit accuracy per robustness set, grouped by kind of shift, with a 90 % line."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = plt.subplots(figsize=(13, 4))
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["sum_accuracy"] for r in rows], 0.4, label="sum accuracy")
     ax.bar(x + 0.2, [r.get("digit_accuracy", np.nan) for r in rows], 0.4, label="digit accuracy")
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(x, [f"{r['set']}\n({r['group']})" for r in rows], fontsize=7)
     ax.set(ylim=(0, 1), ylabel="accuracy", title=title or "robustness")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
