@@ -63,6 +63,13 @@ def config_options(func):
     return func
 
 
+def _png_out(out: Path) -> Path:
+    """A figure's --out must be a file name (matplotlib would write `DIR.png` beside a folder)."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. {out / 'figure.png'})")
+    return out
+
+
 def _resolve(config: Optional[Path], name: Optional[str], flags: dict):
     flags = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items()}
     return resolve_config(str(config) if config else None, name=name, **flags)
@@ -113,7 +120,7 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
         raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
     if not 0 <= warmup <= 100_000:
         raise ConfigError(f"--warmup must be in [0, 100000], got {warmup}")
-    res = run_lr_find(_resolve(config, None, flags), out, quiet=quiet, num_it=num_it, runs_dir=runs_dir,
+    res = run_lr_find(_resolve(config, None, flags), _png_out(out), quiet=quiet, num_it=num_it, runs_dir=runs_dir,
                       warmup=warmup)
     for k, v in res.items():
         typer.echo(f"{k:>8}: {v:.2e}")
@@ -228,6 +235,8 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
             runs_dir: str = RUNS_DIR):
     """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
     from . import compare as cmp
+    if plot:
+        _png_out(plot)
     rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
     if only_changed:
         cols = cmp.changed_columns(rows)
@@ -329,7 +338,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", help="synth
     from .data.preview import preview
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
-    typer.echo(preview(source, out, n, layout, glyphs, seed))
+    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ User errors (data, arch, weights, options) are raised before a run folder exists
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -175,7 +176,9 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     if warmup:
         learn.fit(10_000, lr=cfg.train.lr / 10, cbs=[StopAfter(warmup)])
-    res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
+    with tempfile.TemporaryDirectory() as tmp:  # fastai's finder saves and restores the weights under learn.path
+        learn.path = Path(tmp)
+        res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
     plt.gcf().savefig(out, dpi=110, bbox_inches="tight")
     plt.close("all")
     return {k: float(v) for k, v in res._asdict().items()}

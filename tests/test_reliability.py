@@ -243,3 +243,25 @@ def test_the_same_source_cannot_train_and_validate(capsys, tmp_path, tiny_data):
     flags = tiny_flags(tiny_data, valid=(tiny_data["train"],))
     code, _, err = run_cli(capsys, "train", "--quiet", "--runs-dir", tmp_path / "runs", *flag_args(flags))
     assert_user_error(code, err, "given as both --real and --valid")
+
+
+@pytest.mark.parametrize("args", [["lr-find", "--quiet", "--num-it", "20"], ["data", "preview"],
+                                  ["compare", "--plot"]])
+def test_figure_out_that_is_a_folder(capsys, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figs").mkdir()
+    if args[0] == "compare":
+        args = args + ["figs"]
+    else:
+        args = args + ["--out", "figs"]
+    code, _, err = run_cli(capsys, *args)
+    assert_user_error(code, err, "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"] and not any((tmp_path / "figs").iterdir())
+
+
+def test_lr_find_writes_nothing_but_its_plot(capsys, tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
+    code, _, err = run_cli(capsys, "lr-find", "--quiet", "--num-it", "30", "--out", "lr.png", *flag_args(flags))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]  # no fastai `models/` folder left behind
