@@ -8,17 +8,20 @@ import signal
 import threading
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.distributed import DistributedTrainer
-from fastai.learner import AvgMetric, Learner, Recorder
+from fastai.learner import AvgMetric, Learner, Recorder, ValueMetric
 from fastai.torch_core import to_float
 from fastcore.foundation import L
 from timm.utils import ModelEmaV3, unwrap_model
 
+from .errors import RunError
 from .losses import acc
+from .runs import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,6 @@ class EMACallback(Callback):
 
     def metrics(self) -> list:
         """fastai metrics reading this callback's last EMA validation."""
-        from fastai.learner import ValueMetric
         return [ValueMetric(self.valid_loss_ema), ValueMetric(self.acc_ema)]
 
     def valid_loss_ema(self):
@@ -201,7 +203,6 @@ class RunTracker(CompletedEpochs):
         if vals is None:
             return
         vals.update(epoch=self.epoch, lr=self.opt.hypers[-1]["lr"], seconds=round(time.perf_counter() - self.t0, 3))
-        from .runs import METRIC_COLUMNS
         self.rows.append({c: _clean(vals.get(c)) for c in METRIC_COLUMNS})
         self.folder.write_metrics(self.rows)
         self.folder.save_checkpoint(self._state())
@@ -250,7 +251,6 @@ class RunTracker(CompletedEpochs):
 
     def write_summary(self, status: str, **extra) -> dict:
         """summary.json: status, accuracies (best / final, raw / EMA), cost, environment; earlier keys kept."""
-        from .errors import RunError
         cfg, rows = self.cfg, self.rows
         accs = [r["acc"] for r in rows if r.get("acc") is not None]
         emas = [r["acc_ema"] for r in rows if r.get("acc_ema") is not None]
@@ -281,7 +281,6 @@ def _clean(v):
 def _plain(o):
     """Lists, dicts, tensors and Python scalars only: fastai's optimizer state holds fastcore `L`s and
     numpy scalars, which `torch.load(weights_only=True)` rightly refuses to unpickle."""
-    import numpy as np
     if isinstance(o, dict):
         return {k: _plain(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, L)):

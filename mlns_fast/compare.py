@@ -27,7 +27,7 @@ def run_row(run: RunDir) -> dict:
         s = run.summary()
         row.update({c: s.get(c) for c in COLUMNS if c in s})
         row["run"] = run.name
-        row["status"] = run.status()  # `running` with no live process becomes `stale`
+        row["status"] = run.status(s)  # `running` with no live process becomes `stale`
     except MlnsError:
         row["status"] = "corrupt" if (run.path / "summary.json").exists() else "no-summary"
         try:

@@ -8,6 +8,7 @@ and one validation (`check_fields`). Every run writes the resolved config beside
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -159,41 +160,52 @@ def flag_label(cls, name: str) -> str:
     return f"--{name.replace('_', '-')}" if FLAG_SECTIONS.get(name) == section else f"[{section}] {name}"
 
 
+class _Invalid(ValueError):
+    """A value's problem, worded without its name; `check_fields` adds the name the user knows."""
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return get_type_hints(cls)  # evaluated once per class: every config construction is checked
+
+
 def check_fields(obj) -> None:
     """The one validation of a config section: types, choices, finite numbers inside their bounds."""
     cls = type(obj)
-    hints = get_type_hints(cls)
     for f in fields(cls):
-        value, meta, label = getattr(obj, f.name), f.metadata, flag_label(cls, f.name)
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{label} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
-        if hints[f.name] is tuple and not meta.get("multiple"):
-            _check_pair(label, value, meta)
-        elif hints[f.name] in (int, float):
-            _check_number(label, value, meta)
+        value, meta, typ = getattr(obj, f.name), f.metadata, _hints(cls)[f.name]
+        try:
+            if meta.get("choices") and value not in meta["choices"]:
+                raise _Invalid(f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+            if typ is tuple and not meta.get("multiple"):
+                _check_pair(value, meta)
+            elif typ in (int, float):
+                _check_number(value, meta)
+        except _Invalid as e:
+            raise ConfigError(f"{flag_label(cls, f.name)} {e}") from None
 
 
-def _check_number(label: str, value, meta: dict, integer: bool = False) -> None:
+def _check_number(value, meta: dict, integer: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ConfigError(f"{label} must be a{'n integer' if integer else ' number'}, got {value!r}")
+        raise _Invalid(f"must be a{'n integer' if integer else ' number'}, got {value!r}")
     if not math.isfinite(value):
-        raise ConfigError(f"{label} must be a finite number, got {value}")
+        raise _Invalid(f"must be a finite number, got {value}")
     lo, hi = meta.get("lo"), meta.get("hi")
     # written as `not (inside)` so that NaN, which compares false with everything, can never pass
     inside = (lo is None or (value > lo if meta.get("open_lo") else value >= lo)) and \
              (hi is None or (value < hi if meta.get("open_hi") else value <= hi))
     if not inside:
-        raise ConfigError(f"{label} must be in {'(' if meta.get('open_lo') else '['}{lo}, {hi}"
-                          f"{')' if meta.get('open_hi') else ']'}, got {value}")
+        raise _Invalid(f"must be in {'(' if meta.get('open_lo') else '['}{lo}, {hi}"
+                       f"{')' if meta.get('open_hi') else ']'}, got {value}")
 
 
-def _check_pair(label: str, value, meta: dict) -> None:
+def _check_pair(value, meta: dict) -> None:
     if not isinstance(value, tuple) or len(value) != 2:
-        raise ConfigError(f"{label} must be a [low, high] pair, got {list(value) if isinstance(value, tuple) else value!r}")
+        raise _Invalid(f"must be a [low, high] pair, got {list(value) if isinstance(value, tuple) else value!r}")
     for v in value:
-        _check_number(label, v, meta, integer=bool(meta.get("ints")))
+        _check_number(v, meta, integer=bool(meta.get("ints")))
     if value[0] > value[1]:
-        raise ConfigError(f"{label} must be a [low, high] pair with low <= high, got {list(value)}")
+        raise _Invalid(f"must be a [low, high] pair with low <= high, got {list(value)}")
 
 
 def check_name(name) -> None:
@@ -206,7 +218,7 @@ def check_name(name) -> None:
 
 def _coerce(cls, key: str, value: Any, where: str):
     """Check a TOML value against the field's annotated type (ints are accepted for floats)."""
-    typ = get_type_hints(cls)[key]
+    typ = _hints(cls)[key]
     multiple = next(f for f in fields(cls) if f.name == key).metadata.get("multiple")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

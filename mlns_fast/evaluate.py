@@ -17,7 +17,7 @@ from .errors import ModelError, RunError
 from .files import atomic_write
 from .losses import digit_accuracy, sum_accuracy, sum_log_probs
 from .model import MlnsNet, create_model, read_state_dict
-from .runs import RunDir, finished_weights
+from .runs import RunDir, weights_set
 
 
 def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
@@ -25,12 +25,13 @@ def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
     cfg = run.config()
     first = replace(cfg.model, weights="", init="", pretrained=False)  # the run's own weights replace them
     model = create_model(first, (cfg.render.height, cfg.render.width))
-    path = finished_weights(run, which)
+    used = weights_set(run, which)
+    path = run.weights_path(used == "ema")
     try:
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
-    t = run_temperature(run, "ema" if path == run.weights_path(True) else "raw")
+    t = run_temperature(run, used)
     return cfg, (Calibrated(model, t) if t != 1.0 else model).eval()
 
 
@@ -112,9 +113,8 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best") -
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     _, model = load_trained(run, which)
-    used_ema = finished_weights(run, which) == run.weights_path(True)
     metrics, pred = score(model, samples)
-    result = {"run": run.name, "data": samples.source, "weights": "ema" if used_ema else "raw",
+    result = {"run": run.name, "data": samples.source, "weights": weights_set(run, which),
               "temperature": getattr(model, "temperature", 1.0), **metrics}
     correct = pred["sum"] == samples.sums
     out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}"

@@ -80,10 +80,10 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
         close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
         raise ModelError(f"unknown architecture {arch!r}{hint}")
-    kw = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
+    overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
     try:
-        kw.update(_family_kwargs(arch, size, output_stride))
-        return timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **kw)
+        return _create_fitted(arch, pretrained, size, output_stride, in_chans=1, num_classes=0, global_pool="",
+                              **overlay)
     except RuntimeError as e:  # timm: an invalid pretrained tag, or weights that do not fit
         raise ModelError(f"{arch}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # huggingface_hub: offline, not cached, or the download failed
@@ -92,26 +92,28 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
                          ".pth)") from None
 
 
-def _family_kwargs(arch: str, size: tuple[int, int], output_stride: int) -> dict:
-    """timm keywords that fit this family to 40 x 168 images: a token model's image size, or an output
-    stride. Found by building the bare model once (no weights): timm has no registry of who takes what."""
+def _create_fitted(arch: str, pretrained: bool, size: tuple[int, int], output_stride: int, **kw) -> nn.Module:
+    """`arch` fitted to 40 x 168 images: at the output stride where the family takes one, else (token
+    models: ViT, hybrids) built for this image size. timm has no registry of which family takes what, so
+    the stride is tried first: a CNN that takes it is built once."""
     import timm
-    probe = timm.create_model(arch, pretrained=False, num_classes=0)
-    if hasattr(probe, "patch_embed"):  # ViT and hybrids
+    stride = output_stride or AUTO_STRIDE
+    if stride != 32:
+        try:
+            return timm.create_model(arch, pretrained=pretrained, output_stride=stride, **kw)
+        except (TypeError, AssertionError, ValueError) as e:
+            if isinstance(e, OSError):  # huggingface_hub's "not found" errors are ValueErrors too
+                raise
+    refused = output_stride not in (0, 32)  # an explicit stride this family does not take
+    model = timm.create_model(arch, pretrained=pretrained and not refused, **kw)
+    if hasattr(model, "patch_embed"):
         if output_stride:
             raise ModelError(f"{arch}: a token model has no --output-stride (its patch size sets the grid)")
-        return {"img_size": tuple(size), "dynamic_img_size": True, "dynamic_img_pad": True}
-    stride = output_stride or AUTO_STRIDE
-    if stride == 32:
-        return {}
-    try:
-        timm.create_model(arch, pretrained=False, num_classes=0, output_stride=stride)
-    except (TypeError, AssertionError, ValueError):
-        if output_stride:
-            raise ModelError(f"{arch}: this family does not take --output-stride {output_stride} "
-                             "(use 0 for its own)") from None
-        return {}
-    return {"output_stride": stride}
+        return timm.create_model(arch, pretrained=pretrained, img_size=tuple(size), dynamic_img_size=True,
+                                 dynamic_img_pad=True, **kw)
+    if refused:
+        raise ModelError(f"{arch}: this family does not take --output-stride {output_stride} (use 0 for its own)")
+    return model
 
 
 class SumHead(nn.Module):

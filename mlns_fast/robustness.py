@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import LAYOUTS, RenderConfig
 from .data.mnist import Bank
-from .data.render import RENDER_VERSION, Renderer, create_renderer, render_samples
+from .data.render import RENDER_VERSION, create_renderer, render_samples
 from .data.sources import Samples
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,9 @@ def _lowres(images: np.ndarray) -> np.ndarray:
 def render_set(spec: ShiftSet, n: int | None = None) -> Samples:
     """Render one set of the battery (deterministic): N_IMAGES images unless told."""
     n = n or N_IMAGES
-    if spec.glyphs == "sklearn":
-        renderer = Renderer(spec.render, sklearn_bank(), spec.seed)
-    else:
-        renderer = create_renderer(spec.render, spec.seed, split="reserved")
-    s = render_samples(renderer, n, source=f"battery:{spec.name}")
+    bank = sklearn_bank() if spec.glyphs == "sklearn" else ""
+    s = render_samples(create_renderer(spec.render, spec.seed, bank, split="reserved"), n,
+                       source=f"battery:{spec.name}")
     if spec.transform == "lowres":
         s.images = _lowres(s.images)
     return s
@@ -108,11 +106,13 @@ def battery(names: list[str] | None = None) -> dict[str, Samples]:
         if names and spec.name not in names:
             continue
         path = root / f"{spec.name}.npz"
-        if not path.is_file():
+        if path.is_file():
+            out[spec.name] = load_npz(path)
+            out[spec.name].source = f"battery:{spec.name}"
+        else:
             log.info("rendering robustness set %s", spec.name)
-            save_npz(render_set(spec), path)
-        out[spec.name] = load_npz(path)
-        out[spec.name].source = f"battery:{spec.name}"
+            out[spec.name] = render_set(spec)
+            save_npz(out[spec.name], path)
     if not names or "demo-test" in names:
         out["demo-test"] = demo_split("test", with_digits=True)
     return out
@@ -124,12 +124,12 @@ def robustness(run, which: str = "best", names: list[str] | None = None) -> dict
     from .errors import ConfigError, RunError
     from .evaluate import load_trained, score
     from .files import atomic_write
-    from .runs import finished_weights
+    from .runs import weights_set
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
         raise ConfigError(f"--sets: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
     _, model = load_trained(run, which)
-    weights = "ema" if finished_weights(run, which) == run.weights_path(True) else "raw"
+    weights = weights_set(run, which)
     groups = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
     rows = [{"set": name, "group": groups[name], **score(model, samples)[0]}
             for name, samples in battery(names).items()]

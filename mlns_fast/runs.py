@@ -130,10 +130,11 @@ class RunDir:
             return pid
         return pid
 
-    def status(self) -> str:
-        """The summary's status, except that a `running` run no live process holds is `stale`."""
+    def status(self, summary: dict | None = None) -> str:
+        """The summary's status (read here unless given), except that a `running` run no live process
+        holds is `stale`."""
         try:
-            status = self.summary().get("status", "unknown")
+            status = (summary if summary is not None else self.summary()).get("status", "unknown")
         except RunError:
             return "unknown"
         return "stale" if status == "running" and self.holder() is None else str(status)
@@ -317,9 +318,9 @@ def _config_name(run: RunDir) -> str | None:
 WEIGHT_CHOICES = ("best", "raw", "ema")
 
 
-def finished_weights(run: RunDir, which: str = "best") -> Path:
-    """A finished run's weights file: `raw`, `ema`, or `best` = the set that scored better on
-    validation at the end of the run (summary.json `weights`); a run without EMA has raw only."""
+def weights_set(run: RunDir, which: str = "best") -> str:
+    """Which weights a finished run serves for `which`: `raw` or `ema`; `best` = the set that scored
+    better on validation at the end of the run (summary.json `weights`); a run without EMA has raw only."""
     if which not in WEIGHT_CHOICES:
         raise ConfigError(f"--weights-from must be one of {', '.join(WEIGHT_CHOICES)}; got {which!r}")
     if which == "best":
@@ -327,10 +328,14 @@ def finished_weights(run: RunDir, which: str = "best") -> Path:
             which = run.summary().get("weights") or "ema"  # runs from before `weights` was recorded: EMA
         except RunError:
             which = "ema"
-    path = run.weights_path(which == "ema")
-    if which == "ema" and not path.is_file():
-        path = run.weights_path(False)
-    if path.is_file():
-        return path
+    if which == "ema" and not run.weights_path(True).is_file():
+        which = "raw"
+    if run.weights_path(which == "ema").is_file():
+        return which
     raise RunError(f"{run.path}: no weights (the run is partial: status "
                    f"{run.status()}); finish or resume it first")
+
+
+def finished_weights(run: RunDir, which: str = "best") -> Path:
+    """The weights file a finished run serves for `which` (see `weights_set`)."""
+    return run.weights_path(weights_set(run, which) == "ema")

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import socket
 import time
 import warnings
@@ -40,14 +39,13 @@ from fastai.callback.core import CancelFitException
 from optuna.trial import TrialState
 
 from .callbacks import CompletedEpochs, RunTracker
-from .config import SECTIONS, RunConfig, config_from_dict, read_toml, write_toml
+from .config import NAME_RE, SECTIONS, RunConfig, config_from_dict, read_toml, write_toml
 from .errors import ConfigError, MlnsError, RunError
 from .files import atomic_write
 from .runs import DEFAULT_RUNS_DIR, RunDir
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"[A-Za-z0-9._-]+")  # study names become run names: the run-name alphabet
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 FIXED_FIELDS = {"train.epochs": "epochs are fixed per study, so that every trial's values are comparable"}
 # metric -> its natural direction and the column it falls back to in a trial without EMA (whose
@@ -296,7 +294,7 @@ def _enqueue(raw: dict, where: str) -> str:
 
 
 def _check_study(s: StudySpec, warm: int, epochs: int, where: str) -> None:
-    if not NAME_RE.fullmatch(s.name):
+    if not NAME_RE.fullmatch(f"{s.name}-t000"):  # trial names are run names: config's one rule
         raise ConfigError(f"{where}: name {s.name!r} may only use letters, digits, '.', '_' and '-'")
     _one_of("direction", s.direction, DIRECTIONS, where)
     _one_of("sampler", s.sampler, SAMPLERS, where)

@@ -65,3 +65,18 @@ def make_samples(n=8, digits=True) -> Samples:
     d = rng.integers(0, 10, (n, 4))
     imgs = rng.integers(0, 256, (n, 40, 168), dtype=np.uint8)
     return Samples(imgs, d.sum(1), d if digits else None, "fixture")
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from mlns_fast.cli import main
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, msg=""):
+    """The README's contract for user errors: exit 2, one `error:` line, no traceback."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert msg in err, err

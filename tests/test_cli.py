@@ -6,13 +6,7 @@ import pytest
 
 from mlns_fast.cli import main
 
-from .conftest import flag_args, tiny_flags
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from .conftest import flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")

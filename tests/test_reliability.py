@@ -17,19 +17,7 @@ from mlns_fast.errors import RunError
 from mlns_fast.runs import RunDir, list_runs, resolve_run
 from mlns_fast.train import train
 
-from .conftest import flag_args, tiny_flags
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, msg=""):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert msg in err, err
+from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,12 @@ import pytest
 import tomli_w
 import torch
 
-from mlns_fast.cli import main
 from mlns_fast.config import load_run_config
 from mlns_fast.runs import RunDir, list_runs
 from mlns_fast.sweep import load_sweep, run_sweep, study_folder
 from mlns_fast.train import train
+
+from .conftest import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +53,6 @@ def sweep_dict(tiny_data, name: str, epochs: int = 2, **study) -> dict:
 def write(d: dict, path: Path) -> Path:
     path.write_text(tomli_w.dumps(d))
     return path
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def trial_runs(runs_dir) -> dict[int, RunDir]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -141,7 +142,6 @@ def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | Non
 
 def _canonical(spec: str) -> str:
     """A source spec with each of its paths resolved, so `a.npz` and `./a.npz` compare equal."""
-    from pathlib import Path
     return ":".join(str(Path(part).resolve()) for part in spec.split(":"))
 
 

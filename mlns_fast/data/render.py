@@ -208,10 +208,13 @@ def _stroke(patch: np.ndarray, k: int) -> np.ndarray:
     return patch
 
 
-def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str = "", split: str = "train") -> Renderer:
-    """The one way to build a renderer: a layout, its glyph source's bank (a user bank, or the
-    embedded bank's `split`: train for training, valid / reserved only for held-out sets) and a seed."""
-    return Renderer(cfg, None if cfg.glyphs == "fonts" else load_bank(bank, split), seed)
+def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", split: str = "train") -> Renderer:
+    """The one way to build a renderer: a layout, its glyph source's bank (a user bank's path, a
+    loaded Bank, or the embedded bank's `split`: train for training, valid / reserved only for
+    held-out sets) and a seed."""
+    if cfg.glyphs == "fonts":
+        return Renderer(cfg, None, seed)
+    return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, split), seed)
 
 
 def render_samples(renderer: Renderer, n: int, progress: bool = False, source: str = ""):
