@@ -20,8 +20,9 @@ from .model import MlnsNet, create_model, read_state_dict
 from .runs import RunDir, weights_set
 
 
-def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
-    """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU."""
+def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, MlnsNet]:
+    """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU;
+    calibrated where the run fitted a temperature; `tta`: wrapped in shift test-time augmentation."""
     cfg = run.config()
     first = replace(cfg.model, weights="", init="", pretrained=False)  # the run's own weights replace them
     model = create_model(first, (cfg.render.height, cfg.render.width))
@@ -32,7 +33,8 @@ def load_trained(run: RunDir, which: str = "best") -> tuple[RunConfig, MlnsNet]:
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
     t = run_temperature(run, used)
-    return cfg, (Calibrated(model, t) if t != 1.0 else model).eval()
+    model = Calibrated(model, t) if t != 1.0 else model
+    return cfg, (ShiftTTA(model) if tta else model).eval()
 
 
 def run_temperature(run: RunDir, weights: str) -> float:
@@ -53,6 +55,26 @@ class Calibrated(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) / self.temperature
+
+
+class ShiftTTA(torch.nn.Module):
+    """Test-time augmentation: the mean log-probabilities over copies shifted by a few pixels (zero fill,
+    the background is black). Written here because a module keeps it in the ONNX graph and in every
+    backend's one readout; fastai's `Learner.tta` works on its own DataLoaders with its own transforms.
+    Output: per-digit log-probabilities (digits head) or sum log-probabilities, read like logits."""
+
+    SHIFTS = ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2))  # (dx, dy) pixels
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w, p = x.shape[-2], x.shape[-1], 2
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        outs = [self.model(padded[..., p + dy:p + dy + h, p + dx:p + dx + w]).float().log_softmax(-1)
+                for dx, dy in self.SHIFTS]
+        return torch.stack(outs).mean(0)
 
 
 def batches(images: np.ndarray, bs: int = 256):
@@ -108,16 +130,16 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
                      for b in range(bins) if (idx == b).any()))
 
 
-def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best") -> dict:
+def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", tta: bool = False) -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
-    _, model = load_trained(run, which)
+    _, model = load_trained(run, which, tta)
     metrics, pred = score(model, samples)
-    result = {"run": run.name, "data": samples.source, "weights": weights_set(run, which),
-              "temperature": getattr(model, "temperature", 1.0), **metrics}
+    result = {"run": run.name, "data": samples.source, "weights": weights_set(run, which), "tta": tta,
+              "temperature": run_temperature(run, weights_set(run, which)), **metrics}
     correct = pred["sum"] == samples.sums
-    out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}"
+    out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}{'-tta' if tta else ''}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")

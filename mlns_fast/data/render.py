@@ -59,9 +59,9 @@ def font_glyphs() -> list[list[np.ndarray]]:
     return pools
 
 
-def bank_glyphs(bank: Bank) -> list[list[np.ndarray]]:
-    """The bank's glyphs, cropped to their ink: [digit] -> glyphs."""
-    return [[crop_ink(bank.images[i]) for i in idx] for idx in bank.by_digit()]
+def bank_glyphs(bank: Bank, cell: bool = False) -> list[list[np.ndarray]]:
+    """The bank's glyphs, cropped to their ink (or whole cells when `cell`): [digit] -> glyphs."""
+    return [[bank.images[i] if cell else crop_ink(bank.images[i]) for i in idx] for idx in bank.by_digit()]
 
 
 class Renderer:
@@ -71,7 +71,7 @@ class Renderer:
         if cfg.glyphs != "fonts" and bank is None:
             raise ConfigError(f"glyphs={cfg.glyphs!r} needs a handwriting bank")
         self.cfg, self.seed = cfg, seed
-        self.hand = bank_glyphs(bank) if cfg.glyphs != "fonts" else None
+        self.hand = bank_glyphs(bank, cfg.cell) if cfg.glyphs != "fonts" else None
         self.fonts = font_glyphs() if cfg.glyphs != "handwriting" else None
 
     def __call__(self, *key: int) -> Rendered:
@@ -208,10 +208,10 @@ def _stroke(patch: np.ndarray, k: int) -> np.ndarray:
     return patch
 
 
-def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", split: str = "train") -> Renderer:
+def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", split: str = "synth") -> Renderer:
     """The one way to build a renderer: a layout, its glyph source's bank (a user bank's path, a
-    loaded Bank, or the embedded bank's `split`: train for training, valid / reserved only for
-    held-out sets) and a seed."""
+    loaded Bank, or the embedded bank's `split`: synth for training, real / valid only for the demo's
+    real splits, reserved only for test sets) and a seed."""
     if cfg.glyphs == "fonts":
         return Renderer(cfg, None, seed)
     return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, split), seed)
