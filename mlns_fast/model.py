@@ -167,6 +167,7 @@ class MlnsNet(nn.Module):
             self.tokens = backbone.forward_features(x).ndim == 3
             f = self.features(x)
             backbone.train(was)
+        self.grid = f"{f.shape[-2]}x{f.shape[-1]}"  # the feature map the head reads (rows x columns)
         self.head = HEADS[head](f.shape[1], drop, f.shape[-1])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,12 +37,12 @@ DEFAULT_RUNS_DIR = "experiments/runs"
 METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
 TIMING_COLUMNS = ("seconds",)  # wall-clock: the only columns that differ between identical runs
 # ... and the summary.json keys that `compare` and `report` show.
-SUMMARY_COLUMNS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes",
+SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes",
                    "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "weights", "study", "trial",
                    "status", "run"]
 NUMERIC_COLUMNS = {"ema", "epochs", "params", "minutes", "best_acc", "final_acc", "best_acc_ema", "final_acc_ema",
                    "trial"}
-REPORT_COLUMNS = ["name", "arch", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
+REPORT_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
                   "best_acc_ema", "status"]
 
 

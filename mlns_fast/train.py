@@ -21,11 +21,13 @@ from fastai.optimizer import Adam
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from timm.utils import unwrap_model
 
-from .callbacks import DivergenceGuard, EMACallback, EpochPlan, RunTracker, ShardedTrainer, SignalStop, scorer
+from .callbacks import (DivergenceGuard, EMACallback, EpochPlan, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
+                        scorer)
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
 from .errors import RunError
+from .files import atomic_write
 from .losses import acc, fit_temperature, make_loss
 from .model import count_params, create_model
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
@@ -73,11 +75,13 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     run.lock()
     t = cfg.train
     ema = EMACallback(t.ema, t.ema_warmup, lambda: precision_callbacks(precision, device)) if t.ema > 0 else None
-    info = {"params": count_params(model), "device": device_name(device), "precision": precision,
+    info = {"params": count_params(model), "grid": model.grid, "device": device_name(device), "precision": precision,
             "threads": torch.get_num_threads(), "versions": library_versions(), "git_commit": git_commit(),
             **(summary_extra or {})}
     tracker = RunTracker(run, cfg, info, ckpt, ema)
     cbs = [SignalStop(), tracker, *([ema] if ema else []), *extra_cbs]
+    if t.self_train and cfg.data.data != "synthetic":
+        cbs.append(SelfTraining(t.self_train, info))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
         cuda = device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))
@@ -178,7 +182,25 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
         learn.fit(10_000, lr=cfg.train.lr / 10, cbs=[StopAfter(warmup)])
     with tempfile.TemporaryDirectory() as tmp:  # fastai's finder saves and restores the weights under learn.path
         learn.path = Path(tmp)
-        res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
+        res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep, edge), show_plot=True)
     plt.gcf().savefig(out, dpi=110, bbox_inches="tight")
     plt.close("all")
+    curve = "lr,smoothed_loss\n" + "".join(f"{lr:.6e},{loss:.6f}\n" for lr, loss in
+                                          zip(learn.recorder.lrs, map(float, learn.recorder.losses)))
+    atomic_write(out.with_suffix(".csv"), curve)
     return {k: float(v) for k, v in res._asdict().items()}
+
+
+EDGE_RISE, EDGE_FRACTION = 0.05, 0.5
+
+
+def edge(lrs, losses, num_it):
+    """A suggestion rule for curves that sit on a plateau (fastai's four read the slope, and this task's
+    curve has none until it warms up): the learning rate where the smoothed loss first climbs
+    EDGE_RISE above the lowest loss before it -- the edge of stable training -- times EDGE_FRACTION,
+    Smith's one-cycle advice of a peak lr just below that edge. fastai `suggest_funcs` signature."""
+    lrs, losses = torch.as_tensor(lrs), torch.as_tensor(losses)
+    low = torch.cummin(losses, 0).values
+    rising = torch.nonzero(losses > low * (1 + EDGE_RISE)).flatten()
+    i = int(rising[0]) if len(rising) else len(lrs) - 1
+    return float(lrs[i]) * EDGE_FRACTION, (float(lrs[i]), float(losses[i]))

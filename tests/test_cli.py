@@ -6,7 +6,7 @@ import pytest
 
 from mlns_fast.cli import main
 
-from .conftest import flag_args, run_cli, tiny_flags
+from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,29 @@ def test_predict_table_and_json(trained, capsys, tmp_path):
     assert code == 0 and "confidence" in out
 
 
+def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
+    import torch
+    from mlns_fast.evaluate import ShiftTTA, load_trained
+    from mlns_fast.runs import resolve_run
+    _, model = load_trained(resolve_run("toy", trained))
+    x = torch.from_numpy(np.load(str(tiny_data_images(tmp_path)))[:, None].astype(np.float32) / 255)
+    tta = ShiftTTA(model).eval()
+    with torch.no_grad():
+        out, plain = tta(x), model(x).float().log_softmax(-1)
+        shifted = model(torch.nn.functional.pad(x, (0, 2))[..., 2:]).float().log_softmax(-1)  # content 2 px left
+    assert out.shape == plain.shape == (3, 4, 10)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(3, 4), atol=0.2)  # a mean of log-probs: near-normalised
+    assert not torch.allclose(out, plain) and not torch.allclose(shifted, plain)
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta")
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--tta", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["tta"] is True and any("-tta" in f for f in res["files"])
+    code, _, err = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--tta",
+                           "--backend", "onnx")
+    assert_user_error(code, err, "--tta works with --backend torch")
+
+
 def tiny_data_images(tmp_path):
     from mlns_fast.data.demo import demo_split
     np.save(tmp_path / "x.npy", demo_split("test").images[:3])
@@ -86,8 +109,24 @@ def test_lr_find(capsys, tmp_path, tiny_data):
     code, out, _ = run_cli(capsys, "lr-find", "--quiet", "--num-it", "30", "--out", tmp_path / "lr.png",
                            *flag_args(flags))
     assert code == 0 and (tmp_path / "lr.png").is_file()
-    for k in ("valley", "slide", "minimum", "steep"):
+    for k in ("valley", "slide", "minimum", "steep", "edge"):
         assert k in out
+    rows = (tmp_path / "lr.csv").read_text().splitlines()
+    assert rows[0] == "lr,smoothed_loss" and 10 < len(rows) <= 31  # the whole curve (it may stop on divergence)
+    lrs = [float(r.split(",")[0]) for r in rows[1:]]
+    assert lrs == sorted(lrs) and lrs[0] < 1e-5
+
+
+def test_edge_suggestion_is_half_the_lr_where_the_loss_climbs():
+    import torch
+    from mlns_fast.train import edge
+    lrs = torch.logspace(-6, 0, 61)  # 10 points per decade
+    plateau_then_dip_then_rise = torch.cat([torch.full((40,), 2.5), torch.linspace(2.5, 2.0, 10),
+                                            torch.linspace(2.0, 4.0, 11)])
+    lr, (x, y) = edge(lrs, plateau_then_dip_then_rise, 100)
+    assert x == pytest.approx(float(lrs[51])) and lr == pytest.approx(x / 2)  # 2.2 > 2.0 * 1.05 first at 51
+    flat = torch.full((61,), 2.5)  # never climbs: the edge is the last lr tried
+    assert edge(lrs, flat, 100)[1][0] == pytest.approx(1.0)
 
 
 def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypatch):

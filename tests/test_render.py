@@ -73,6 +73,20 @@ def test_cell_placement_keeps_mnist_margins(bank):
     assert edge_ink(cell=True) < 0.05 and edge_ink(cell=False) > 0.6
 
 
+def test_coherent_images_share_one_size(bank):
+    """coherence=1: every image draws one size for its four digits (each within a quarter of the range);
+    coherence=0: each digit its own. Same ranges, so the spread across images stays comparable."""
+    def spreads(coherence):
+        cfg = replace(RenderConfig(), coherence=coherence, rotation=(0.0, 0.0), shear=(0.0, 0.0), elastic=0.0,
+                      stroke=(0, 0), gap=(1.0, 1.0))
+        r = Renderer(cfg, bank, seed=2)
+        heights = np.array([r(i).boxes[:, 3] - r(i).boxes[:, 1] for i in range(150)], float)
+        return heights.std(1).mean(), heights.mean(1).std()
+    within_1, across_1 = spreads(1.0)
+    within_0, across_0 = spreads(0.0)
+    assert within_1 < 0.5 * within_0 and across_1 > 1.3 * across_0  # theory: 1 / 4 and 1.5
+
+
 def test_overlap_layout_overlaps(bank):
     r = Renderer(LAYOUTS["tight"], bank)
     overlaps = [(r(i).boxes[1:, 0] < r(i).boxes[:-1, 2]).any() for i in range(50)]

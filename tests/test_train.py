@@ -152,3 +152,50 @@ def test_temperature_is_fitted_and_applied(tiny_cfg, tmp_path):
     assert isinstance(model, Calibrated) and model.temperature == s["temperature"]["raw"]
     x = torch.rand(3, 1, 40, 168)
     torch.testing.assert_close(model(x), model.model(x) / s["temperature"]["raw"])
+
+
+def test_self_training_labels_only_sum_consistent_confident_readings():
+    """The callback turns readings into digit labels only where they sum to the image's label and every
+    digit is confident; the items then serve those digits as known, the others as sum-only."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mlns_fast.callbacks import SelfTraining
+    from mlns_fast.data.loaders import Items
+
+    from .conftest import make_samples
+    real = make_samples(6, digits=False)
+    truth = np.array([[1, 2, 3, 4]] * 6)
+    real.sums = np.array([10, 10, 10, 11, 10, 10])  # image 3: readings 1+2+3+4 = 10 disagree with its label
+    items = Items(real)
+
+    class Reader(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.full((len(x), 4, 10), -10.0)
+            logits[torch.arange(len(x))[:, None], torch.arange(4), torch.as_tensor(truth[: len(x)])] = 10.0
+            logits[:len(x)][x[:, 0, 0, 0] > 0.99, 0] = 0.0  # a flat first digit: not confident
+            return logits
+    real.images[:, 0, 0] = 0
+    real.images[5, 0, 0] = 255  # image 5: unsure of its first digit
+    info = {}
+    cb = SelfTraining(0.9, info)
+    cb.learn = SimpleNamespace(model=Reader(), epoch=1, dls=SimpleNamespace(train=SimpleNamespace(dataset=items),
+                                                                            device=None))
+    cb.before_train()
+    assert items.pseudo[:, 0].tolist() == [1, 1, 1, -1, 1, -1]
+    assert info["self_train_labelled"] == [round(4 / 6, 4)]
+    _, s, digits, known = items[(0, 1, 0)]
+    assert bool(known) and digits.tolist() == [1, 2, 3, 4] and int(s) == 10
+    _, _, digits, known = items[(0, 1, 3)]
+    assert not bool(known) and digits.tolist() == [0, 0, 0, 0]
+    cb.learn.epoch = 0  # the first epoch trains on sums only
+    items.pseudo = None
+    cb.before_train()
+    assert items.pseudo is None
+
+
+def test_self_training_runs_in_a_fit(tiny_cfg, tmp_path):
+    from mlns_fast.train import train
+    s = train(tiny_cfg(self_train=0.5, epochs=2, data="real"), runs_dir=tmp_path, quiet=True)
+    assert len(s["self_train_labelled"]) == 1 and 0 <= s["self_train_labelled"][0] <= 1

@@ -48,6 +48,7 @@ class Items:
         self.real, self.renderer, self.seed = real, renderer, seed
         self.aug = augmenter(seed) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
+        self.pseudo: np.ndarray | None = None  # (n_real, 4) digit readings used as labels; -1 = none (self-training)
 
     def __getitem__(self, key):
         src, epoch, j = key
@@ -58,9 +59,11 @@ class Items:
         if self.aug is not None:
             self.aug.set_random_seed(hash((self.seed, epoch, j)) & 0x7FFFFFFF)
             img = self.aug(image=img)["image"]
-        digits = self.real.digits
-        known = digits is not None
-        return _item(img, self.real.sums[j], digits[j] if known else np.zeros(N_DIGITS, np.int64), known)
+        if self.real.digits is not None:
+            return _item(img, self.real.sums[j], self.real.digits[j], True)
+        if self.pseudo is not None and self.pseudo[j, 0] >= 0:
+            return _item(img, self.real.sums[j], self.pseudo[j], True)
+        return _item(img, self.real.sums[j], np.zeros(N_DIGITS, np.int64), False)
 
     def __len__(self) -> int:
         return self.n_real

@@ -86,6 +86,10 @@ class Renderer:
         c = self.cfg
         H, W, n = c.height, c.width, len(digits)
         u = rng.random(10 * n + 5)  # 9 per glyph, n - 1 gaps, x offset, 5 for _finish
+        if c.coherence > 0 and rng.random() < c.coherence:  # one size and one gap for the whole image
+            shared = rng.random(2)
+            u[2:9 * n:9] = 0.75 * shared[0] + 0.25 * u[2:9 * n:9]  # glyph heights
+            u[9 * n:10 * n - 1] = 0.75 * shared[1] + 0.25 * u[9 * n:10 * n - 1]  # gaps
         plans = [self._plan(int(d), u[9 * i: 9 * i + 7]) for i, d in enumerate(digits)]
         widths = np.array([p[2] for p in plans])
         gaps = _span(c.gap, u[9 * n: 10 * n - 1])
