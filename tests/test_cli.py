@@ -153,7 +153,7 @@ def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypa
     monkeypatch.setattr(Learner, "lr_find", finder)
     cfg = resolve_config(**tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160))
     res = lr_find(cfg, tmp_path / "lr.png", quiet=True, num_it=25, warmup=7)
-    assert steps[0] == 7 and len(starts) == 1 and set(res) == {"valley", "slide", "minimum", "steep"}
+    assert steps[0] == 7 and len(starts) == 1 and set(res) == {"valley", "slide", "minimum", "steep", "edge"}
 
 
 # --- user errors: one line, exit 2, no run folder -----------------------------------------------

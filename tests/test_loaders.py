@@ -54,11 +54,11 @@ def test_batches_identical_across_instances_and_workers(tiny_cfg):
 
 
 def test_augmentation_changes_real_images_only_in_training(tiny_cfg):
-    plain = _batches(build_dataloaders(tiny_cfg(data="real")).train, 1)[0][0]
+    plain = _batches(build_dataloaders(tiny_cfg(data="real", augment=False)).train, 1)[0][0]
     aug = _batches(build_dataloaders(tiny_cfg(data="real", augment=True)).train, 1)[0][0]
     assert plain.shape == aug.shape and not torch.equal(plain, aug)
     v1 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True)).valid))[0]
-    v0 = next(iter(build_dataloaders(tiny_cfg(data="real")).valid))[0]
+    v0 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=False)).valid))[0]
     assert torch.equal(v0, v1)
 
 

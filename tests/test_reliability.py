@@ -247,9 +247,9 @@ def test_figure_out_that_is_a_folder(capsys, tmp_path, monkeypatch, args):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"] and not any((tmp_path / "figs").iterdir())
 
 
-def test_lr_find_writes_nothing_but_its_plot(capsys, tmp_path, tiny_data, monkeypatch):
+def test_lr_find_writes_nothing_but_its_plot_and_curve(capsys, tmp_path, tiny_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
     code, _, err = run_cli(capsys, "lr-find", "--quiet", "--num-it", "30", "--out", "lr.png", *flag_args(flags))
     assert code == 0, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]  # no fastai `models/` folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.csv", "lr.png"]  # no fastai `models/` folder left
