@@ -1,4 +1,4 @@
-"""fastai callbacks: EMA (timm's ModelEmaV3), CPU bf16 autocast, epoch plan, guards, the run tracker."""
+"""fastai callbacks: EMA (timm's ModelEmaV3), CPU bf16 autocast, epoch plan, self-training, guards, the run tracker."""
 from __future__ import annotations
 
 import contextlib
@@ -123,6 +123,7 @@ class SelfTraining(Callback):
     for the epoch (the loss then takes per-digit cross-entropy instead of the sum marginal). Readings
     are refreshed every epoch, so a wrong early reading is not kept. Hand-written: fastai and timm have
     no pseudo-labelling, and here the label check (the sum) is specific to this task."""
+
     def __init__(self, threshold: float, info: dict, bs: int = 512):
         self.threshold, self.bs = threshold, bs
         self.history = info.setdefault("self_train_labelled", [])  # share of real images labelled, per epoch
