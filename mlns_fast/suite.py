@@ -5,6 +5,7 @@ skipped, so a suite can be re-run after an interruption and only does what is mi
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .compare import render, run_row
@@ -42,7 +43,19 @@ def load_suite(path: str | Path) -> list[RunConfig]:
 def suite_runs(path, runs_dir) -> list[tuple[RunConfig, str | None]]:
     """Each config of a suite with the folder of its finished run (None if not run yet)."""
     done = finished_digests(runs_dir)
-    return [(cfg, done.get(cfg.digest())) for cfg in load_suite(path)]
+    return [(cfg, done.get(trained_digest(cfg, runs_dir))) for cfg in load_suite(path)]
+
+
+def trained_digest(cfg: RunConfig, runs_dir) -> str:
+    """The digest `train` records for this config: with `--init RUN` resolved to the weights file it
+    named (a run not there yet resolves to nothing, so its row is not done)."""
+    if not cfg.model.init:
+        return cfg.digest()
+    from .train import init_weights
+    try:
+        return replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir))).digest()
+    except MlnsError:
+        return cfg.digest()
 
 
 def finished_digests(runs_dir: str | Path) -> dict[str, str]:
@@ -66,9 +79,10 @@ def run_suite(path, runs_dir, dry_run: bool = False, quiet: bool = True, echo=pr
     done = finished_digests(runs_dir)
     names = {}
     for i, cfg in enumerate(cfgs, 1):
-        if cfg.digest() in done:
-            echo(f"[{i}/{len(cfgs)}] {cfg.name}: done already ({done[cfg.digest()]})")
-            names[cfg.name] = done[cfg.digest()]
+        digest = trained_digest(cfg, runs_dir)
+        if digest in done:
+            echo(f"[{i}/{len(cfgs)}] {cfg.name}: done already ({done[digest]})")
+            names[cfg.name] = done[digest]
             continue
         echo(f"[{i}/{len(cfgs)}] {cfg.name}: {'would train' if dry_run else 'training'} "
              f"{cfg.model.arch}/{cfg.model.head}/{cfg.data.data}, {cfg.train.epochs} epochs")

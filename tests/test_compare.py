@@ -105,15 +105,23 @@ arch = "convnet4"
 name = "two"
 [run.model]
 head = "sum"
+
+[[run]]
+name = "three"
+[run.model]
+head = "sum"
+init = "two"
 """)
     cfgs = load_suite(f)
-    assert [c.name for c in cfgs] == ["one", "two"] and cfgs[1].model.head == "sum" and cfgs[0].train.epochs == 1
+    assert [c.name for c in cfgs] == ["one", "two", "three"] and cfgs[1].model.head == "sum"
+    assert cfgs[0].train.epochs == 1
     rows = run_suite(f, tmp_path / "runs", echo=lambda *a: None)
-    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert [r["status"] for r in rows] == ["finished", "finished", "finished"]
     log = []
     run_suite(f, tmp_path / "runs", echo=log.append)
-    assert sum("done already" in line for line in log) == 2
-    assert len(list((tmp_path / "runs").iterdir())) == 2
+    # `three` starts from `two`'s weights: its recorded config names the file, and still matches its row
+    assert sum("done already" in line for line in log) == 3, log
+    assert len(list((tmp_path / "runs").iterdir())) == 3
 
 
 def test_report_from_fixture_runs(tmp_path):
