@@ -132,13 +132,12 @@ class SelfTraining(Callback):
         items = self.dls.train.dataset
         if self.epoch == 0 or items.real is None or items.real.digits is not None:
             return
+        from .evaluate import batches  # the one image -> input batching of every prediction path
         model, was_training = self.learn.model, self.learn.model.training
         model.eval()
-        probs = []
         with torch.no_grad():
-            for i in range(0, items.n_real, self.bs):
-                x = torch.from_numpy(items.real.images[i:i + self.bs, None].astype(np.float32) / 255.0)
-                probs.append(model(x.to(self.dls.device or "cpu")).float().softmax(-1).cpu())
+            probs = [model(torch.from_numpy(x).to(self.dls.device or "cpu")).float().softmax(-1).cpu()
+                     for x in batches(items.real.images, self.bs)]
         model.train(was_training)
         conf, digits = torch.cat(probs).max(-1)  # (N, 4) each
         ok = (digits.sum(1).numpy() == items.real.sums) & (conf.min(1).values.numpy() >= self.threshold)

@@ -136,8 +136,9 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     _, model = load_trained(run, which, tta)
     metrics, pred = score(model, samples)
-    result = {"run": run.name, "data": samples.source, "weights": weights_set(run, which), "tta": tta,
-              "temperature": run_temperature(run, weights_set(run, which)), **metrics}
+    used = weights_set(run, which)
+    result = {"run": run.name, "data": samples.source, "weights": used, "tta": tta,
+              "temperature": run_temperature(run, used), **metrics}
     correct = pred["sum"] == samples.sums
     out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}{'-tta' if tta else ''}"
     try:
