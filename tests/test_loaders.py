@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlns_fast.data.loaders import SYNTH, build_dataloaders
+from mlns_fast.data.loaders import SYNTH, build_dataloaders, resolve_workers
 
 
 def _batches(dl, n=2):
@@ -51,6 +51,18 @@ def test_batches_identical_across_instances_and_workers(tiny_cfg):
     for b0, b1 in zip(x0, x1):
         for t0, t1 in zip(b0, b1):
             assert torch.equal(t0, t1)
+
+
+def test_auto_workers_follow_the_device(tiny_cfg, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_workers(-1, None) == 1 and resolve_workers(-1, "cpu") == 1
+    assert resolve_workers(-1, torch.device("cuda", 0)) == 8          # 15 spare cores, capped at 8
+    assert resolve_workers(-1, "cuda", world=4) == 3                  # 16 cores shared by 4 processes
+    assert resolve_workers(0, "cuda") == 0 and resolve_workers(5, "cpu") == 5   # explicit values pass through
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert resolve_workers(-1, "cuda") == 1
+    assert tiny_cfg(workers=-1).data.workers == -1
+    assert build_dataloaders(tiny_cfg(workers=-1)).train.num_workers == 1   # this CPU machine
 
 
 def test_augmentation_changes_real_images_only_in_training(tiny_cfg):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -148,6 +149,18 @@ def _canonical(spec: str) -> str:
     return ":".join(str(Path(part).resolve()) for part in spec.split(":"))
 
 
+def resolve_workers(workers: int, device=None, world: int = 1) -> int:
+    """`--workers -1` (the default): one rendering worker beside a CPU trainer, which shares its
+    cores (the loader delivers several times what the 2-core trainer consumes: benchmarks/README.md);
+    beside a GPU, a worker per spare core up to 8 -- on an H200 the CNN trained at ~1,500 img/s with
+    one worker and ~5,200 with eight (experiments/RESULTS.md, "On one GPU")."""
+    if workers >= 0:
+        return workers
+    if device is None or torch.device(device).type != "cuda":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // world - 1))
+
+
 def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1) -> DataLoaders:
     """Train DataLoader (real / synthetic / mixed per `cfg.data.data`) and a real validation one."""
     d, seed = cfg.data, cfg.train.seed
@@ -157,7 +170,7 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
-    common = dict(bs=d.bs, num_workers=d.workers, device=device)
+    common = dict(bs=d.bs, num_workers=resolve_workers(d.workers, device, world), device=device)
     train = PlanDL(items, n_synth=n_synth, mix=mix, seed=seed, rank=rank, world=world,
                    shuffle=True, drop_last=True, **common)
     if len(train) == 0:
