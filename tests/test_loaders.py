@@ -1,7 +1,10 @@
+import os
+import signal
+
 import pytest
 import torch
 
-from mlns_fast.data.loaders import SYNTH, build_dataloaders, resolve_workers
+from mlns_fast.data.loaders import SYNTH, PlanDL, build_dataloaders, resolve_workers
 
 
 def _batches(dl, n=2):
@@ -63,6 +66,22 @@ def test_auto_workers_follow_the_device(tiny_cfg, monkeypatch):
     assert resolve_workers(-1, "cuda") == 1
     assert tiny_cfg(workers=-1).data.workers == -1
     assert build_dataloaders(tiny_cfg(workers=-1)).train.num_workers == 1   # this CPU machine
+
+
+def test_worker_survives_a_stop_signal_sent_while_it_starts(tiny_cfg, monkeypatch):
+    """A signal to the process group can reach a worker before its `wif` ignores it (seen in CI):
+    here every worker signals itself first thing, and must still deliver its batches."""
+    wif = PlanDL.wif
+
+    def signalled_wif(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        wif(self)
+
+    monkeypatch.setattr(PlanDL, "wif", signalled_wif)
+    dl = build_dataloaders(tiny_cfg(workers=1)).train
+    batches = _batches(dl, 2)
+    assert len(batches) == 2 and batches[0][0].shape[0] == dl.bs
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # this process: unblocked again
 
 
 def test_augmentation_changes_real_images_only_in_training(tiny_cfg):

@@ -75,6 +75,10 @@ def _item(img: np.ndarray, s, digits: np.ndarray, known: bool):
     return x, torch.tensor(int(s)), torch.as_tensor(digits, dtype=torch.int64), torch.tensor(known)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_END = object()
+
+
 class PlanDL(DataLoader):
     """fastai DataLoader whose item order is a pure function of (seed, epoch).
 
@@ -114,9 +118,33 @@ class PlanDL(DataLoader):
         """In each worker process: leave SIGINT / SIGTERM to the main process. A signal to the whole
         process group (`timeout`, Slurm, systemd, Ctrl-C) would otherwise kill the worker first, and
         the main process would fail on the dead worker instead of stopping cleanly after the batch;
-        the main process ends its workers itself when the fit stops."""
+        the main process ends its workers itself when the fit stops. The signals arrive blocked
+        (`__iter__`), so one sent while the worker starts is dropped here instead of killing it."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    def __iter__(self):
+        """fastai's iteration, with SIGINT / SIGTERM blocked while the workers start (until the first
+        batch): a worker inherits the mask, so a signal to the process group in that window stays
+        pending until `wif` ignores it; in this process it is delivered as soon as the mask is
+        restored (caught in CI: a worker killed between its start and `wif`)."""
+        if self.fake_l.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+            yield from super().__iter__()
+            return
+        it = super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            first = next(it, _END)  # the workers start here
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        try:
+            if first is not _END:
+                yield first
+                yield from it
+        finally:
+            it.close()
 
     def new(self, dataset=None, cls=None, **kwargs):
         kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world)
