@@ -79,7 +79,7 @@ def run_suite(path, runs_dir, dry_run: bool = False, quiet: bool = True, echo=pr
     done = finished_digests(runs_dir)
     names = {}
     for i, cfg in enumerate(cfgs, 1):
-        digest = trained_digest(cfg, runs_dir)
+        digest = trained_digest(cfg, runs_dir)  # here, not up front: an `--init` row may name a run trained above
         if digest in done:
             echo(f"[{i}/{len(cfgs)}] {cfg.name}: done already ({done[digest]})")
             names[cfg.name] = done[digest]

@@ -139,12 +139,9 @@ class PlanDL(DataLoader):
             first = next(it, _END)  # the workers start here
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        try:
-            if first is not _END:
-                yield first
-                yield from it
-        finally:
-            it.close()
+        if first is not _END:
+            yield first
+            yield from it
 
     def new(self, dataset=None, cls=None, **kwargs):
         kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world)
