@@ -57,6 +57,15 @@ BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn}
 AUTO_STRIDE = 16  # --output-stride 0: where a family supports it (measured: experiments/RESULTS.md, timm backbones)
 
 
+def check_arch(arch: str) -> None:
+    """A built-in or timm architecture name, else ModelError with the closest names."""
+    import timm
+    if arch not in BUILTIN and not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
+        raise ModelError(f"unknown architecture {arch!r}{hint}")
+
+
 def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | Path | None = None,
                     size: tuple[int, int] = (40, 168), output_stride: int = 0) -> nn.Module:
     """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`.
@@ -76,10 +85,7 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
                              "use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
     import timm
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, list(BUILTIN) + timm.list_models(), n=4, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
-        raise ModelError(f"unknown architecture {arch!r}{hint}")
+    check_arch(arch)
     overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
     try:
         return _create_fitted(arch, pretrained, size, output_stride, in_chans=1, num_classes=0, global_pool="",

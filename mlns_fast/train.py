@@ -29,7 +29,7 @@ from .device import default_device, device_name, precision_callbacks, resolve_pr
 from .errors import RunError
 from .files import atomic_write
 from .losses import acc, fit_temperature, make_loss
-from .model import count_params, create_model
+from .model import check_arch, count_params, create_model
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     rank, world = rank_distrib(), max(num_distrib(), 1)  # set by `accelerate launch` / torchrun
     set_seed(cfg.train.seed)
     precision = resolve_precision(cfg.train.precision, device)
+    check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
     model = create_model(cfg.model, (cfg.render.height, cfg.render.width))
     if cfg.train.compile:

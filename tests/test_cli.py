@@ -203,6 +203,15 @@ def test_bad_train_inputs(capsys, tmp_path, tiny_data):
         assert not runs.exists() or not any(runs.iterdir()), args
 
 
+def test_unknown_arch_is_refused_before_any_data_is_built(capsys, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLNS_FAST_CACHE", str(cache))  # empty: the demo set would be built here
+    code, _, err = run_cli(capsys, "train", "--runs-dir", tmp_path / "runs", "--quiet", "--arch", "resnet5O")
+    assert code == 2 and err.count("\n") == 1 and "unknown architecture" in err, err
+    assert not cache.exists() or not any(cache.iterdir())
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bad_run_references(capsys, tmp_path, trained):
     partial = trained / "20000101-000000-partial"
     partial.mkdir(exist_ok=True)
