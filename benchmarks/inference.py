@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
-from mlns_fast.evaluate import predict_arrays  # noqa: E402
+from mlns_fast.evaluation import predict_arrays  # noqa: E402
 from mlns_fast.export import Exported, OnnxPredictor  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 
@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args()
     cfg = resolve_config(arch=a.arch, head=a.head)
-    model = create_model(cfg.model).eval()
+    model = create_model(cfg.model, cfg.size).eval()
     images = np.random.default_rng(0).integers(0, 256, (256, 40, 168), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.onnx"

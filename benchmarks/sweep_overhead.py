@@ -31,7 +31,7 @@ from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.data.sources import save_npz  # noqa: E402
 from mlns_fast.runs import RunDir  # noqa: E402
 from mlns_fast.sweep import load_sweep, open_storage, run_sweep, study_folder  # noqa: E402
-from mlns_fast.train import train  # noqa: E402
+from mlns_fast.training import train  # noqa: E402
 
 
 def tiny_sweep(root: Path, trials_name: str, epochs: int) -> Path:

@@ -25,7 +25,7 @@ from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
 from mlns_fast.losses import make_loss  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 from mlns_fast.device import resolve_precision  # noqa: E402
-from mlns_fast.train import build_learner  # noqa: E402
+from mlns_fast.training import build_learner  # noqa: E402
 
 
 class TimeBatches(Callback):
@@ -44,7 +44,7 @@ class TimeBatches(Callback):
 def learner_rate(cfg, device, n, warmup):
     torch.manual_seed(0)
     timer = Timer(warmup)
-    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model), device,
+    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model, cfg.size), device,
                           resolve_precision(cfg.train.precision, device), quiet=True, extra_cbs=[TimeBatches(timer, n)])
     learn.fit(100, lr=cfg.train.lr)
     return timer.rate
@@ -53,7 +53,7 @@ def learner_rate(cfg, device, n, warmup):
 def plain_rate(cfg, device, n, warmup):
     torch.manual_seed(0)
     dls = build_dataloaders(cfg, device=device)
-    model = create_model(cfg.model).to(device)
+    model = create_model(cfg.model, cfg.size).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.wd)

@@ -17,16 +17,13 @@ import time
 
 import torch
 from fastai.callback.core import Callback
-from fastai.learner import AvgMetric, Learner
 from timm.utils import ModelEmaV3, unwrap_model
 from torch.optim.swa_utils import update_bn
 
+from mlns_fast.callbacks import scorer
 from mlns_fast.config import resolve_config
-from mlns_fast.data.loaders import build_dataloaders
-from mlns_fast.device import precision_callbacks, resolve_precision
-from mlns_fast.losses import acc
-from mlns_fast.model import create_model
-from mlns_fast.train import build_learner
+from mlns_fast.device import precision_callbacks
+from mlns_fast.training import prepare
 
 VARIANTS = {"0.99": (0.99, False), "0.99+warmup": (0.99, True), "0.999+warmup": (0.999, True)}
 
@@ -35,8 +32,8 @@ class EMAProbe(Callback):
     """Keeps one ModelEmaV3 per variant and scores each after every epoch, with and without BN re-estimation."""
     order = 60
 
-    def __init__(self, bn_batches: int, scorer_cbs):
-        self.bn_batches, self.scorer_cbs, self.rows = bn_batches, scorer_cbs, []
+    def __init__(self, bn_batches: int):
+        self.bn_batches, self.rows = bn_batches, []
 
     def before_fit(self):
         model = unwrap_model(self.learn.model)
@@ -60,11 +57,8 @@ class EMAProbe(Callback):
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
     def _score(self, module) -> float:
-        scorer = Learner(self.dls, module, loss_func=self.learn.loss_func, metrics=[AvgMetric(acc)],
-                         cbs=self.scorer_cbs())
-        from fastai.callback.progress import ProgressCallback
-        scorer.remove_cbs(ProgressCallback)
-        return float(scorer.validate()[1])
+        cbs = precision_callbacks(self.learn.precision, self.dls.device or torch.device("cpu"))
+        return float(scorer(self.dls, module, self.learn.loss_func, cbs).validate()[1])
 
 
 def main():
@@ -77,12 +71,10 @@ def main():
     a = ap.parse_args()
     cfg = resolve_config(arch=a.arch, data="synthetic", synthetic_per_epoch=a.synthetic_per_epoch,
                          epochs=a.epochs, ema=0.0, lr=a.lr)
-    device = torch.device("cpu")
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(0)
-    probe = EMAProbe(a.bn_batches, lambda: precision_callbacks(precision, device))
-    learn = build_learner(cfg, build_dataloaders(cfg), create_model(cfg.model), device, precision, quiet=True,
-                          extra_cbs=[probe])
+    probe = EMAProbe(a.bn_batches)
+    prepared = prepare(cfg, device="cpu")
+    precision = prepared.precision
+    learn = prepared.learner(quiet=True, extra_cbs=[probe])
     t0 = time.perf_counter()
     learn.fit_one_cycle(cfg.train.epochs, lr_max=cfg.train.lr)
     print(f"\n{a.arch}, synthetic {a.synthetic_per_epoch}/epoch, {a.epochs} epochs, lr {a.lr}, precision {precision}, "

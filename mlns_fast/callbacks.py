@@ -1,7 +1,6 @@
-"""fastai callbacks: EMA (timm's ModelEmaV3), CPU bf16 autocast, epoch plan, self-training, guards, the run tracker."""
+"""fastai callbacks: EMA (timm's ModelEmaV3), epoch plan, self-training, guards, the run tracker."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -15,10 +14,10 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.distributed import DistributedTrainer
 from fastai.learner import AvgMetric, Learner, Recorder, ValueMetric
-from fastai.torch_core import to_float
 from fastcore.foundation import L
 from timm.utils import ModelEmaV3, unwrap_model
 
+from .device import precision_callbacks
 from .errors import RunError
 from .losses import acc
 from .runs import METRIC_COLUMNS
@@ -35,6 +34,20 @@ def scorer(dls, module, loss_func, cbs=()) -> Learner:
     return learn
 
 
+def stop_fit(learn: Learner, status: str, message: str) -> None:
+    """End the fit now, recording why: `learn.stop_reason` is written here only, read by the run's
+    end (`train.fit`) and by `CompletedEpochs` (a stopped epoch is not a completed one)."""
+    learn.stop_reason = (status, message)
+    raise CancelFitException()
+
+
+class Reports(Callback):
+    """A callback with figures for the run's summary.json: `RunTracker` adds what `summary()` returns."""
+
+    def summary(self) -> dict:
+        return {}
+
+
 class EMACallback(Callback):
     """Exponential moving average of the weights through timm's `ModelEmaV3`, validated every epoch.
 
@@ -42,20 +55,22 @@ class EMACallback(Callback):
     averaged in. The EMA copy stays fp32 (fastai keeps master weights fp32 under autocast) and
     averages BatchNorm buffers too (`exclude_buffers=False`). After fastai validates the raw
     weights, the EMA weights go through fastai's own validation as well: a second Learner over the
-    EMA module, the same loss, metric, valid loader and precision (`scorer_cbs` makes its precision
-    callbacks). `valid_loss_ema` / `acc_ema` expose the result as metrics of the training Learner.
+    EMA module, the same loss, metric, valid loader and precision (`learn.precision`).
+    `valid_loss_ema` / `acc_ema` expose the result as metrics of the training Learner.
     """
     order = MixedPrecision.order + 1
 
-    def __init__(self, decay: float, warmup: bool = False, scorer_cbs=list):
-        self.decay, self.warmup, self.scorer_cbs = decay, warmup, scorer_cbs
+    def __init__(self, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
         self.model_ema, self.updates = None, 0
         self.valid_loss, self.acc = float("nan"), float("nan")
 
     def before_fit(self):
         if self.model_ema is None:
             self.model_ema = ModelEmaV3(unwrap_model(self.learn.model), decay=self.decay, use_warmup=self.warmup)
-        self.scorer = scorer(self.dls, self.model_ema.module, self.learn.loss_func, self.scorer_cbs())
+        device = self.dls.device or torch.device("cpu")
+        self.scorer = scorer(self.dls, self.model_ema.module, self.learn.loss_func,
+                             precision_callbacks(self.learn.precision, device))
 
     def before_batch(self):
         self.cancelled = False
@@ -90,25 +105,6 @@ class EMACallback(Callback):
         return self.acc
 
 
-class CPUAutocast(Callback):
-    """bf16 autocast on CPU. fastai's MixedPrecision only autocasts CUDA; bf16 needs no grad scaler."""
-    order = MixedPrecision.order
-
-    def before_batch(self):
-        self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-        self.ctx.__enter__()
-
-    def after_pred(self):
-        self.learn.pred = to_float(self.pred)
-
-    def after_loss(self):
-        self.ctx.__exit__(None, None, None)
-
-    def after_cancel_batch(self):
-        with contextlib.suppress(Exception):
-            self.ctx.__exit__(None, None, None)
-
-
 class EpochPlan(Callback):
     """Tells the training loader which epoch it is, so its item plan (order, synthetic keys) is a pure function of it."""
 
@@ -116,7 +112,7 @@ class EpochPlan(Callback):
         self.dls.train.epoch = self.epoch
 
 
-class SelfTraining(Callback):
+class SelfTraining(Reports):
     """Self-training on real images labelled with sums only: before each epoch after the first, the
     current weights read every real training image; where the four readings sum to the image's label
     and each digit's probability is at least `threshold`, the readings become that image's digit labels
@@ -124,15 +120,19 @@ class SelfTraining(Callback):
     are refreshed every epoch, so a wrong early reading is not kept. Hand-written: fastai and timm have
     no pseudo-labelling, and here the label check (the sum) is specific to this task."""
 
-    def __init__(self, threshold: float, info: dict, bs: int = 512):
+    def __init__(self, threshold: float, bs: int = 512):
         self.threshold, self.bs = threshold, bs
-        self.history = info.setdefault("self_train_labelled", [])  # share of real images labelled, per epoch
+        self.history: list[float] = []  # share of real images labelled, per epoch
+
+    def summary(self) -> dict:
+        """What the run's summary.json records of self-training (RunTracker collects it)."""
+        return {"self_train_labelled": self.history}
 
     def before_train(self):
         items = self.dls.train.dataset
         if self.epoch == 0 or items.real is None or items.real.digits is not None:
             return
-        from .evaluate import batches  # the one image -> input batching of every prediction path
+        from .evaluation import batches  # the one image -> input batching of every prediction path
         model, was_training = self.learn.model, self.learn.model.training
         model.eval()
         with torch.no_grad():
@@ -157,9 +157,8 @@ class DivergenceGuard(Callback):
             dist.all_reduce(bad)  # every rank stops together, or the others would wait forever
         if bad.item():
             lr = self.opt.hypers[-1]["lr"] if self.opt is not None else float("nan")
-            self.learn.stop_reason = ("diverged", f"loss became {self.learn.loss.detach().item()} at epoch {self.epoch}, "
-                                                  f"batch {self.iter}, lr {lr:.3g}")
-            raise CancelFitException()
+            stop_fit(self.learn, "diverged", f"loss became {self.learn.loss.detach().item()} at epoch {self.epoch}, "
+                                             f"batch {self.iter}, lr {lr:.3g}")
 
 
 class SignalStop(Callback):
@@ -179,8 +178,7 @@ class SignalStop(Callback):
 
     def after_batch(self):
         if self.caught:
-            self.learn.stop_reason = ("interrupted", f"{self.caught} at epoch {self.epoch}, batch {self.iter}")
-            raise CancelFitException()
+            stop_fit(self.learn, "interrupted", f"{self.caught} at epoch {self.epoch}, batch {self.iter}")
 
     def after_fit(self):
         for sig, handler in self.old.items():
@@ -199,13 +197,15 @@ class CompletedEpochs(Callback):
 
     def completed_metrics(self) -> dict | None:
         rec = self.learn.recorder
-        if self.skipped or rec.cancel_train or rec.cancel_valid or getattr(self.learn, "stop_reason", None):
+        if self.skipped or rec.cancel_train or rec.cancel_valid or self.learn.stop_reason:
             return None
         return dict(zip(rec.metric_names, rec.log))
 
 
 class RunTracker(CompletedEpochs):
     """Owns a run's epoch rows, checkpoint, resume and summary (the shape of fastai's TrackerCallback).
+    summary.json holds its own keys, the run's `info` (given at construction) and what the Learner's
+    `Reports` callbacks return.
 
     After every completed epoch: a metrics.csv row, an atomic checkpoint, then summary.json. Given
     a checkpoint, `before_fit` restores weights, optimizer, EMA, RNG and the running train loss
@@ -272,6 +272,10 @@ class RunTracker(CompletedEpochs):
         self.folder.write_curves(self.rows)
         return summary
 
+    def _reported(self) -> dict:
+        """The summary keys of the Learner's `Reports` callbacks (e.g. SelfTraining's `self_train_labelled`)."""
+        return {k: v for cb in self.learn.cbs if isinstance(cb, Reports) for k, v in cb.summary().items()}
+
     def best_weights(self) -> str:
         """`ema` or `raw`: the set that scored better on validation after the last epoch (EMA on ties);
         evaluate, predict and export use it unless told otherwise."""
@@ -295,7 +299,7 @@ class RunTracker(CompletedEpochs):
                    "best_acc": max(accs, default=None), "final_acc": accs[-1] if accs else None,
                    "best_acc_ema": max(emas, default=None), "final_acc_ema": emas[-1] if emas else None,
                    "train_seconds": round(wall, 2), "minutes": round(wall / 60, 2), "config_digest": cfg.digest(),
-                   **self.info, **extra}
+                   **self.info, **self._reported(), **extra}
         self.folder.write_summary(summary)
         return summary
 

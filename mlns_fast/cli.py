@@ -20,7 +20,7 @@ try:  # typer >= 0.22 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, resolve_config
+from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, RenderConfig, resolve_config
 from .errors import ConfigError, MlnsError
 from .runs import DEFAULT_RUNS_DIR
 
@@ -33,6 +33,7 @@ RUNS_DIR = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="folder of run fold
 WEIGHTS_FROM = typer.Option("best", "--weights-from",
                             help="best (the set that scored better on validation at the end of the run) | raw | ema")
 RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
+GLYPHS_HELP = next(f for f in fields(RenderConfig) if f.name == "glyphs").metadata["help"]
 TTA = typer.Option(False, "--tta", help="test-time augmentation: mean of 5 copies shifted by 2 px (5x the compute)")
 
 
@@ -83,12 +84,19 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
           resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run (path, name or latest)"),
           runs_dir: str = RUNS_DIR,
           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or epoch table"),
+          print_config: bool = typer.Option(False, "--print-config",
+                                            help="print the resolved config as TOML and exit (nothing is trained)"),
           **flags):
     """Train a model (default: the recommended recipe on the embedded demo data)."""
-    from .train import train as run_train
+    from .training import train as run_train
     if resume and (config or name or any(v not in (None, []) for v in flags.values())):
         raise ConfigError("--resume takes the run's own config; drop the other options")
     cfg = None if resume else _resolve(config, name, flags)
+    if print_config:
+        from .config import write_toml
+        from .runs import resolve_run
+        typer.echo(write_toml(resolve_run(resume, runs_dir).config() if resume else cfg).rstrip("\n"))
+        return
     summary = run_train(cfg, runs_dir, quiet=quiet, resume=resume)
     if int(os.environ.get("RANK", 0)) > 0:
         return  # in a distributed launch, rank 0 reports
@@ -116,19 +124,23 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
             runs_dir: str = RUNS_DIR,
             **flags):
     """fastai's learning-rate finder on the same data and model options as train."""
-    from .train import lr_find as run_lr_find
+    from .training import lr_find as run_lr_find
     if num_it < 20:
         raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
     if not 0 <= warmup <= 100_000:
         raise ConfigError(f"--warmup must be in [0, 100000], got {warmup}")
     res = run_lr_find(_resolve(config, None, flags), _png_out(out), quiet=quiet, num_it=num_it, runs_dir=runs_dir,
                       warmup=warmup)
+    warnings = res.pop("warnings")
     for k, v in res.items():
         typer.echo(f"{k:>8}: {v:.2e}")
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"plot: {out}")
 
 
-def _eval_samples(images, labels, npz, folder, layout):
+def _eval_samples(images, labels, npz, folder, layout, size: tuple[int, int]):
+    """The labelled images an evaluation reads, at the run's input `size` (None: the demo test split)."""
     from .data.sources import load_npy_pair, load_source
     chosen = [x for x in (images or labels, npz, folder, layout) if x]
     if len(chosen) > 1:
@@ -136,12 +148,12 @@ def _eval_samples(images, labels, npz, folder, layout):
     if images or labels:
         if not (images and labels):
             raise ConfigError("--images and --labels go together")
-        return load_npy_pair(images, labels)
+        return load_npy_pair(images, labels, size)
     if npz or folder:
-        return load_source(str(npz or folder))
+        return load_source(str(npz or folder), size)
     if layout:
-        from .evaluate import rendered_test_set
-        return rendered_test_set(layout)
+        from .evaluation import rendered_test_set
+        return rendered_test_set(layout, size)
     return None
 
 
@@ -158,10 +170,11 @@ def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
              as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
              runs_dir: str = RUNS_DIR):
     """Sum accuracy of a run (default data: the demo test split, reserved digits) + confusion and mistakes PNGs."""
-    from .evaluate import evaluate as run_evaluate
+    from .evaluation import evaluate as run_evaluate
     from .runs import resolve_run
     r = resolve_run(run, runs_dir)
-    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout), _which(weights_from, raw), tta)
+    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout, r.config().size), _which(weights_from, raw),
+                       tta)
     if as_json:
         typer.echo(json.dumps(res))
         return
@@ -200,23 +213,9 @@ def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
             backend: str = typer.Option("torch", "--backend", help="torch | onnx (exports once, then onnxruntime)"),
             runs_dir: str = RUNS_DIR):
     """Predict the sum (and digits) of images with a trained run."""
-    from .data.sources import load_images
+    from .evaluation import predict as run_predict
     from .runs import resolve_run
-    if backend not in ("torch", "onnx"):
-        raise ConfigError(f"--backend must be torch or onnx; got {backend!r}")
-    if tta and backend == "onnx":
-        raise ConfigError("--tta works with --backend torch (the exported graph is the plain model)")
-    r = resolve_run(run, runs_dir)
-    images, names = load_images([str(p) for p in inputs])
-    if backend == "onnx":
-        from .export import OnnxPredictor, onnx_for
-        pred = OnnxPredictor(onnx_for(r, _which(weights_from, raw)))(images)
-    else:
-        from .evaluate import load_trained, predict_arrays
-        pred = predict_arrays(load_trained(r, _which(weights_from, raw), tta)[1], images)
-    rows = [{"input": n, "sum": int(pred["sum"][i]), "confidence": round(float(pred["confidence"][i]), 4),
-             "digits": None if pred["digits"] is None else [int(d) for d in pred["digits"][i]]}
-            for i, n in enumerate(names)]
+    rows = run_predict(resolve_run(run, runs_dir), [str(p) for p in inputs], _which(weights_from, raw), tta, backend)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -240,7 +239,7 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
             plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the selected runs' accuracy curves"),
             runs_dir: str = RUNS_DIR):
     """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
-    from . import compare as cmp
+    from . import comparison as cmp
     if plot:
         _png_out(plot)
     rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
@@ -250,7 +249,7 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
         cols = cmp.default_columns(rows)
     else:
         cols = None
-    typer.echo(cmp.render(rows, fmt, cols, width=400 if wide else None).rstrip("\n"))
+    typer.echo(cmp.format_rows(rows, fmt, cols, width=400 if wide else None).rstrip("\n"))
     if plot:
         typer.echo(f"plot: {cmp.plot(rows, runs_dir, plot)}", err=fmt in ("json", "csv"))
 
@@ -320,7 +319,7 @@ def data_demo(out: Path = typer.Option(..., "--out", help="folder for data0..2.n
 def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
                out: Path = typer.Option(..., "--out", help=".npz file (images, labels, digits)"),
                layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
-               glyphs: str = typer.Option("handwriting", "--glyphs", help="handwriting | fonts | mixed"),
+               glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
                seed: int = typer.Option(0, "--seed", help="renderer seed"),
                bank: str = typer.Option("", "--bank", help="mnist.npz or IDX folder (default: embedded, training digits)")):
     """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
@@ -338,7 +337,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", help="synth
                  out: Path = typer.Option(Path("preview.png"), "--out", help="grid PNG"),
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
-                 glyphs: str = typer.Option("handwriting", "--glyphs", help="synthetic glyphs"),
+                 glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
                  seed: int = typer.Option(0, "--seed")):
     """A labelled grid PNG (sum and digits over each image)."""
     from .data.preview import preview

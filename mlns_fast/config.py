@@ -27,6 +27,7 @@ GLYPHS = ("handwriting", "fonts", "mixed")
 # The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
 N_DIGITS, N_CLASSES = 4, 10
 N_SUMS = N_DIGITS * (N_CLASSES - 1) + 1  # sums 0..36
+IMAGE_SIZE = (40, 168)  # (H, W) of the course's images: the default of a run's `[render] height / width`
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # run names become folder names
 
 
@@ -46,9 +47,9 @@ class Checked:
 @dataclass(frozen=True)
 class RenderConfig(Checked):
     """Ranges of the synthetic layout; each image draws uniformly inside every range."""
-    height: int = _f(40, "canvas height in pixels", 8, 1024)
-    width: int = _f(168, "canvas width in pixels", 32, 4096)
-    n_digits: int = _f(N_DIGITS, "digits per image (the task fixes 4)", N_DIGITS, N_DIGITS)
+    height: int = _f(IMAGE_SIZE[0], "image height in pixels: the run's input size; real images of another size "
+                                    "are resized to it (training, evaluate, predict, export)", 8, 1024)
+    width: int = _f(IMAGE_SIZE[1], "image width in pixels (see height)", 32, 4096)
     glyph_height: tuple = _f((0.28, 1.0), "ink height as a fraction of the canvas height (real: ~0.5-0.95)", 0.05, 1.0)
     aspect: tuple = _f((0.7, 1.35), "width multiplier after scaling to height", 0.1, 5.0)
     rotation: tuple = _f((-20.0, 20.0), "degrees, positive = counter-clockwise", -90.0, 90.0)
@@ -95,8 +96,9 @@ class ModelConfig(Checked):
     arch: str = _f("mlns_cnn", "timm architecture name, or mlns_cnn / convnet4 (built in)")
     head: str = _f("digits", "sum (37-way) | digits (4 x 10, sum by convolution)", choices=HEADS)
     pretrained: bool = _f(False, "timm's own pretrained weights for --arch (a tag picks among them, e.g. "
-                                 "resnet50.a1_in1k); fetched once into the Hugging Face cache; offline: --weights FILE")
-    weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
+                                 "resnet50.a1_in1k); fetched once into the Hugging Face cache; offline: "
+                                 "--backbone-weights FILE")
+    backbone_weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
     init: str = _f("", "start from another run's best weights (RUN: folder, name or latest; or its .safetensors): "
                        "the backbone always, the head where shapes match")
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
@@ -104,10 +106,14 @@ class ModelConfig(Checked):
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
 
+    def without_first_weights(self) -> "ModelConfig":
+        """This model with no first weights: for loading a run's own trained weights (or a checkpoint) instead."""
+        return replace(self, backbone_weights="", init="", pretrained=False)
+
     def __post_init__(self):
         check_fields(self)
-        if sum(map(bool, (self.pretrained, self.weights, self.init))) > 1:
-            raise ConfigError("give one of --pretrained, --weights, --init (each sets the first weights)")
+        if sum(map(bool, (self.pretrained, self.backbone_weights, self.init))) > 1:
+            raise ConfigError("give one of --pretrained, --backbone-weights, --init (each sets the first weights)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,11 @@ class RunConfig:
         check_name(self.name)
         if self.train.self_train and self.model.head != "digits":
             raise ConfigError("--self-train reads digits: it needs --head digits")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W): the one input size of the run -- renders, real images, the model, evaluate and predict."""
+        return self.render.height, self.render.width
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{s: _section_dict(getattr(self, s)) for s in SECTIONS}}
@@ -290,7 +301,17 @@ def config_from_dict(d: dict, where: str, base: RunConfig | None = None) -> RunC
 
 
 def _migrate(d: dict) -> dict:
-    """Run folders written before the glyph source moved from [data] to [render] still read back."""
+    """Older run folders still read back: the glyph source moved from [data] to [render],
+    `[render] n_digits` (always 4: the task fixes it) is no longer written, and `[model] weights`
+    (a backbone file) is `backbone_weights` (`weights` names a run's raw / EMA set everywhere else)."""
+    render = d.get("render")
+    if isinstance(render, dict) and "n_digits" in render:
+        if render["n_digits"] != N_DIGITS:
+            raise ConfigError(f"[render] n_digits: the task has {N_DIGITS} digits per image, got {render['n_digits']!r}")
+        d = {**d, "render": {k: v for k, v in render.items() if k != "n_digits"}}
+    model = d.get("model")
+    if isinstance(model, dict) and "weights" in model and "backbone_weights" not in model:  # renamed field
+        d = {**d, "model": {("backbone_weights" if k == "weights" else k): v for k, v in model.items()}}
     data = d.get("data")
     if not isinstance(data, dict) or not {"glyphs", "font_ratio"} & set(data):
         return d

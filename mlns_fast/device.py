@@ -6,15 +6,35 @@ bf16 autocast trains mlns_cnn 2.1x faster than fp32 (benchmarks/README.md), so s
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
+from fastai.torch_core import to_float
 
-from .callbacks import CPUAutocast
 from .errors import ConfigError
+
+
+class CPUAutocast(Callback):
+    """bf16 autocast on CPU. fastai's MixedPrecision only autocasts CUDA; bf16 needs no grad scaler."""
+    order = MixedPrecision.order
+
+    def before_batch(self):
+        self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.ctx.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = to_float(self.pred)
+
+    def after_loss(self):
+        self.ctx.__exit__(None, None, None)
+
+    def after_cancel_batch(self):
+        with contextlib.suppress(Exception):
+            self.ctx.__exit__(None, None, None)
 
 
 def default_device() -> torch.device:

@@ -1,6 +1,7 @@
-"""Export a run's network (EMA weights by default) to ONNX or TorchScript, and run ONNX with onnxruntime.
+"""Export a run's network (its best weights set by default) to ONNX or TorchScript, and run ONNX with onnxruntime.
 
-The exported graph takes `image` (B, 1, 40, 168) float32 in 0..1 (dynamic batch) and returns
+The exported graph takes `image` (B, 1, H, W) float32 in 0..1 (dynamic batch; H x W the run's size,
+40 x 168 by default) and returns
 `sum_probs` (B, 37) and, for a digits head, `digit_logits` (B, 4, 10).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .evaluate import batches, load_trained, readout
+from .evaluation import batches, load_trained, readout
 from .files import atomic_path
 from .losses import sum_log_probs
 from .runs import RunDir, finished_weights
@@ -51,7 +52,7 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create its folder ({e.strerror})") from None
-    x = torch.rand(2, 1, cfg.render.height, cfg.render.width)
+    x = torch.rand(2, 1, *cfg.size)
     names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -35,6 +35,16 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text with a header: the one CSV writer of run folders, comparisons and sweeps."""
+    import csv
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
     """`torch.save` to `path` atomically."""
     import torch

@@ -13,8 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import N_SUMS  # noqa: F401  (re-exported: the width of every sum distribution)
-
 
 def _log_conv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Log of the convolution of two distributions given as log-probs: (B, m), (B, n) -> (B, m + n - 1)."""
@@ -65,13 +63,6 @@ def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: 
 def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0):
     """The loss function of a head."""
     return {"sum": sum_loss, "digits": partial(digit_loss, digit_weight=digit_weight, sum_weight=sum_weight)}[head]
-
-
-def predict_sums(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted sum = argmax of the sum distribution (not the sum of per-digit argmaxes), and its probability."""
-    lp = sum_log_probs(out)
-    conf, s = lp.max(1)
-    return s, conf.exp()
 
 
 def sum_accuracy(out, sums, *_):

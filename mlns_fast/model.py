@@ -67,7 +67,7 @@ def check_arch(arch: str) -> None:
 
 
 def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | Path | None = None,
-                    size: tuple[int, int] = (40, 168), output_stride: int = 0) -> nn.Module:
+                    size: tuple[int, int] | None = None, output_stride: int = 0) -> nn.Module:
     """A feature extractor by name: built-in, or `timm.create_model(arch, in_chans=1, num_classes=0)`.
 
     `pretrained`: timm's own weights for `arch` (`resnet50.a1_in1k` picks a tag), through timm's
@@ -81,10 +81,9 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
     are built for this image size (`dynamic_img_size`, padded to whole patches)."""
     if arch in BUILTIN:
         if pretrained or output_stride:
-            raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (8); "
+            raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (mlns_cnn 8, convnet4 16); "
                              "use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
-    import timm
     check_arch(arch)
     overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}
     try:
@@ -94,11 +93,11 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
         raise ModelError(f"{arch}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # huggingface_hub: offline, not cached, or the download failed
         raise ModelError(f"{arch}: timm's pretrained weights could not be fetched ({type(e).__name__}: offline or not "
-                         "in the Hugging Face cache); without a network use --weights FILE (a local .safetensors / "
+                         "in the Hugging Face cache); without a network use --backbone-weights FILE (a local .safetensors / "
                          ".pth)") from None
 
 
-def _create_fitted(arch: str, pretrained: bool, size: tuple[int, int], output_stride: int, **kw) -> nn.Module:
+def _create_fitted(arch: str, pretrained: bool, size: tuple[int, int] | None, output_stride: int, **kw) -> nn.Module:
     """`arch` fitted to 40 x 168 images: at the output stride where the family takes one, else (token
     models: ViT, hybrids) built for this image size. timm has no registry of which family takes what, so
     the stride is tried first: a CNN that takes it is built once."""
@@ -113,6 +112,8 @@ def _create_fitted(arch: str, pretrained: bool, size: tuple[int, int], output_st
     refused = output_stride not in (0, 32)  # an explicit stride this family does not take
     model = timm.create_model(arch, pretrained=pretrained and not refused, **kw)
     if hasattr(model, "patch_embed"):
+        if size is None:
+            raise ModelError(f"{arch}: a token model is built for one image size; give it")
         if output_stride:
             raise ModelError(f"{arch}: a token model has no --output-stride (its patch size sets the grid)")
         return timm.create_model(arch, pretrained=pretrained, img_size=tuple(size), dynamic_img_size=True,
@@ -163,9 +164,9 @@ HEADS = {"sum": SumHead, "digits": DigitReader}
 class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
-    def __init__(self, backbone: nn.Module, head: str = "digits", drop: float = 0.1, size=(40, 168)):
+    def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int]):
         super().__init__()
-        self.backbone, self.head_name, self.tokens = backbone, head, False
+        self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
             backbone.eval()  # no BatchNorm statistics from the dummy batch
@@ -185,11 +186,12 @@ class MlnsNet(nn.Module):
         return self.head(self.features(x))
 
 
-def create_model(cfg: ModelConfig, size: tuple[int, int] = (40, 168)) -> MlnsNet:
-    """The network of a run's model config, with local pretrained backbone weights if given."""
+def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
+    """The network of a run's model config for (H, W) = `size` images (`RunConfig.size`), with local
+    pretrained backbone weights if given."""
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
-    if cfg.weights:
-        load_backbone_weights(backbone, cfg.weights)
+    if cfg.backbone_weights:
+        load_backbone_weights(backbone, cfg.backbone_weights)
     model = MlnsNet(backbone, cfg.head, cfg.drop, size)
     if cfg.init:
         load_init_weights(model, cfg.init)
@@ -240,7 +242,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             continue
         if v.ndim == 4 and own[k].ndim == 4 and v.shape[1] != own[k].shape[1] and v.shape[0] == own[k].shape[0]:
             v = adapt_input_conv(own[k].shape[1], v)  # RGB stem -> 1 channel (timm's own rule)
-        (ok.__setitem__(k, v) if v.shape == own[k].shape else bad.append(k))
+        if v.shape == own[k].shape:
+            ok[k] = v
+        else:
+            bad.append(k)
     if bad or len(ok) < 0.5 * len(own):
         raise ModelError(f"{path}: weights do not match this architecture "
                          f"({len(ok)} of {len(own)} tensors fit, {len(bad)} of wrong shape)")

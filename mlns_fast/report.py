@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compare import render, run_row
+from .comparison import format_rows, run_row
 from .config import read_toml
 from .files import atomic_write
 from .runs import REPORT_COLUMNS, RunDir
@@ -27,11 +27,11 @@ def suite_section(path: str | Path, runs_dir: str | Path, figures: Path | None =
     cols = REPORT_COLUMNS + (["seed_result"] if any(r["seed_result"] for r in rows) else []) + \
         (["note"] if any(r["note"] for r in rows) else [])
     out = [f"### {title}", "", f"`mlns-fast suite {path}` (valid = demo valid split; accuracies are sum accuracy)", ""]
-    out.append(render(rows, "md", cols) if rows else "_no finished runs yet_")
+    out.append(format_rows(rows, "md", cols) if rows else "_no finished runs yet_")
     if missing:
         out += ["", f"Not run yet: {', '.join(missing)}."]
     if figures is not None and rows:
-        from .compare import plot
+        from .comparison import plot
         png = plot(rows, runs_dir, figures / f"{Path(path).stem}_curves.png")
         out += ["", f"![{title}]({png.relative_to(figures.parent)})"]
         if len({r["arch"] for r in rows}) >= 3:  # a model-size comparison

@@ -22,9 +22,14 @@ import cv2
 import numpy as np
 
 from .config import LAYOUTS, RenderConfig
+from .data.demo import cache_root, demo_split
 from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
-from .data.sources import Samples
+from .data.sources import Samples, load_npz, save_npz
+from .errors import ConfigError, RunError
+from .evaluation import load_trained, score
+from .files import atomic_write
+from .runs import weights_set
 
 log = logging.getLogger(__name__)
 N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 90 %
@@ -40,8 +45,8 @@ class ShiftSet:
     """One test set of the battery: a layout, a glyph source and an optional image transform."""
     name: str
     group: str
-    render: RenderConfig
-    glyphs: str = "reserved"  # reserved (MNIST) | sklearn | fonts
+    render: RenderConfig  # its `glyphs` picks handwriting or fonts
+    bank: str = "reserved"  # handwriting from: reserved (MNIST's reserved digits) | sklearn (load_digits)
     transform: str = ""  # "" | lowres
     seed: int = 0
 
@@ -59,8 +64,8 @@ BATTERY = [
     ShiftSet("lowres", "style", BASE, transform="lowres", seed=2010),
     ShiftSet("noise", "style", replace(BASE, noise_p=1.0, noise_std=(20.0, 35.0)), seed=2011),
     ShiftSet("contrast", "style", replace(BASE, contrast=(0.25, 0.45)), seed=2012),
-    ShiftSet("sklearn-digits", "writer", BASE, glyphs="sklearn", seed=2013),
-    ShiftSet("fonts", "writer", replace(BASE, glyphs="fonts"), glyphs="fonts", seed=2014),
+    ShiftSet("sklearn-digits", "writer", BASE, bank="sklearn", seed=2013),
+    ShiftSet("fonts", "writer", replace(BASE, glyphs="fonts"), seed=2014),
 ]
 NAMES = [s.name for s in BATTERY] + ["demo-test"]
 
@@ -87,8 +92,8 @@ def _lowres(images: np.ndarray) -> np.ndarray:
 def render_set(spec: ShiftSet, n: int | None = None) -> Samples:
     """Render one set of the battery (deterministic): N_IMAGES images unless told."""
     n = n or N_IMAGES
-    bank = sklearn_bank() if spec.glyphs == "sklearn" else ""
-    s = render_samples(create_renderer(spec.render, spec.seed, bank, split="reserved"), n,
+    bank = sklearn_bank() if spec.bank == "sklearn" else ""
+    s = render_samples(create_renderer(spec.render, spec.seed, bank, pool="reserved"), n,
                        source=f"battery:{spec.name}")
     if spec.transform == "lowres":
         s.images = _lowres(s.images)
@@ -102,8 +107,6 @@ def _version() -> str:
 
 def battery(names: list[str] | None = None) -> dict[str, Samples]:
     """The battery's sets by name, rendered on first use and cached beside the demo set."""
-    from .data.demo import cache_root, demo_split
-    from .data.sources import load_npz, save_npz
     root = cache_root() / f"battery-{_version()}"
     out = {}
     for spec in BATTERY:
@@ -125,17 +128,13 @@ def battery(names: list[str] | None = None) -> dict[str, Samples]:
 def robustness(run, which: str = "best", names: list[str] | None = None, tta: bool = False) -> dict:
     """Score a run on the battery: per set n, sum accuracy, digit accuracy, calibration error; written
     to RUN/robustness/<weights>/result.json with a chart (robustness.png)."""
-    from .errors import ConfigError, RunError
-    from .evaluate import load_trained, score
-    from .files import atomic_write
-    from .runs import weights_set
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
         raise ConfigError(f"--sets: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
-    _, model = load_trained(run, which, tta)
+    cfg, model = load_trained(run, which, tta)
     weights = weights_set(run, which) + ("-tta" if tta else "")
     groups = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
-    rows = [{"set": name, "group": groups[name], **score(model, samples)[0]}
+    rows = [{"set": name, "group": groups[name], **score(model, samples.at_size(cfg.size))[0]}
             for name, samples in battery(names).items()]
     result = {"run": run.name, "weights": weights, "sets": rows,
               "worst": min(rows, key=lambda r: r["sum_accuracy"])["set"]}

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -29,13 +28,12 @@ import torch
 
 from .config import RunConfig, load_run_config, write_toml
 from .errors import ConfigError, MlnsError, RunError
-from .files import atomic_path, atomic_torch_save, atomic_write
+from .files import atomic_path, atomic_torch_save, atomic_write, csv_text
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "experiments/runs"
 # The run folder's schema, in one place: metrics.csv columns (one row per epoch) ...
 METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
-TIMING_COLUMNS = ("seconds",)  # wall-clock: the only columns that differ between identical runs
 # ... and the summary.json keys that `compare` and `report` show.
 SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes",
                    "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "weights", "study", "trial",
@@ -168,11 +166,7 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict]) -> None:
         cols = METRIC_COLUMNS + sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write(self.path / "metrics.csv", buf.getvalue())
+        atomic_write(self.path / "metrics.csv", csv_text(rows, cols))
 
     @property
     def checkpoint_path(self) -> Path:

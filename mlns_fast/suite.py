@@ -5,10 +5,9 @@ skipped, so a suite can be re-run after an interruption and only does what is mi
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from .compare import render, run_row
+from .comparison import format_rows, run_row
 from .config import RunConfig, config_from_dict, read_toml
 from .errors import ConfigError, MlnsError
 from .runs import list_runs
@@ -49,11 +48,9 @@ def suite_runs(path, runs_dir) -> list[tuple[RunConfig, str | None]]:
 def trained_digest(cfg: RunConfig, runs_dir) -> str:
     """The digest `train` records for this config: with `--init RUN` resolved to the weights file it
     named (a run not there yet resolves to nothing, so its row is not done)."""
-    if not cfg.model.init:
-        return cfg.digest()
-    from .train import init_weights
+    from .training import resolve_init
     try:
-        return replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir))).digest()
+        return resolve_init(cfg, runs_dir).digest()
     except MlnsError:
         return cfg.digest()
 
@@ -74,7 +71,7 @@ def finished_digests(runs_dir: str | Path) -> dict[str, str]:
 def run_suite(path, runs_dir, dry_run: bool = False, quiet: bool = True, echo=print) -> list[dict]:
     """Train every run of the suite not finished yet, then return (and echo) the comparison rows."""
     from .runs import RunDir
-    from .train import train
+    from .training import train
     cfgs = load_suite(path)
     done = finished_digests(runs_dir)
     names = {}
@@ -92,5 +89,5 @@ def run_suite(path, runs_dir, dry_run: bool = False, quiet: bool = True, echo=pr
             echo(f"    {s['status']}: acc {s.get('final_acc')}, EMA {s.get('final_acc_ema')}, {s['minutes']} min")
     rows = [{**run_row(RunDir(Path(runs_dir) / r)), "name": name} for name, r in names.items()]
     if rows:
-        echo(render(rows, "table"))
+        echo(format_rows(rows, "table"))
     return rows

@@ -579,7 +579,7 @@ class TrialRunner:
         self.sweep, self.runs_dir, self.on_start = sweep, runs_dir, on_start
 
     def __call__(self, trial) -> float:
-        from .train import train
+        from .training import train
         self.on_start()
         trial.set_user_attr("worker", this_worker())
         params = {p.key: p.suggest(trial) for p in self.sweep.space}
@@ -713,12 +713,12 @@ class SweepResult:
 
     def lines(self) -> list[str]:
         """A report for a person: counts, the trials table, the best trial, the files, the dashboard."""
-        from .compare import render
+        from .comparison import format_rows
         states = [r["state"] for r in self.rows]
         counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
         out = [f"study {self.study} ({self.storage}): {len(self.rows)} trial(s): {counts or 'none yet'}"]
         if self.rows:
-            out.append(render(self.rows, "table", list(self.rows[0])).rstrip("\n"))
+            out.append(format_rows(self.rows, "table", list(self.rows[0])).rstrip("\n"))
         if self.best:
             b = self.best
             out += [f"best: trial {b['trial']}, {self.metric} {b['value']:.4f} ({b['run']}): "

@@ -5,11 +5,11 @@ from fastai.callback.core import Callback, CancelStepException
 from timm.utils import ModelEmaV3
 
 from mlns_fast.callbacks import EMACallback
-from mlns_fast.config import ModelConfig
+from mlns_fast.config import IMAGE_SIZE, ModelConfig
 from mlns_fast.data.loaders import build_dataloaders
 from mlns_fast.losses import make_loss, sum_log_probs
 from mlns_fast.model import create_model, read_state_dict
-from mlns_fast.train import build_learner, train
+from mlns_fast.training import build_learner, train
 
 
 def _learner(cfg, model, cbs=()):
@@ -43,7 +43,7 @@ class Spy(Callback):
 def test_ema_callback_equals_model_ema_v3_driven_by_hand(tiny_cfg):
     cfg = tiny_cfg(epochs=1, ema=0.9, drop=0.0)
     torch.manual_seed(0)
-    model = create_model(ModelConfig(arch="convnet4"))
+    model = create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE)
     start = copy.deepcopy(model)
     cb = EMACallback(0.9)
     learn = _learner(cfg, model, [cb])
@@ -73,7 +73,7 @@ def test_ema_metrics_come_from_ema_weights(tiny_cfg, tmp_path):
     dl = build_dataloaders(cfg).valid
     scores = {}
     for ema in (True, False):
-        model = create_model(cfg.model)
+        model = create_model(cfg.model, IMAGE_SIZE)
         model.load_state_dict(read_state_dict(run.weights_path(ema)))
         scores[ema] = _score_by_hand(model, dl, make_loss("digits"))
     loss, acc = scores[True]
@@ -92,7 +92,7 @@ def test_cancelled_step_is_not_averaged(tiny_cfg):
             raise CancelStepException()
 
     cb = EMACallback(0.9)
-    learn = _learner(cfg, create_model(ModelConfig(arch="convnet4")), [cb, CancelAll()])
+    learn = _learner(cfg, create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE), [cb, CancelAll()])
     learn.fit(1, lr=1e-3)
     assert cb.updates == 0
 

@@ -30,7 +30,12 @@ def test_evaluate_json_and_files(trained, capsys, tmp_path):
     save_npz(demo_split("test", with_digits=True).subset(slice(0, 96)), tmp_path / "t.npz")
     code, out, _ = run_cli(capsys, "evaluate", "latest", "--runs-dir", trained, "--npz", tmp_path / "t.npz", "--json")
     res = json.loads(out)
-    assert code == 0 and res["n"] == 96 and 0 <= res["sum_accuracy"] <= 1 and 0 <= res["digit_accuracy"] <= 1
+    from mlns_fast.evaluation import load_trained, predict_arrays
+    from mlns_fast.runs import resolve_run
+    t = demo_split("test", with_digits=True).subset(slice(0, 96))
+    pred = predict_arrays(load_trained(resolve_run("latest", trained))[1], t.images)
+    assert code == 0 and res["n"] == 96 and res["sum_accuracy"] == pytest.approx((pred["sum"] == t.sums).mean())
+    assert res["digit_accuracy"] == pytest.approx((pred["digits"] == t.digits).mean())
     assert any(f.endswith("confusion.png") for f in res["files"])
     code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--raw")
     assert code == 0 and "demo:test" in out and "raw weights, n=2000" in out
@@ -50,7 +55,7 @@ def test_predict_table_and_json(trained, capsys, tmp_path):
 
 def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     import torch
-    from mlns_fast.evaluate import ShiftTTA, load_trained
+    from mlns_fast.evaluation import ShiftTTA, load_trained
     from mlns_fast.runs import resolve_run
     _, model = load_trained(resolve_run("toy", trained))
     x = torch.from_numpy(np.load(str(tiny_data_images(tmp_path)))[:, None].astype(np.float32) / 255)
@@ -119,14 +124,37 @@ def test_lr_find(capsys, tmp_path, tiny_data):
 
 def test_edge_suggestion_is_half_the_lr_where_the_loss_climbs():
     import torch
-    from mlns_fast.train import edge
+    from mlns_fast.training import edge
     lrs = torch.logspace(-6, 0, 61)  # 10 points per decade
     plateau_then_dip_then_rise = torch.cat([torch.full((40,), 2.5), torch.linspace(2.5, 2.0, 10),
                                             torch.linspace(2.0, 4.0, 11)])
     lr, (x, y) = edge(lrs, plateau_then_dip_then_rise, 100)
-    assert x == pytest.approx(float(lrs[51])) and lr == pytest.approx(x / 2)  # 2.2 > 2.0 * 1.05 first at 51
+    assert lr == pytest.approx(float(lrs[51]) / 2)  # 2.2 > 2.0 * 1.05 first at 51; half of that lr
+    # the point the plot marks is the curve at the suggested lr (10 points a decade: half is 3 points back)
+    assert x == pytest.approx(float(lrs[48])) and y == pytest.approx(float(plateau_then_dip_then_rise[48]))
     flat = torch.full((61,), 2.5)  # never climbs: the edge is the last lr tried
-    assert edge(lrs, flat, 100)[1][0] == pytest.approx(1.0)
+    assert edge(lrs, flat, 100)[0] == pytest.approx(0.5)
+
+
+def test_curve_warnings_name_the_curves_that_mislead():
+    import torch
+    from mlns_fast.training import curve_warnings
+    lrs = torch.logspace(-6, 0, 61)
+    dip_then_rise = torch.cat([torch.linspace(2.5, 1.0, 40), torch.linspace(1.0, 4.0, 21)])
+    assert curve_warnings(lrs, dip_then_rise) == []
+    flat_then_rise = torch.cat([torch.full((50,), 2.5), torch.linspace(2.5, 4.0, 11)])
+    assert ["plateau" in w for w in curve_warnings(lrs, flat_then_rise)] == [True]
+    never_rises = torch.linspace(2.5, 1.0, 61)
+    assert ["end of the sweep" in w for w in curve_warnings(lrs, never_rises)] == [True]
+
+
+def test_lr_find_short_curve_warns_instead_of_failing(capsys, tmp_path, tiny_data):
+    """fastai cuts a tenth and 5 points off the curve and its `slide` rule looks 16 points back: at
+    --num-it 20 it used to fail the whole finder with an IndexError."""
+    flags = tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160)
+    code, out, err = run_cli(capsys, "lr-find", "--quiet", "--num-it", "20", "--out", tmp_path / "lr.png",
+                             *flag_args(flags))
+    assert code == 0 and "slide: the curve is too short" in err and "edge:" in out
 
 
 def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypatch):
@@ -134,7 +162,7 @@ def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypa
     import torch
     from fastai.learner import Learner
     from mlns_fast.config import resolve_config
-    from mlns_fast.train import lr_find
+    from mlns_fast.training import lr_find
     steps, starts = [], []
     real_fit, real_lr_find = Learner.fit, Learner.lr_find
 
@@ -152,8 +180,15 @@ def test_lr_find_warmup_trains_first_then_restores(tiny_data, tmp_path, monkeypa
     monkeypatch.setattr(Learner, "fit", fit)
     monkeypatch.setattr(Learner, "lr_find", finder)
     cfg = resolve_config(**tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=160))
-    res = lr_find(cfg, tmp_path / "lr.png", quiet=True, num_it=25, warmup=7)
-    assert steps[0] == 7 and len(starts) == 1 and set(res) == {"valley", "slide", "minimum", "steep", "edge"}
+    passes = []  # (finder started?, training?) of every pass over a loader
+    real_all_batches = Learner.all_batches
+    monkeypatch.setattr(Learner, "all_batches",
+                        lambda self: (passes.append((len(starts), self.training)), real_all_batches(self))[1])
+    cfg = resolve_config(**tiny_flags(tiny_data, data="synthetic", synthetic_per_epoch=32))  # 2 steps an epoch
+    res = lr_find(cfg, tmp_path / "lr.png", quiet=True, num_it=30, warmup=7)
+    assert steps[0] == 7 and len(starts) == 1
+    assert set(res) == {"valley", "slide", "minimum", "steep", "edge", "warnings"}
+    assert passes[:4] == [(0, True)] * 4 and (0, False) not in passes  # 4 warm-up epochs, none validated
 
 
 # --- user errors: one line, exit 2, no run folder -----------------------------------------------
@@ -184,8 +219,8 @@ def _bad_inputs(tmp_path, tiny_data):
         (["--real", f"{tmp_path / 'obj.npy'}:{tmp_path / 'y.npy'}"], "pickled"),
         (["--real", f"{tmp_path / 'tiny_x.npy'}:{tmp_path / 'y.npy'}"], "too small"),
         (["--real", f"{tmp_path / 'ok_x.npy'}:{tmp_path / 'lab99.npy'}"], "0..36"),
-        (["--weights", tmp_path / "evil.pt"], "not a loadable weights file"),
-        (["--weights", "timm/resnet18.a1_in1k", "--arch", "resnet18"], "nothing is downloaded"),
+        (["--backbone-weights", tmp_path / "evil.pt"], "not a loadable weights file"),
+        (["--backbone-weights", "timm/resnet18.a1_in1k", "--arch", "resnet18"], "nothing is downloaded"),
         (["--config", tmp_path / "bad.toml"], "unknown key 'epochz'"),
         (["--config", tmp_path / "type.toml"], "epochs must be int"),
         (["--config", tmp_path / "none.toml"], "not found"),

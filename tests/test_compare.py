@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlns_fast import compare as cmp
+from mlns_fast import comparison as cmp
 from mlns_fast.config import resolve_config
 from mlns_fast.errors import ConfigError
 from mlns_fast.runs import RunDir

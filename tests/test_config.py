@@ -4,9 +4,15 @@ from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resol
 from mlns_fast.errors import ConfigError
 
 
-def test_defaults_are_the_recommended_recipe():
-    cfg = RunConfig()
-    assert (cfg.model.head, cfg.data.data, cfg.train.ema) == ("digits", "mixed", 0.99)
+def test_no_flags_resolve_to_the_defaults_and_print_config_shows_them(capsys):
+    from mlns_fast.cli import main
+    assert resolve_config() == RunConfig()
+    assert main(["train", "--print-config"]) == 0  # nothing is trained: no demo set, no run folder
+    out = capsys.readouterr().out
+    assert config_from_dict(__import__("tomllib").loads(out), "printed") == RunConfig()
+    assert main(["train", "--print-config", "--epochs", "3", "--arch", "resnet18"]) == 0
+    printed = config_from_dict(__import__("tomllib").loads(capsys.readouterr().out), "printed")
+    assert (printed.train.epochs, printed.model.arch, printed.train.lr) == (3, "resnet18", RunConfig().train.lr)
 
 
 def test_cli_beats_file_beats_defaults(tmp_path):
@@ -93,7 +99,7 @@ def test_old_run_configs_with_glyphs_in_data_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("text, msg", [
-    ("[render]\nn_digits = 3\n", r"\[render\] n_digits must be in \[4, 4\]"),
+    ("[render]\nn_digits = 3\n", r"\[render\] n_digits: the task has 4 digits per image"),
     ("[render]\nvjitter = 2.0\n", r"\[render\] vjitter must be in"),
     ("[render]\nglyph_height = 'big'\n", r"glyph_height must be a list"),
     ("[render]\nglyph_height = ['a', 'b']\n", r"glyph_height must be a number"),

@@ -1,6 +1,8 @@
 """Two processes on the CPU (gloo), launched like `accelerate launch` / torchrun would."""
 import json
 import os
+
+import pytest
 import socket
 import subprocess
 import sys
@@ -27,6 +29,9 @@ def test_two_process_training_writes_one_complete_run(tmp_path, tiny_data):
     assert len(folders) == 1, folders  # only rank 0 writes
     summary = json.loads((folders[0] / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_done"] == 2
-    assert 0 <= summary["final_acc"] <= 1 and 0 <= summary["final_acc_ema"] <= 1
+    rows = (folders[0] / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + one row per epoch, written once (by rank 0)
+    for acc in (summary["final_acc"], summary["final_acc_ema"]):  # a share of the 48 valid images (not sharded)
+        assert float(acc * 48) == pytest.approx(round(acc * 48), abs=1e-6)
     assert (folders[0] / "model_ema.safetensors").is_file()
     assert out.stdout.count("valid sum accuracy") == 1  # one report line, from rank 0

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from mlns_fast.config import resolve_config
-from mlns_fast.evaluate import load_trained, predict_arrays
+from mlns_fast.evaluation import load_trained, predict_arrays
 from mlns_fast.export import OnnxPredictor, export
 from mlns_fast.model import create_model
 from mlns_fast.runs import RunDir
@@ -14,7 +14,7 @@ def _finished_run(root, head):
     cfg = resolve_config(arch="mlns_cnn", head=head, name=head)
     run = RunDir.create(root, cfg)
     torch.manual_seed(1)
-    model = create_model(cfg.model).eval()
+    model = create_model(cfg.model, cfg.size).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so eval mode matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from mlns_fast.config import ModelConfig
+from mlns_fast.config import IMAGE_SIZE, ModelConfig
 from mlns_fast.errors import ModelError
 from mlns_fast.model import create_backbone, create_model, load_backbone_weights, read_state_dict
 
@@ -11,7 +11,7 @@ from mlns_fast.model import create_backbone, create_model, load_backbone_weights
 @pytest.mark.parametrize("arch", ["mlns_cnn", "convnet4", "resnet18"])
 @pytest.mark.parametrize("head, shape", [("sum", (3, 37)), ("digits", (3, 4, 10))])
 def test_output_shapes(arch, head, shape):
-    m = create_model(ModelConfig(arch=arch, head=head)).eval()
+    m = create_model(ModelConfig(arch=arch, head=head), IMAGE_SIZE).eval()
     out = m(torch.rand(3, 1, 40, 168))
     assert out.shape == shape and torch.isfinite(out).all()
 
@@ -34,21 +34,21 @@ def test_rgb_imagenet_style_weights_adapt_to_one_channel(tmp_path):
     torch.testing.assert_close(bb.layer4[1].conv2.weight, rgb.layer4[1].conv2.weight)
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(tmp_path / "r18.safetensors"))
-    m = create_model(ModelConfig(arch="resnet18", weights=str(tmp_path / "r18.safetensors")))
+    m = create_model(ModelConfig(arch="resnet18", backbone_weights=str(tmp_path / "r18.safetensors")), IMAGE_SIZE)
     torch.testing.assert_close(m.backbone.conv1.weight, expect)
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(create_backbone("convnet4").state_dict(), tmp_path / "c4.pt")
     with pytest.raises(ModelError, match="do not match"):
-        create_model(ModelConfig(arch="resnet18", weights=str(tmp_path / "c4.pt")))
+        create_model(ModelConfig(arch="resnet18", backbone_weights=str(tmp_path / "c4.pt")), IMAGE_SIZE)
 
 
 def test_hub_names_are_never_downloaded():
     with pytest.raises(ModelError, match="nothing is downloaded"):
-        create_model(ModelConfig(arch="resnet18", weights="timm/resnet18.a1_in1k"))
+        create_model(ModelConfig(arch="resnet18", backbone_weights="timm/resnet18.a1_in1k"), IMAGE_SIZE)
     with pytest.raises(ModelError, match="not found"):
-        create_model(ModelConfig(arch="resnet18", weights="/no/such/file.pth"))
+        create_model(ModelConfig(arch="resnet18", backbone_weights="/no/such/file.pth"), IMAGE_SIZE)
 
 
 class Boom:
@@ -94,41 +94,41 @@ def test_pretrained_offline_is_one_line_naming_the_offline_route(tmp_path):
                         "--runs-dir", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "--weights FILE" in lines[0] and "Traceback" not in p.stderr
+    assert len(lines) == 1 and "--backbone-weights FILE" in lines[0] and "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists()
 
 
 def test_one_source_of_first_weights():
     from mlns_fast.errors import ConfigError
-    with pytest.raises(ConfigError, match="one of --pretrained, --weights, --init"):
-        ModelConfig(arch="resnet18", pretrained=True, weights="w.pth")
+    with pytest.raises(ConfigError, match="one of --pretrained, --backbone-weights, --init"):
+        ModelConfig(arch="resnet18", pretrained=True, backbone_weights="w.pth")
 
 
 def test_init_takes_the_backbone_and_the_head_where_it_fits(tmp_path):
     from safetensors.torch import save_file
     from mlns_fast.model import load_init_weights
-    src = create_model(ModelConfig(arch="convnet4", head="digits"))
+    src = create_model(ModelConfig(arch="convnet4", head="digits"), IMAGE_SIZE)
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    dst = create_model(ModelConfig(arch="convnet4", head="sum", init=str(tmp_path / "w.safetensors")))
+    dst = create_model(ModelConfig(arch="convnet4", head="sum", init=str(tmp_path / "w.safetensors")), IMAGE_SIZE)
     for k, v in dst.state_dict().items():
         if k.startswith("backbone."):
             assert torch.equal(v, src.state_dict()[k]), k
-    same_head = create_model(ModelConfig(arch="convnet4", head="digits", init=str(tmp_path / "w.safetensors")))
+    same_head = create_model(ModelConfig(arch="convnet4", head="digits", init=str(tmp_path / "w.safetensors")), IMAGE_SIZE)
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in same_head.state_dict().items())
     with pytest.raises(ModelError, match="needs the same --arch"):
-        load_init_weights(create_model(ModelConfig(arch="mlns_cnn")), tmp_path / "w.safetensors")
+        load_init_weights(create_model(ModelConfig(arch="mlns_cnn"), IMAGE_SIZE), tmp_path / "w.safetensors")
 
 
 def test_feature_maps_suit_the_reader():
     """Stride-32 CNNs would hand the reader 2 x 6 cells; token models need a grid, not a token list."""
-    vit = create_model(ModelConfig(arch="vit_tiny_patch16_224")).eval()
+    vit = create_model(ModelConfig(arch="vit_tiny_patch16_224"), IMAGE_SIZE).eval()
     assert vit.tokens and vit.features(torch.rand(2, 1, 40, 168)).shape == (2, 192, 3, 11)
     assert vit(torch.rand(2, 1, 40, 168)).shape == (2, 4, 10)
-    r18 = create_model(ModelConfig(arch="resnet18")).eval()
+    r18 = create_model(ModelConfig(arch="resnet18"), IMAGE_SIZE).eval()
     assert r18.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (3, 11)  # auto: output stride 16
-    r18_32 = create_model(ModelConfig(arch="resnet18", output_stride=32)).eval()
+    r18_32 = create_model(ModelConfig(arch="resnet18", output_stride=32), IMAGE_SIZE).eval()
     assert r18_32.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (2, 6)
-    mnv3 = create_model(ModelConfig(arch="mobilenetv3_small_100")).eval()  # no output_stride: its own
+    mnv3 = create_model(ModelConfig(arch="mobilenetv3_small_100"), IMAGE_SIZE).eval()  # no output_stride: its own
     assert mnv3.features(torch.rand(2, 1, 40, 168)).shape[-2:] == (2, 6)
 
 
@@ -137,4 +137,4 @@ def test_feature_maps_suit_the_reader():
                                                ("mlns_cnn", 8, "built in")])
 def test_output_stride_errors(arch, stride, msg):
     with pytest.raises(ModelError, match=msg):
-        create_model(ModelConfig(arch=arch, output_stride=stride))
+        create_model(ModelConfig(arch=arch, output_stride=stride), IMAGE_SIZE)

@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from mlns_fast.cli import main
 from mlns_fast.errors import RunError
 from mlns_fast.runs import RunDir, list_runs, resolve_run
-from mlns_fast.train import train
+from mlns_fast.training import train
 
 from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mlns_fast import robustness as rb
-from mlns_fast.evaluate import calibration_error
+from mlns_fast.evaluation import calibration_error
+from mlns_fast.runs import RunDir
 
 
 def test_calibration_error_known_values():
@@ -52,9 +53,15 @@ def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert [r["set"] for r in res["sets"]] == ["tight", "sklearn-digits"]
-    for r in res["sets"]:
-        assert r["n"] == 32 and 0 <= r["sum_accuracy"] <= 1 and 0 <= r["ece"] <= 1 and 0 <= r["digit_accuracy"] <= 1
     run = next(runs.iterdir())
+    from mlns_fast.evaluation import load_trained, predict_arrays
+    _, model = load_trained(RunDir(run), res["weights"])
+    sets = rb.battery(["tight", "sklearn-digits"])
+    for r in res["sets"]:  # each row scores its own set with the run's weights
+        pred = predict_arrays(model, sets[r["set"]].images)
+        assert r["n"] == 32 and r["sum_accuracy"] == pytest.approx((pred["sum"] == sets[r["set"]].sums).mean())
+        assert r["digit_accuracy"] == pytest.approx((pred["digits"] == sets[r["set"]].digits).mean())
+        assert 0 <= r["ece"] <= 1
     assert (run / "robustness" / res["weights"] / "robustness.png").stat().st_size > 5000
     assert json.loads((run / "robustness" / res["weights"] / "result.json").read_text())["sets"] == res["sets"]
     assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "nope"]) == 2

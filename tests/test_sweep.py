@@ -23,7 +23,7 @@ import torch
 from mlns_fast.config import load_run_config
 from mlns_fast.runs import RunDir, list_runs
 from mlns_fast.sweep import load_sweep, run_sweep, study_folder
-from mlns_fast.train import train
+from mlns_fast.training import train
 
 from .conftest import run_cli
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from mlns_fast.evaluate import load_trained, predict_arrays
-from mlns_fast.runs import TIMING_COLUMNS, RunDir, list_runs
-from mlns_fast.train import train
+from mlns_fast.evaluation import load_trained, predict_arrays, predict_outputs
+from mlns_fast.runs import RunDir, list_runs
+from mlns_fast.training import train
+
+TIMING_COLUMNS = ("seconds",)  # wall-clock: the only metrics.csv columns that differ between identical runs
 
 
 def _metrics(run_dir):
@@ -35,16 +37,27 @@ def test_train_writes_a_complete_run(tiny_cfg, tmp_path):
     assert not list(run.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
-def test_saved_weights_reload_to_same_predictions(tiny_cfg, tmp_path):
-    s = train(tiny_cfg(ema=0.0), tmp_path, quiet=True)
+class KeepFinalModel(Callback):
+    """Keeps a copy of the trained network as it is when the fit ends (what the run saves)."""
+    order = 100
+
+    def after_fit(self):
+        import copy
+        from timm.utils import unwrap_model
+        self.kept = copy.deepcopy(unwrap_model(self.learn.model)).float().eval().cpu()
+
+
+def test_saved_weights_reload_to_the_trained_network(tiny_cfg, tmp_path):
+    keep = KeepFinalModel()
+    s = train(tiny_cfg(ema=0.0), tmp_path, quiet=True, extra_cbs=[keep])
     run = RunDir(tmp_path / s["run"])
     assert not run.weights_path(True).exists()  # no EMA, no EMA file
-    _, m1 = load_trained(run)
-    _, m2 = load_trained(run)
+    _, loaded = load_trained(run)
+    t = s["temperature"]["raw"]  # predictions are calibrated: logits / t
     x = np.random.default_rng(0).integers(0, 255, (5, 40, 168), dtype=np.uint8)
-    p1, p2 = predict_arrays(m1, x), predict_arrays(m2, x)
-    assert (p1["sum"] == p2["sum"]).all() and np.allclose(p1["probs"], p2["probs"])
-    assert p1["probs"].shape == (5, 37) and p1["digits"].shape == (5, 4)
+    torch.testing.assert_close(predict_outputs(loaded, x), predict_outputs(keep.kept, x) / t, atol=1e-5, rtol=1e-4)
+    p = predict_arrays(loaded, x)
+    assert p["probs"].shape == (5, 37) and p["digits"].shape == (5, 4)
 
 
 def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path):
@@ -102,22 +115,28 @@ def test_two_runs_in_the_same_second_get_distinct_folders(tiny_cfg, tmp_path):
     assert a.path != b.path and len(list_runs(tmp_path)) == 2
 
 
-@pytest.mark.parametrize("head", ["sum", "digits"])
-def test_heads_and_data_modes_train(tiny_cfg, tmp_path, head):
+@pytest.mark.parametrize("head, shape", [("sum", (3, 37)), ("digits", (3, 4, 10))])
+def test_heads_and_data_modes_train(tiny_cfg, tmp_path, head, shape):
     s = train(tiny_cfg(head=head, data="synthetic", epochs=1, arch="convnet4", precision="bf16"), tmp_path, quiet=True)
-    assert s["status"] == "finished" and s["precision"] == "bf16" and 0 <= s["final_acc"] <= 1
+    assert s["status"] == "finished" and s["precision"] == "bf16"
+    assert s["final_acc"] * 48 == pytest.approx(round(s["final_acc"] * 48), abs=1e-6)  # a share of the 48 valid images
+    run = RunDir(tmp_path / s["run"])
+    _, model = load_trained(run, "raw")
+    assert tuple(predict_outputs(model, np.zeros((3, 40, 168), np.uint8)).shape) == shape
 
 
 def test_evaluate_says_raw_when_the_run_has_no_ema(tiny_cfg, tmp_path):
     from mlns_fast.data.demo import demo_split
-    from mlns_fast.evaluate import evaluate
+    from mlns_fast.evaluation import evaluate
     s = train(tiny_cfg(ema=0.0, epochs=1), tmp_path, quiet=True)
-    res = evaluate(RunDir(tmp_path / s["run"]), demo_split("valid").subset(slice(0, 32)))
-    assert res["weights"] == "raw" and res["n"] == 32 and 0 <= res["sum_accuracy"] <= 1
+    run, samples = RunDir(tmp_path / s["run"]), demo_split("valid").subset(slice(0, 32))
+    res = evaluate(run, samples)
+    right = predict_arrays(load_trained(run, "raw")[1], samples.images)["sum"] == samples.sums
+    assert res["weights"] == "raw" and res["n"] == 32 and res["sum_accuracy"] == pytest.approx(right.mean())
 
 
 def test_best_weights_are_recorded_and_used_by_default(tiny_cfg, tmp_path):
-    from mlns_fast.evaluate import evaluate
+    from mlns_fast.evaluation import evaluate
     from mlns_fast.runs import finished_weights
     s = train(tiny_cfg(epochs=1, ema=0.5), tmp_path, quiet=True)
     run = RunDir(tmp_path / s["run"])
@@ -145,7 +164,7 @@ def test_init_from_a_run_records_its_weights_file(tiny_cfg, tmp_path):
 
 
 def test_temperature_is_fitted_and_applied(tiny_cfg, tmp_path):
-    from mlns_fast.evaluate import Calibrated, load_trained
+    from mlns_fast.evaluation import Calibrated, load_trained
     s = train(tiny_cfg(epochs=1), tmp_path, quiet=True)
     assert set(s["temperature"]) == {"raw", "ema"} and all(0.05 < t < 20 for t in s["temperature"].values())
     _, model = load_trained(RunDir(tmp_path / s["run"]), "raw")
@@ -178,13 +197,12 @@ def test_self_training_labels_only_sum_consistent_confident_readings():
             return logits
     real.images[:, 0, 0] = 0
     real.images[5, 0, 0] = 255  # image 5: unsure of its first digit
-    info = {}
-    cb = SelfTraining(0.9, info)
+    cb = SelfTraining(0.9)
     cb.learn = SimpleNamespace(model=Reader(), epoch=1, dls=SimpleNamespace(train=SimpleNamespace(dataset=items),
                                                                             device=None))
     cb.before_train()
     assert items.pseudo[:, 0].tolist() == [1, 1, 1, -1, 1, -1]
-    assert info["self_train_labelled"] == [round(4 / 6, 4)]
+    assert cb.summary() == {"self_train_labelled": [round(4 / 6, 4)]}  # what RunTracker writes to summary.json
     _, s, digits, known = items[(0, 1, 0)]
     assert bool(known) and digits.tolist() == [1, 2, 3, 4] and int(s) == 10
     _, _, digits, known = items[(0, 1, 3)]
@@ -196,6 +214,45 @@ def test_self_training_labels_only_sum_consistent_confident_readings():
 
 
 def test_self_training_runs_in_a_fit(tiny_cfg, tmp_path):
-    from mlns_fast.train import train
+    from mlns_fast.training import train
     s = train(tiny_cfg(self_train=0.5, epochs=2, data="real"), runs_dir=tmp_path, quiet=True)
     assert len(s["self_train_labelled"]) == 1 and 0 <= s["self_train_labelled"][0] <= 1
+
+
+class BatchShapes(Callback):
+    """Records the input shape of every training batch."""
+
+    def before_fit(self):
+        self.shapes = set()
+
+    def before_batch(self):
+        if self.training:
+            self.shapes.add(tuple(self.xb[0].shape[1:]))
+
+
+def test_a_run_at_another_image_size_honours_it_everywhere(tiny_data, tmp_path):
+    """The run's size (one home: `[render] height / width`) reaches every reader of images: real files
+    (40 x 168 on disk) are resized, synthetic ones rendered at it, and evaluate / predict / export
+    feed the network at it."""
+    from mlns_fast.config import resolve_config
+    from mlns_fast.evaluation import evaluate, predict
+    from mlns_fast.export import OnnxPredictor, export
+    from .conftest import tiny_flags
+    f = tmp_path / "size.toml"
+    f.write_text("[render]\nheight = 48\nwidth = 192\n")
+    shapes = BatchShapes()
+    s = train(resolve_config(str(f), **tiny_flags(tiny_data, epochs=1)), tmp_path / "runs", quiet=True,
+              extra_cbs=[shapes])
+    run = RunDir(tmp_path / "runs" / s["run"])
+    assert s["status"] == "finished" and shapes.shapes == {(1, 48, 192)} and s["grid"] == "6x24"
+    assert run.config().size == (48, 192)
+    valid = make_valid(32)  # 40 x 168, as the course ships them
+    res = evaluate(run, valid, "raw")
+    _, model = load_trained(run, "raw")
+    big = valid.at_size((48, 192)).images
+    assert res["sum_accuracy"] == pytest.approx((predict_arrays(model, big)["sum"] == valid.sums).mean())
+    np.save(tmp_path / "x.npy", valid.images[:6])
+    rows = predict(run, [str(tmp_path / "x.npy")], "raw")
+    assert [r["sum"] for r in rows] == predict_arrays(model, big[:6])["sum"].tolist()
+    onnx = OnnxPredictor(export(run, "onnx", tmp_path / "m.onnx", "raw"))(big[:6])
+    assert onnx["sum"].tolist() == [r["sum"] for r in rows]

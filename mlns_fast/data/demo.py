@@ -50,7 +50,7 @@ def cache_root() -> Path:
 def render_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one demo split: images (N, 40, 168) uint8, sums (N,), digits (N, 4)."""
     _, n, bank_split, seed = SPLITS[split]
-    s = render_samples(create_renderer(LAYOUTS["course"], seed, split=bank_split), n)
+    s = render_samples(create_renderer(LAYOUTS["course"], seed, pool=bank_split), n)
     return s.images, s.sums, s.digits
 
 
@@ -77,12 +77,13 @@ def demo_dir() -> Path:
     return final
 
 
-def demo_split(split: str, with_digits: bool = False) -> Samples:
-    """One split of the demo set as Samples (digits attached only on request: the course gives sums)."""
+def demo_split(split: str, size: tuple[int, int] | None = None, with_digits: bool = False) -> Samples:
+    """One split of the demo set as Samples, at `size` (a run's input size) or as stored (None: the
+    course's 40 x 168); digits attached only on request (the course gives sums)."""
     if split not in SPLITS:
         raise DataError(f"unknown demo split {split!r} (known: {', '.join(SPLITS)})")
     root, k = demo_dir(), SPLITS[split][0]
-    s = load_npy_pair(root / f"data{k}.npy", root / f"lab{k}.npy")
+    s = load_npy_pair(root / f"data{k}.npy", root / f"lab{k}.npy", size)
     s.source = f"demo:{split}"
     if with_digits:
         s.digits = np.load(root / f"digits{k}.npy", allow_pickle=False)

@@ -150,10 +150,10 @@ class PlanDL(DataLoader):
 
 def resolve_real(cfg: RunConfig, need_train: bool = True) -> tuple[Samples | None, Samples]:
     """Real training and validation Samples: the user's files, or the demo stand-in."""
-    d, size = cfg.data, (cfg.render.height, cfg.render.width)
+    d, size = cfg.data, cfg.size
     if not d.real:
-        train = demo_split("train") if need_train else None
-        valid = load_sources(d.valid, size) if d.valid else demo_split("valid")
+        train = demo_split("train", size) if need_train else None
+        valid = load_sources(d.valid, size) if d.valid else demo_split("valid", size)
         return train, valid
     both = sorted(set(map(_canonical, d.real)) & set(map(_canonical, d.valid)))
     if both:

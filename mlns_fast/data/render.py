@@ -7,15 +7,17 @@ handwriting bank (MNIST), from OpenCV's Hershey fonts (no data needed), or a mix
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import cv2
 import numpy as np
 
-from ..config import N_CLASSES, RenderConfig
+from ..config import N_CLASSES, N_DIGITS, RenderConfig, layout_config
 from ..errors import ConfigError
 from .mnist import Bank, load_bank
+from .sources import Samples, save_npz
 
 # Hershey faces, upright and italic: OpenCV's built-in vector fonts.
 HERSHEY_FACES = [f | it for f in (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
@@ -76,7 +78,7 @@ class Renderer:
 
     def __call__(self, *key: int) -> Rendered:
         rng = np.random.default_rng([self.seed, *key])
-        digits = rng.integers(0, N_CLASSES, self.cfg.n_digits)
+        digits = rng.integers(0, N_CLASSES, N_DIGITS)
         return self.render_digits(digits, rng)
 
     def render_digits(self, digits: np.ndarray, rng: np.random.Generator) -> Rendered:
@@ -212,18 +214,17 @@ def _stroke(patch: np.ndarray, k: int) -> np.ndarray:
     return patch
 
 
-def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", split: str = "synth") -> Renderer:
+def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", pool: str = "synth") -> Renderer:
     """The one way to build a renderer: a layout, its glyph source's bank (a user bank's path, a
-    loaded Bank, or the embedded bank's `split`: synth for training, real / valid only for the demo's
-    real splits, reserved only for test sets) and a seed."""
+    loaded Bank, or the embedded bank's glyph `pool`: synth for training, real / valid only for the
+    demo's real splits, reserved only for test sets) and a seed."""
     if cfg.glyphs == "fonts":
         return Renderer(cfg, None, seed)
-    return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, split), seed)
+    return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, pool), seed)
 
 
 def render_samples(renderer: Renderer, n: int, progress: bool = False, source: str = ""):
     """Render images 0..n-1 of a renderer as Samples (digits known)."""
-    from .sources import Samples
     idx = range(n)
     if progress:
         from rich.progress import track
@@ -236,10 +237,6 @@ def render_samples(renderer: Renderer, n: int, progress: bool = False, source: s
 def render_npz(n: int, out, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
                bank: str = "", progress: bool = False) -> float:
     """Pre-render n images to an .npz (images, labels, digits), written atomically; returns seconds."""
-    import time
-    from dataclasses import replace
-    from ..config import layout_config
-    from .sources import save_npz
     renderer = create_renderer(replace(layout_config(layout), glyphs=glyphs), seed, bank)
     t0 = time.perf_counter()
     samples = render_samples(renderer, n, progress)

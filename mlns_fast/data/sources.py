@@ -35,6 +35,12 @@ class Samples:
     def __len__(self) -> int:
         return len(self.sums)
 
+    def at_size(self, size: tuple[int, int]) -> "Samples":
+        """These samples with images at `size` (H, W): itself when they already are, else resized copies."""
+        if self.images.shape[1:] == tuple(size):
+            return self
+        return Samples(resize_stack(self.images, size, self.source), self.sums, self.digits, self.source)
+
     def subset(self, idx) -> "Samples":
         digits = None if self.digits is None else self.digits[idx]
         return Samples(self.images[idx], self.sums[idx], digits, self.source)
@@ -70,8 +76,8 @@ def _load_array(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable numpy file ({e})") from None
 
 
-def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int]) -> np.ndarray:
-    """Validate an image stack and return it as uint8 (N, H, W) at `size`, gray, 0..255."""
+def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Validate an image stack and return it as uint8 (N, H, W) at `size` (None: as stored), gray, 0..255."""
     if arr.dtype == object or arr.dtype.kind not in "iuf":  # bool images would become near-black 0/1 pixels
         raise DataError(f"{where}: images must be numeric (uint8, int or float), got dtype {arr.dtype}")
     if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
@@ -102,9 +108,10 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
 
 
 def resize_stack(arr: np.ndarray, size: tuple[int, int], where: str) -> np.ndarray:
-    """Resize every image to (H, W) = size with area interpolation, logging that it happened."""
+    """Resize every image to (H, W) = size with area interpolation, logging that it happened
+    (size None: kept as they are)."""
     h, w = arr.shape[1:]
-    if (h, w) == tuple(size):
+    if size is None or (h, w) == tuple(size):
         return np.ascontiguousarray(arr)
     if h < size[0] / 4 or w < size[1] / 4:
         raise DataError(f"{where}: images of {h}x{w} are too small to resize sensibly to {size[0]}x{size[1]}")
@@ -147,7 +154,7 @@ def check_digits(digits: np.ndarray, sums: np.ndarray, where: str) -> np.ndarray
     return digits.astype(np.int64)
 
 
-def load_npy_pair(images: str | Path, labels: str | Path, size=(40, 168)) -> Samples:
+def load_npy_pair(images: str | Path, labels: str | Path, size: tuple[int, int] | None = None) -> Samples:
     """The course format: an image stack IMAGES.npy and its sums LABELS.npy."""
     images, labels = Path(images), Path(labels)
     imgs = to_uint8_images(_load_array(images), str(images), size)
@@ -155,7 +162,7 @@ def load_npy_pair(images: str | Path, labels: str | Path, size=(40, 168)) -> Sam
     return Samples(imgs, sums, None, str(images))
 
 
-def load_npz(path: str | Path, size=(40, 168)) -> Samples:
+def load_npz(path: str | Path, size: tuple[int, int] | None = None) -> Samples:
     """An .npz with `images`, `labels` and optional `digits` (N x 4)."""
     path = Path(path)
     with _load_array(path) as z:
@@ -173,7 +180,7 @@ def load_npz(path: str | Path, size=(40, 168)) -> Samples:
     return Samples(imgs, sums, digits, str(path))
 
 
-def load_folder(path: str | Path, size=(40, 168)) -> Samples:
+def load_folder(path: str | Path, size: tuple[int, int] | None = None) -> Samples:
     """A folder of PNG/JPG files plus labels.csv: `filename,sum[,d1,d2,d3,d4]` (a header row is optional).
 
     Every file must lie inside the folder (no `..`, no absolute paths, no links out) and appear once."""
@@ -193,7 +200,10 @@ def load_folder(path: str | Path, size=(40, 168)) -> Samples:
             raise DataError(f"{where}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
         sums.append(nums[0])
         digits.append(nums[1:])
-    shapes = {im.shape for im in images}
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) > 1 and size is None:
+        raise DataError(f"{path}: images of {len(shapes)} sizes ({shapes[0][0]}x{shapes[0][1]}, "
+                        f"{shapes[1][0]}x{shapes[1][1]}, ...); give one size to resize them to")
     stack = np.stack([resize_image(im, size) for im in images]) if len(shapes) > 1 else np.stack(images)
     imgs = to_uint8_images(stack, str(path), size)
     sums_a = check_labels(np.array(sums), str(table), len(imgs))
@@ -268,8 +278,9 @@ def _flatten_alpha(bgra: np.ndarray) -> np.ndarray:
     return (gray.astype(np.float32) * (alpha / 255.0)).round().astype(np.uint8)
 
 
-def load_source(spec: str, size=(40, 168)) -> Samples:
-    """One data source by its spec: `IMAGES.npy:LABELS.npy`, `FILE.npz` or `DIR` (with labels.csv)."""
+def load_source(spec: str, size: tuple[int, int] | None = None) -> Samples:
+    """One data source by its spec: `IMAGES.npy:LABELS.npy`, `FILE.npz` or `DIR` (with labels.csv), its
+    images at `size` (H, W) -- a run's input size, resized where they differ -- or as stored (None)."""
     if ":" in spec and not Path(spec).exists():
         images, labels = spec.split(":", 1)
         return load_npy_pair(images, labels, size)
@@ -285,12 +296,12 @@ def load_source(spec: str, size=(40, 168)) -> Samples:
     raise DataError(f"{spec}: unknown data format (use IMAGES.npy:LABELS.npy, FILE.npz or a folder with labels.csv)")
 
 
-def load_sources(specs, size=(40, 168)) -> Samples:
+def load_sources(specs, size: tuple[int, int] | None = None) -> Samples:
     """Several sources concatenated (the course ships data0..data2)."""
     return concat([load_source(s, size) for s in specs])
 
 
-def load_images(paths, size=(40, 168)) -> tuple[np.ndarray, list[str]]:
+def load_images(paths, size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
     """Inputs for prediction: PNG/JPG files and/or .npy stacks, as uint8 (N, H, W) plus a name per image."""
     parts, names = [], []
     for spec in paths:

@@ -5,12 +5,12 @@ Never crashes on a partial or corrupt run folder: such a run becomes a row with 
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
 
 from .errors import ConfigError, MlnsError
+from .files import csv_text
 from .runs import NUMERIC_COLUMNS as NUMERIC, SUMMARY_COLUMNS as COLUMNS, RunDir, list_runs
 
 FORMATS = ("table", "md", "csv", "json")
@@ -107,7 +107,7 @@ def _cell(v) -> str:
     return str(v)
 
 
-def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = None, width: int | None = None) -> str:
+def format_rows(rows: list[dict], fmt: str = "table", columns: list[str] | None = None, width: int | None = None) -> str:
     """Rows as text: a rich table (fitted to `width`, default: the terminal's), GitHub markdown, CSV or JSON."""
     cols = columns or COLUMNS
     if fmt not in FORMATS:
@@ -115,11 +115,7 @@ def render(rows: list[dict], fmt: str = "table", columns: list[str] | None = Non
     if fmt == "json":
         return json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=2)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return buf.getvalue()
+        return csv_text(rows, cols)
     if fmt == "md":
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]

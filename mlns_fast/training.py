@@ -5,17 +5,20 @@ User errors (data, arch, weights, options) are raised before a run folder exists
 """
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and lr_find in)
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.callback.progress import ProgressCallback
+from fastai.data.core import DataLoaders
 from fastai.learner import AvgMetric, Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
@@ -37,7 +40,11 @@ log = logging.getLogger(__name__)
 
 def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: bool = False,
                   extra_cbs=()) -> Learner:
-    """The Learner of a run config: loss of its head, AdamW, sum-accuracy metric, precision callbacks."""
+    """The Learner of a run config: loss of its head, AdamW, sum-accuracy metric, precision callbacks.
+
+    Shared state it carries for callbacks: `learn.precision` (the resolved precision: the EMA and
+    calibration scorers make their own precision callbacks from it) and `learn.stop_reason`
+    (None, or the (status, message) a `callbacks.stop_fit` recorded)."""
     t = cfg.train
     cbs = [EpochPlan(), DivergenceGuard(), *precision_callbacks(precision, device), *extra_cbs]
     if cfg.model.channels_last:
@@ -47,8 +54,38 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     if quiet:
         learn.remove_cbs(ProgressCallback)
         learn.logger = lambda *a, **k: None
-    learn.precision = precision
+    learn.precision, learn.stop_reason = precision, None
     return learn
+
+
+@dataclass
+class Prepared:
+    """Everything a Learner is built from, resolved once for one run config."""
+    cfg: RunConfig  # with `--init RUN` resolved to the weights file it names
+    device: torch.device
+    precision: str  # resolved: fp32 | bf16 | fp16
+    dls: DataLoaders
+    model: torch.nn.Module
+
+    def learner(self, quiet: bool = False, extra_cbs=()) -> Learner:
+        return build_learner(self.cfg, self.dls, self.model, self.device, self.precision, quiet, extra_cbs)
+
+
+def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR, rank: int = 0,
+            world: int = 1) -> Prepared:
+    """The one way to get from a run config to a Learner's parts (train and lr-find): device, first
+    weights, seed, precision, architecture check, loaders, model -- each resolved here once. User
+    errors (arch, data, weights, options) are raised here, before any run folder exists."""
+    device = torch.device(device) if device else default_device()
+    cfg = resolve_init(cfg, runs_dir)
+    set_seed(cfg.train.seed)
+    precision = resolve_precision(cfg.train.precision, device)
+    check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
+    dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
+    model = create_model(cfg.model, cfg.size)
+    if cfg.train.compile:
+        model.compile()  # in place: state-dict keys stay those of the plain model
+    return Prepared(cfg, device, precision, dls, model)
 
 
 def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool = False,
@@ -56,37 +93,29 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     """Train one run (or resume one) and return its summary; writes everything into its run folder.
 
     `summary_extra`: keys added to the run's summary.json (e.g. a sweep's study and trial number)."""
-    device = torch.device(device) if device else default_device()
     run, ckpt = resume_point(resume, runs_dir) if resume else (None, None)
     if run is not None:
         cfg = run.config()
         if ckpt is not None:  # the checkpoint replaces the first weights
-            cfg = replace(cfg, model=replace(cfg.model, weights="", init="", pretrained=False))
-    elif cfg.model.init:
-        cfg = replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir)))
+            cfg = replace(cfg, model=cfg.model.without_first_weights())
     rank, world = rank_distrib(), max(num_distrib(), 1)  # set by `accelerate launch` / torchrun
-    set_seed(cfg.train.seed)
-    precision = resolve_precision(cfg.train.precision, device)
-    check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
-    dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
-    model = create_model(cfg.model, (cfg.render.height, cfg.render.width))
-    if cfg.train.compile:
-        model.compile()  # in place: state-dict keys stay those of the plain model
+    p = prepare(cfg, device, runs_dir, rank, world)
+    cfg = p.cfg
     run = NullRun() if rank > 0 else run or RunDir.create(runs_dir, cfg)
     run.lock()
     t = cfg.train
-    ema = EMACallback(t.ema, t.ema_warmup, lambda: precision_callbacks(precision, device)) if t.ema > 0 else None
-    info = {"params": count_params(model), "grid": model.grid, "device": device_name(device), "precision": precision,
-            "threads": torch.get_num_threads(), "versions": library_versions(), "git_commit": git_commit(),
-            **(summary_extra or {})}
+    ema = EMACallback(t.ema, t.ema_warmup) if t.ema > 0 else None
+    info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
+            "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
+            "git_commit": git_commit(), **(summary_extra or {})}
     tracker = RunTracker(run, cfg, info, ckpt, ema)
     cbs = [SignalStop(), tracker, *([ema] if ema else []), *extra_cbs]
     if t.self_train and cfg.data.data != "synthetic":
-        cbs.append(SelfTraining(t.self_train, info))
+        cbs.append(SelfTraining(t.self_train))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
-        cuda = device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
+        cuda = p.device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))
-    learn = build_learner(cfg, dls, model, device, precision, quiet or rank > 0, cbs)
+    learn = p.learner(quiet or rank > 0, cbs)
     if ema:
         learn.metrics += ema.metrics()
     try:
@@ -95,12 +124,18 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
         run.unlock()
 
 
-def init_weights(ref: str, runs_dir) -> str:
-    """`--init`: a weights file as given, or a run's best weights file (recorded in the new run's config)."""
+def resolve_init(cfg: RunConfig, runs_dir) -> RunConfig:
+    """`--init RUN`: the config with the run's best weights file in its place (a weights file stays as
+    given, made absolute); this resolved config is what the run records and what its digest covers."""
+    ref = cfg.model.init
+    if not ref:
+        return cfg
     p = Path(ref)
     if p.is_file() and p.suffix in (".safetensors", ".pt", ".pth"):
-        return str(p.resolve())
-    return str(finished_weights(resolve_run(ref, runs_dir), "best").resolve())
+        path = p.resolve()
+    else:
+        path = finished_weights(resolve_run(ref, runs_dir), "best").resolve()
+    return replace(cfg, model=replace(cfg.model, init=str(path)))
 
 
 def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
@@ -127,7 +162,7 @@ def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:
     except BaseException as e:
         tracker.write_summary("failed", message=f"{type(e).__name__}: {e}")
         raise
-    status, message = getattr(learn, "stop_reason", None) or ("finished", "")
+    status, message = learn.stop_reason or ("finished", "")
     extra = {"temperature": temperatures(learn, tracker.ema)} if status == "finished" else {}
     return tracker.finish(status, message, **extra)
 
@@ -157,51 +192,99 @@ class StopAfter(Callback):
             raise CancelFitException()
 
 
+class TrainOnly(Callback):
+    """Skips validation: a warm-up is optimizer steps only (fastai's LRFinder skips it the same way)."""
+
+    def before_validate(self):
+        raise CancelValidException()
+
+
+def warm_up(learn: Learner, steps: int, lr: float) -> None:
+    """`steps` optimizer steps at a constant `lr`, never validating: an epoch of a small data set is a
+    few steps, and validating the whole valid split after each cost more than the steps themselves."""
+    epochs = math.ceil(steps / max(len(learn.dls.train), 1))
+    learn.fit(epochs, lr=lr, cbs=[TrainOnly(), StopAfter(steps)])
+
+
 def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 100, device=None,
             runs_dir: str | Path = DEFAULT_RUNS_DIR, warmup: int = 0) -> dict:
-    """fastai's lr_find on the run config's data and model: suggestions (valley, slide, minimum, steep) and a PNG.
+    """fastai's lr_find on the run config's data and model: suggestions (valley, slide, minimum, steep,
+    edge), the warnings a reader of the curve needs, a PNG marking the suggestions, and the curve as CSV.
 
     `warmup`: optimizer steps at a tenth of the config's lr before the sweep. This task sits on a
     loss plateau for its first few hundred steps at any learning rate, so a finder started from
     random weights draws a flat line until it explodes; from warmed-up weights it shows where the
     loss falls fastest. fastai's finder restores the weights it started from afterwards."""
-    if cfg.model.init:
-        cfg = replace(cfg, model=replace(cfg.model, init=init_weights(cfg.model.init, runs_dir)))
     from fastai.callback.schedule import minimum, slide, steep, valley
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    device = torch.device(device) if device else default_device()
-    set_seed(cfg.train.seed)
-    precision = resolve_precision(cfg.train.precision, device)
-    dls = build_dataloaders(cfg, device=device)
-    model = create_model(cfg.model, (cfg.render.height, cfg.render.width))
-    learn = build_learner(cfg, dls, model, device, precision, quiet)
+    learn = prepare(cfg, device, runs_dir).learner(quiet)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if warmup:
-        learn.fit(10_000, lr=cfg.train.lr / 10, cbs=[StopAfter(warmup)])
+        warm_up(learn, warmup, cfg.train.lr / 10)
     with tempfile.TemporaryDirectory() as tmp:  # fastai's finder saves and restores the weights under learn.path
         learn.path = Path(tmp)
-        res = learn.lr_find(num_it=num_it, suggest_funcs=(valley, slide, minimum, steep, edge), show_plot=True)
+        rules = [guarded(f) for f in (valley, slide, minimum, steep, edge)]
+        res = learn.lr_find(num_it=num_it, suggest_funcs=rules, show_plot=True)
+    lrs, losses = learn.recorder.lrs, [float(v) for v in learn.recorder.losses]
+    short = [f"{k}: the curve is too short for this rule (raise --num-it)" for k, v in res._asdict().items()
+             if math.isnan(v)]
     plt.gcf().savefig(out, dpi=110, bbox_inches="tight")
     plt.close("all")
-    curve = "lr,smoothed_loss\n" + "".join(f"{lr:.6e},{loss:.6f}\n" for lr, loss in
-                                          zip(learn.recorder.lrs, map(float, learn.recorder.losses)))
+    curve = "lr,smoothed_loss\n" + "".join(f"{lr:.6e},{loss:.6f}\n" for lr, loss in zip(lrs, losses))
     atomic_write(out.with_suffix(".csv"), curve)
-    return {k: float(v) for k, v in res._asdict().items()}
+    return {**{k: float(v) for k, v in res._asdict().items()}, "warnings": short + curve_warnings(lrs, losses)}
+
+
+def guarded(rule):
+    """A fastai suggestion rule that yields NaN (no suggestion, no marker) where the curve is too short
+    for it, instead of failing the whole finder: fastai's `slide` indexes 16 points back, and fastai
+    cuts the first tenth and the last 5 points of the curve before any rule sees it (or more, when the
+    loss diverged early)."""
+    @functools.wraps(rule)
+    def rule_or_nan(lrs, losses, num_it):
+        try:
+            return rule(lrs, losses, num_it)
+        except (IndexError, ValueError, RuntimeError):
+            return float("nan"), (float("nan"), float("nan"))
+    return rule_or_nan
 
 
 EDGE_RISE, EDGE_FRACTION = 0.05, 0.5
+
+
+def _edge_index(losses: torch.Tensor) -> int | None:
+    """Where the smoothed loss first climbs EDGE_RISE above the lowest loss before it (None: never)."""
+    rising = torch.nonzero(losses > torch.cummin(losses, 0).values * (1 + EDGE_RISE)).flatten()
+    return int(rising[0]) if len(rising) else None
 
 
 def edge(lrs, losses, num_it):
     """A suggestion rule for curves that sit on a plateau (fastai's four read the slope, and this task's
     curve has none until it warms up): the learning rate where the smoothed loss first climbs
     EDGE_RISE above the lowest loss before it -- the edge of stable training -- times EDGE_FRACTION,
-    Smith's one-cycle advice of a peak lr just below that edge. fastai `suggest_funcs` signature."""
-    lrs, losses = torch.as_tensor(lrs), torch.as_tensor(losses)
-    low = torch.cummin(losses, 0).values
-    rising = torch.nonzero(losses > low * (1 + EDGE_RISE)).flatten()
-    i = int(rising[0]) if len(rising) else len(lrs) - 1
-    return float(lrs[i]) * EDGE_FRACTION, (float(lrs[i]), float(losses[i]))
+    Smith's one-cycle advice of a peak lr just below that edge. fastai `suggest_funcs` signature; the
+    point returned (which fastai's plot marks) is the curve at the suggested lr itself."""
+    lrs, losses = torch.as_tensor(lrs, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
+    i = _edge_index(losses)
+    suggestion = float(lrs[len(lrs) - 1 if i is None else i]) * EDGE_FRACTION
+    j = int(torch.argmin((lrs.log() - math.log(suggestion)).abs()))
+    return suggestion, (float(lrs[j]), float(losses[j]))
+
+
+def curve_warnings(lrs, losses) -> list[str]:
+    """One line for each way the curve misleads: it never rose (every suggestion is at the end of the
+    sweep: sweep further), or it never fell before rising (a plateau: nothing to read; warm up first)."""
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    if len(losses) < 3:
+        return ["the curve has fewer than 3 points; raise --num-it"]
+    i = _edge_index(losses)
+    if i is None:
+        return [f"the loss never rose within the sweep (up to lr {float(lrs[-1]):.2e}): edge is at the end of the "
+                "sweep, not at the edge of stable training"]
+    if float(losses[:i + 1].min()) > float(losses[0]) * (1 - EDGE_RISE):
+        return [f"the loss did not fall before it rose (flat within {EDGE_RISE:.0%} up to lr {float(lrs[i]):.2e}): "
+                "the curve is a plateau and its suggestions are unreliable; try --warmup 200"]
+    return []

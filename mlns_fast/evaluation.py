@@ -1,4 +1,7 @@
-"""Evaluation and prediction with a finished run's weights (EMA by default)."""
+"""Evaluation and prediction with a finished run's weights (its best set by default: `weights_set`).
+
+Every image reaches a run's network at the run's own input size (`RunConfig.size`): test sets and
+prediction inputs of another size are resized here, as training resized its real images."""
 from __future__ import annotations
 
 import json
@@ -13,19 +16,18 @@ from .config import RunConfig, layout_config
 from .data.demo import demo_split
 from .data.render import create_renderer, render_samples
 from .data.sources import Samples
-from .errors import ModelError, RunError
+from .errors import ConfigError, ModelError, RunError
 from .files import atomic_write
 from .losses import digit_accuracy, sum_accuracy, sum_log_probs
-from .model import MlnsNet, create_model, read_state_dict
+from .model import create_model, read_state_dict
 from .runs import RunDir, weights_set
 
 
-def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, MlnsNet]:
+def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, torch.nn.Module]:
     """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU;
     calibrated where the run fitted a temperature; `tta`: wrapped in shift test-time augmentation."""
     cfg = run.config()
-    first = replace(cfg.model, weights="", init="", pretrained=False)  # the run's own weights replace them
-    model = create_model(first, (cfg.render.height, cfg.render.width))
+    model = create_model(cfg.model.without_first_weights(), cfg.size)  # the run's own weights replace them
     used = weights_set(run, which)
     path = run.weights_path(used == "ema")
     try:
@@ -95,15 +97,43 @@ def predict_outputs(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -
     return torch.cat([model(torch.from_numpy(x)).float() for x in batches(images, bs)])
 
 
-def predict_arrays(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -> dict[str, np.ndarray]:
-    """Sum, its probability, the (37,) sum distribution and (for a digits head) digit readouts per image."""
-    out = predict_outputs(model, images, bs)
+def read_outputs(out: torch.Tensor) -> dict[str, np.ndarray]:
+    """`readout` of a network's raw output ((N, 37) sum logits or (N, 4, 10) digit logits)."""
     return readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
 
 
-def rendered_test_set(layout: str, n: int = 2000, seed: int = 1004) -> Samples:
-    """A test set rendered from the *reserved* digits with a named layout (e.g. `tight`), digits known."""
-    renderer = create_renderer(layout_config(layout), seed, split="reserved")
+def predict_arrays(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -> dict[str, np.ndarray]:
+    """Sum, its probability, the (37,) sum distribution and (for a digits head) digit readouts per image."""
+    return read_outputs(predict_outputs(model, images, bs))
+
+
+def predict(run: RunDir, inputs: list[str], which: str = "best", tta: bool = False,
+            backend: str = "torch") -> list[dict]:
+    """A run's reading of image files / .npy stacks (resized to the run's input size): one row per
+    image with its name, sum, sum confidence and (digits head) digits."""
+    from .data.sources import load_images
+    from .export import OnnxPredictor, onnx_for  # here: export builds on this module
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if tta and backend == "onnx":
+        raise ConfigError("--tta works with --backend torch (the exported graph is the plain model)")
+    cfg = run.config()
+    images, names = load_images(inputs, cfg.size)
+    if backend == "onnx":
+        pred = OnnxPredictor(onnx_for(run, which))(images)
+    else:
+        pred = predict_arrays(load_trained(run, which, tta)[1], images)
+    return [{"input": n, "sum": int(pred["sum"][i]), "confidence": round(float(pred["confidence"][i]), 4),
+             "digits": None if pred["digits"] is None else [int(d) for d in pred["digits"][i]]}
+            for i, n in enumerate(names)]
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def rendered_test_set(layout: str, size: tuple[int, int], n: int = 2000, seed: int = 1004) -> Samples:
+    """A test set rendered at `size` from the *reserved* digits with a named layout (e.g. `tight`), digits known."""
+    renderer = create_renderer(replace(layout_config(layout), height=size[0], width=size[1]), seed, pool="reserved")
     return render_samples(renderer, n, source=f"rendered:{layout}")
 
 
@@ -111,7 +141,7 @@ def score(model: torch.nn.Module, samples: Samples) -> tuple[dict, dict]:
     """A model's figures on samples: n, sum accuracy, expected calibration error of the sum confidence,
     and digit accuracies where the digits are known; plus its predictions."""
     out = predict_outputs(model, samples.images)
-    pred = readout(sum_log_probs(out).exp().numpy(), out.numpy() if out.ndim == 3 else None)
+    pred = read_outputs(out)
     sums = torch.from_numpy(samples.sums)
     metrics = {"n": int(len(samples)), "sum_accuracy": float(sum_accuracy(out, sums)),
                "ece": calibration_error(pred["confidence"], pred["sum"] == samples.sums)}
@@ -133,8 +163,8 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
 def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", tta: bool = False) -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
-    samples = samples if samples is not None else demo_split("test", with_digits=True)
-    _, model = load_trained(run, which, tta)
+    cfg, model = load_trained(run, which, tta)
+    samples = (samples if samples is not None else demo_split("test", with_digits=True)).at_size(cfg.size)
     metrics, pred = score(model, samples)
     used = weights_set(run, which)
     result = {"run": run.name, "data": samples.source, "weights": used, "tta": tta,
