@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 import sys
 from dataclasses import fields
@@ -22,6 +21,7 @@ except ImportError:  # pragma: no cover
 
 from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, resolve_config
 from .errors import ConfigError, MlnsError
+from .logs import configure_logging
 from .runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -349,11 +349,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", help="synth
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors -> one line on stderr, exit code 2."""
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecation chatter
-    logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
-    for noisy in ("fastai", "timm", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="mlns-fast", standalone_mode=False)
