@@ -293,9 +293,9 @@ def report(suites: List[Path] = typer.Argument(..., help="suite TOML files, one 
 @app.command()
 def sweep(file: Path = typer.Argument(..., help="sweep TOML: [defaults], [space], [study]"),
           trials: int = typer.Option(20, "--trials", help="trials the study should hold; a rerun resumes up to it"),
-          workers: int = typer.Option(1, "--workers", help="worker processes here (the CPU threads are split between them)"),
+          workers: int = typer.Option(1, "--workers", help="worker processes here, at most one per CPU core (the CPU threads are split between them)"),
           storage: Optional[str] = typer.Option(None, "--storage", help="journal file, or database URL (postgresql://, mysql://, sqlite:///); default: RUNS_DIR/sweeps/STUDY/journal.log"),
-          timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
+          timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds (finite, > 0) after which no new trial starts"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print the space and the first suggestions; train nothing"),
           runs_dir: str = RUNS_DIR):
     """Hyperparameter search with Optuna: every trial is a run folder; writes best.toml, trials.csv and plots."""

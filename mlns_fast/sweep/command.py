@@ -3,19 +3,20 @@ write the results; or, as a dry run, show the space and the first suggestions.""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunError
 from ..runs import DEFAULT_RUNS_DIR
 from .recovery import fail_dead_trials, fail_orphan_folders
 from .results import write_results
 from .spec import Sweep, format_params, load_sweep
 from .storage import create_study, default_storage, make_sampler, open_storage, shown, study_folder
-from .workers import run_workers
+from .workers import max_workers, run_workers
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def run_sweep(path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR, trials:
     if dry_run:
         return plan(sweep, storage, min(trials, 5))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study_folder(runs_dir, sweep.study.name).mkdir(parents=True, exist_ok=True)
-    store = open_storage(storage)
+    store = open_storage(storage)  # first: a storage that cannot be opened leaves no study folder behind
+    _make_study_folder(runs_dir, sweep.study.name)
     if workers > 1 and storage.startswith("sqlite"):
         log.warning("SQLite locks the whole database on every write; with %d workers prefer the default "
                     "journal file or a PostgreSQL / MySQL server", workers)
@@ -43,13 +44,23 @@ def run_sweep(path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR, trials:
     return write_results(study, sweep, runs_dir, storage, interrupted)
 
 
+def _make_study_folder(runs_dir, name: str) -> None:
+    folder = study_folder(runs_dir, name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{folder}: cannot create the study folder ({e.strerror or type(e).__name__})") from None
+
+
 def _check_options(trials: int, workers: int, timeout: float | None) -> None:
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not 1 <= workers <= max_workers():
+        raise ConfigError(f"--workers must be in [1, {max_workers()}] (the CPU cores here: every worker trains on "
+                          f"at least one), got {workers}")
+    # written as `not (inside)`: NaN compares false with everything and must not pass
+    if timeout is not None and not (0 < timeout < math.inf):
+        raise ConfigError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
 
 
 # --- dry run -------------------------------------------------------------------------------------

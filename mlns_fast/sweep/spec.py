@@ -60,6 +60,15 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def distribution(self):
+        """Optuna's distribution of this parameter (its constructor is Optuna's check of the range)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        if self.kind == "choice":
+            return CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def member(self, value) -> Any:
         """`value` as this space holds it (the matching choice), or None when it lies outside."""
         if self.kind == "choice":
@@ -141,6 +150,8 @@ def _range_param(key: str, spec: dict, typ: type, where: str) -> Param:
     for name, v in (("low", low), ("high", high), ("step", step)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, number)):
             raise ConfigError(f"{where}: {name} must be {'an integer' if typ is int else 'a number'}, got {v!r}")
+        if v is not None and not math.isfinite(v):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {v}")
     if not isinstance(log_, bool):
         raise ConfigError(f"{where}: log must be true or false, got {log_!r}")
     if not low < high:
@@ -149,7 +160,15 @@ def _range_param(key: str, spec: dict, typ: type, where: str) -> Param:
         raise ConfigError(f"{where}: a log range needs low > 0 and no step")
     if step is not None and step <= 0:
         raise ConfigError(f"{where}: step must be > 0, got {step}")
-    return Param(key, typ.__name__, low=low, high=high, log=log_, step=step)
+    param = Param(key, typ.__name__, low=low, high=high, log=log_, step=step)
+    try:
+        param.distribution()
+    except ArithmeticError:  # Optuna counts the steps in decimal arithmetic of 28 digits
+        raise ConfigError(f"{where}: step {step} is too fine for [{low}, {high}]; give a coarser step "
+                          "or none") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return param
 
 
 def _check_value(key: str, value, base: RunConfig, where: str) -> None:

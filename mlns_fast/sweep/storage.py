@@ -5,6 +5,7 @@ Also each worker's view of the study: its own sampler (seeded apart from the oth
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,38 @@ def shown(storage: str) -> str:
 
 
 def open_storage(storage: str):
-    """A journal file (a path) or a database (an SQLAlchemy URL: postgresql://, mysql://, sqlite:///)."""
+    """A journal file (a path) or a database (an SQLAlchemy URL: postgresql://, mysql://, sqlite:///).
+    One that cannot be opened is a one-line ConfigError, and the call leaves no folder behind."""
     return _open_database(storage) if is_database(storage) else _open_journal(Path(storage))
 
 
 def _open_journal(path: Path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a journal file (give a file name, e.g. {path / 'journal.log'})")
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not _is_journal(path):
+            raise ValueError("not an Optuna journal")
+        return JournalStorage(JournalFileBackend(str(path)))  # reads the whole journal
+    except (OSError, ValueError) as e:  # a parent that is a file, no permission, a file that is no journal
+        for p in made:  # innermost first: the folders this call made (rmdir removes only empty ones)
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"{path}: cannot be opened as the study's journal file ({reason})") from None
+
+
+def _is_journal(path: Path) -> bool:
+    """Empty, or its first line is a journal record. (Optuna reads a last line that is no JSON as one
+    being written, and would append its records to any one-line text file.)"""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        return not first or "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        return False
 
 
 def _open_database(storage: str):
@@ -59,7 +84,8 @@ def _open_database(storage: str):
             return optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S)
     except Exception as e:  # noqa: BLE001 - a missing driver, a refused connection, a malformed URL: all one line for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--storage {shown(storage)}: cannot open ({type(e).__name__}: {reason})") from None
+        cause = f"; {e.__cause__}" if isinstance(e, ImportError) and e.__cause__ else ""  # which driver is missing
+        raise ConfigError(f"--storage {shown(storage)}: cannot open ({type(e).__name__}: {reason}{cause})") from None
 
 
 def create_study(sweep: Sweep, storage) -> Any:

@@ -6,6 +6,7 @@ the CPU threads and the CLI's logging (`logs.configure_logging`, its notes tagge
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,12 @@ from .trial import SweepInterrupted, TrialDiverged, TrialRunner
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+
+
+def max_workers() -> int:
+    """The most worker processes a sweep may run here: the CPU cores this process may use (each
+    worker trains on at least one thread; more would only time-share the cores, each holding a model)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def counted(study) -> int:
