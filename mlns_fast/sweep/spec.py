@@ -81,6 +81,7 @@ class Param:
         return value if inside else None
 
     def describe(self) -> str:
+        """One line for a person, also the space's part of the study fingerprint."""
         if self.kind == "choice":
             return f"{self.key}: one of {list(self.choices)}"
         extra = (", log" if self.log else "") + (f", step {self.step}" if self.step else "")
@@ -247,6 +248,7 @@ class Sweep:
     first: dict = field(default_factory=dict)   # parameters of the enqueued first trial
 
     def trial_name(self, number: int) -> str:
+        """A trial's run name: `<study>-tNNN`."""
         return f"{self.study.name}-t{number:03d}"
 
     def trial_config(self, params: dict, number: int) -> RunConfig:

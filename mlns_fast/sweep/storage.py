@@ -24,10 +24,12 @@ def study_folder(runs_dir: str | Path, name: str) -> Path:
 
 
 def default_storage(runs_dir: str | Path, name: str) -> str:
+    """The journal file in the study folder, used when no --storage is given."""
     return str(study_folder(runs_dir, name) / "journal.log")
 
 
 def is_database(storage: str) -> bool:
+    """A database URL (`scheme://...`), not a journal file path."""
     return "://" in storage
 
 
@@ -114,11 +116,13 @@ def load_study(sweep: Sweep, storage, worker: int = 0) -> Any:
 
 
 def worker_seed(seed: int, worker: int, existing: int) -> int:
+    """A sampler seed of its own for each (study seed, worker, trials so far)."""
     import numpy as np
     return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
 
 
 def make_sampler(s: StudySpec, worker: int = 0, existing: int = 0):
+    """The study's sampler, seeded for this worker (TPE with constant liar: parallel workers spread out)."""
     seed = worker_seed(s.seed, worker, existing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
@@ -128,6 +132,7 @@ def make_sampler(s: StudySpec, worker: int = 0, existing: int = 0):
 
 
 def make_pruner(s: StudySpec):
+    """The study's pruner; no decision before `warmup_epochs`."""
     bound = {"lower" if s.direction == "maximize" else "upper": s.threshold}
     factories = {"median": lambda: optuna.pruners.MedianPruner(s.startup_trials, s.warmup_epochs),
                  "threshold": lambda: optuna.pruners.ThresholdPruner(**bound, n_warmup_steps=s.warmup_epochs),
