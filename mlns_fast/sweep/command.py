@@ -31,12 +31,12 @@ def run_sweep(path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR, trials:
     if dry_run:
         return plan(sweep, storage, min(trials, 5))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    store = open_storage(storage)  # first: a storage that cannot be opened leaves no study folder behind
-    _make_study_folder(runs_dir, sweep.study.name)
     if workers > 1 and storage.startswith("sqlite"):
         log.warning("SQLite locks the whole database on every write; with %d workers prefer the default "
                     "journal file or a PostgreSQL / MySQL server", workers)
-    study = create_study(sweep, store)  # before any worker: workers only load it
+    # storage and study first: one that cannot be opened, or a study of other settings, leaves no folder
+    study = create_study(sweep, open_storage(storage))  # before any worker: workers only load it
+    _make_study_folder(runs_dir, sweep.study.name)
     fail_dead_trials(study, runs_dir)
     fail_orphan_folders(study, runs_dir)
     deadline = time.time() + timeout if timeout else None
