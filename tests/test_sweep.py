@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -153,11 +154,12 @@ def test_dry_run_prints_space_and_first_suggestions(tiny_data, tmp_path, capsys)
 
 # --- studies ---------------------------------------------------------------------------------------
 
-def test_two_worker_study_on_a_journal_file(tiny_data, tmp_path, capsys):
+def test_two_worker_study_on_a_journal_file(tiny_data, tmp_path, capfd):
     runs = tmp_path / "runs"
     path = write(sweep_dict(tiny_data, "duo", startup_trials=1), tmp_path / "duo.toml")
-    code, out, err = run_cli(capsys, "sweep", path, "--trials", 4, "--workers", 2, "--runs-dir", runs)
+    code, out, err = run_cli(capfd, "sweep", path, "--trials", 4, "--workers", 2, "--runs-dir", runs)
     assert code == 0, err
+    assert re.search(r"^note: \[worker [01]\] trial \d: train.lr=", err, re.M), err  # the CLI's logging, tagged
     folder = study_folder(runs, "duo")
     for f in ("journal.log", "trials.csv", "best.toml", "optimization_history.png", "param_importances.png",
               "parallel_coordinate.png"):
