@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 import sys
 from dataclasses import fields
@@ -22,6 +21,7 @@ except ImportError:  # pragma: no cover
 
 from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, RenderConfig, resolve_config
 from .errors import ConfigError, MlnsError
+from .logs import configure_logging
 from .runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -292,9 +292,9 @@ def report(suites: List[Path] = typer.Argument(..., help="suite TOML files, one 
 @app.command()
 def sweep(file: Path = typer.Argument(..., help="sweep TOML: [defaults], [space], [study]"),
           trials: int = typer.Option(20, "--trials", help="trials the study should hold; a rerun resumes up to it"),
-          workers: int = typer.Option(1, "--workers", help="worker processes here (the CPU threads are split between them)"),
+          workers: int = typer.Option(1, "--workers", help="worker processes here, at most one per CPU core (the CPU threads are split between them)"),
           storage: Optional[str] = typer.Option(None, "--storage", help="journal file, or database URL (postgresql://, mysql://, sqlite:///); default: RUNS_DIR/sweeps/STUDY/journal.log"),
-          timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no new trial starts"),
+          timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds (finite, > 0) after which no new trial starts"),
           dry_run: bool = typer.Option(False, "--dry-run", help="print the space and the first suggestions; train nothing"),
           runs_dir: str = RUNS_DIR):
     """Hyperparameter search with Optuna: every trial is a run folder; writes best.toml, trials.csv and plots."""
@@ -348,11 +348,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", help="synth
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors -> one line on stderr, exit code 2."""
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning)  # third-party deprecation chatter
-    logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
-    for noisy in ("fastai", "timm", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="mlns-fast", standalone_mode=False)

@@ -14,9 +14,10 @@ import json
 import math
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -179,7 +180,9 @@ def _section_dict(obj) -> dict:
 
 def flag_label(cls, name: str) -> str:
     """How a user names a field: its CLI flag (`--valid-pct`), or `[render] vjitter` for file-only fields."""
-    section = next(s for s, c in SECTIONS.items() if c is cls)
+    section = next((s for s, c in SECTIONS.items() if c is cls), None)
+    if section is None:  # a section of another file (a sweep's [study]): its place names the section
+        return name
     return f"--{name.replace('_', '-')}" if FLAG_SECTIONS.get(name) == section else f"[{section}] {name}"
 
 
@@ -189,7 +192,14 @@ class _Invalid(ValueError):
 
 @functools.cache
 def _hints(cls) -> dict:
-    return get_type_hints(cls)  # evaluated once per class: every config construction is checked
+    """Field types, evaluated once per class (every config construction is checked); an optional
+    field (`float | None`, default None = unset) has the type of its value when set."""
+    return {k: _unless_none(t) for k, t in get_type_hints(cls).items()}
+
+
+def _unless_none(typ):
+    args = [a for a in get_args(typ) if a is not type(None)]
+    return args[0] if get_origin(typ) in (Union, types.UnionType) and len(args) == 1 else typ
 
 
 def check_fields(obj) -> None:
@@ -197,6 +207,8 @@ def check_fields(obj) -> None:
     cls = type(obj)
     for f in fields(cls):
         value, meta, typ = getattr(obj, f.name), f.metadata, _hints(cls)[f.name]
+        if value is None and f.default is None:  # an optional setting left unset
+            continue
         try:
             if meta.get("choices") and value not in meta["choices"]:
                 raise _Invalid(f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")

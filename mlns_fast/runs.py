@@ -29,6 +29,7 @@ import torch
 from .config import RunConfig, load_run_config, write_toml
 from .errors import ConfigError, MlnsError, RunError
 from .files import atomic_path, atomic_torch_save, atomic_write, csv_text
+from .procs import is_alive, this_process
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "experiments/runs"
@@ -106,27 +107,21 @@ class RunDir:
         pid = self.holder()
         if pid is not None and pid != os.getpid():
             raise RunError(f"{self.path}: is being trained by process {pid}; stop it first")
-        atomic_write(self.lock_path, json.dumps({"pid": os.getpid(), "host": platform.node()}))
+        atomic_write(self.lock_path, json.dumps(this_process()))
 
     def unlock(self) -> None:
         self.lock_path.unlink(missing_ok=True)
 
     def holder(self) -> int | None:
-        """The PID of the live process training this run, or None (no lock, or its process is gone)."""
+        """The PID of the live process training this run, or None (no lock, or its process is gone,
+        even if its PID now names another process)."""
         try:
             info = json.loads(self.lock_path.read_text())
-            pid = int(info["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return None
-        if info.get("host") != platform.node():
-            return pid  # another machine's process: assume alive
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not isinstance(info, dict) or not is_alive(info):
             return None
-        except PermissionError:
-            return pid
-        return pid
+        return info["pid"]
 
     def status(self, summary: dict | None = None) -> str:
         """The summary's status (read here unless given), except that a `running` run no live process

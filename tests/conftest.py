@@ -1,6 +1,9 @@
 """Shared fixtures: an isolated cache, tiny real data files, and a tiny run config."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -28,6 +31,13 @@ def tiny_data(tmp_path_factory) -> dict:
     np.save(root / "vx.npy", valid.images)
     np.save(root / "vy.npy", valid.sums)
     return {"train": str(root / "train.npz"), "valid": f"{root / 'vx.npy'}:{root / 'vy.npy'}", "root": root}
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
 
 
 def tiny_flags(tiny_data, **overrides) -> dict:

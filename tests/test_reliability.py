@@ -14,10 +14,11 @@ from fastai.callback.core import Callback
 
 from mlns_fast.cli import main
 from mlns_fast.errors import RunError
+from mlns_fast.procs import this_process
 from mlns_fast.runs import RunDir, list_runs, resolve_run
 from mlns_fast.training import train
 
-from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
+from .conftest import assert_user_error, dead_pid, flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +184,10 @@ def test_ctrl_c_in_the_first_epoch_then_resume(tiny_cfg, tmp_path):
     assert not (run / "run.lock").exists()
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
 def test_killed_run_shows_stale_and_resumes(capsys, tmp_path, tiny_cfg):
     run = RunDir.create(tmp_path, tiny_cfg(name="killed", epochs=1))
     run.write_summary({"status": "running", "name": "killed", "run": run.name})
-    run.lock_path.write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename}))
+    run.lock_path.write_text(json.dumps({"pid": dead_pid(), "host": os.uname().nodename}))
     code, out, _ = run_cli(capsys, "compare", "--runs-dir", tmp_path, "--format", "json")
     assert json.loads(out)[0]["status"] == "stale"
     s = train(None, tmp_path, quiet=True, resume="killed")
@@ -206,6 +201,19 @@ def test_live_run_cannot_be_resumed_twice(tmp_path, tiny_cfg):
     run.lock_path.write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename}))
     with pytest.raises(RunError, match="is being trained by process"):
         train(None, tmp_path, quiet=True, resume="live")
+
+
+def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, tiny_cfg):
+    """The lock names a running PID (this process's) but another start time: the trainer died and
+    the kernel gave its PID to someone else. The run is stale and resumes, not "being trained"."""
+    run = RunDir.create(tmp_path, tiny_cfg(name="reused", epochs=1))
+    run.write_summary({"status": "running", "name": "reused", "run": run.name})
+    run.lock()
+    assert json.loads(run.lock_path.read_text())["token"] == this_process()["token"]
+    assert run.holder() == os.getpid()
+    run.lock_path.write_text(json.dumps({**this_process(), "token": "1"}))  # started at boot + 10 ms: not us
+    assert run.holder() is None and run.status() == "stale"
+    assert train(None, tmp_path, quiet=True, resume="reused")["status"] == "finished"
 
 
 def test_sigterm_to_the_process_group_interrupts_cleanly(tmp_path, tiny_data):

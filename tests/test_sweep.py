@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,10 @@ import torch
 from mlns_fast.config import load_run_config
 from mlns_fast.runs import RunDir, list_runs
 from mlns_fast.sweep import load_sweep, run_sweep, study_folder
+from mlns_fast.sweep.workers import max_workers
 from mlns_fast.training import train
 
-from .conftest import run_cli
+from .conftest import assert_user_error, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +100,10 @@ BAD = [
     (_set("study/warmup_epochs", 0), "warmup_epochs must be in [1, 2]"),
     (_set("study/name", "my study"), "may only use letters"),
     (_set("study/pruner", "threshold"), "threshold goes with"),
+    (_set("study", {"pruner": "threshold", "threshold": float("nan")}), "threshold must be a finite number"),
+    (_set("study/seed", -1), "seed must be in"),
+    (_set("space/train.lr", {"low": 1e-3, "high": 1e-2, "step": 1e-300}), "step 1e-300 is too fine"),
+    (_set("space/train.lr", {"low": 1e-3, "high": 1e-2, "step": float("nan")}), "step must be a finite number"),
 ]
 
 
@@ -112,11 +118,30 @@ def test_bad_sweep_files_are_one_line_errors(tiny_data, tmp_path, capsys, edit, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("option", [("--trials", "0"), ("--workers", "0"), ("--timeout", "-1")])
+@pytest.mark.parametrize("option", [("--trials", "0"), ("--workers", "0"), ("--workers", str(max_workers() + 1)),
+                                    ("--timeout", "-1"), ("--timeout", "0"), ("--timeout", "nan"),
+                                    ("--timeout", "inf")])
 def test_bad_options_are_one_line_errors(tiny_data, tmp_path, capsys, option):
     path = write(sweep_dict(tiny_data, "opts"), tmp_path / "s.toml")
-    code, _, err = run_cli(capsys, "sweep", path, *option, "--runs-dir", tmp_path)
-    assert code == 2 and err.count("\n") == 1 and option[0] in err
+    code, _, err = run_cli(capsys, "sweep", path, *option, "--runs-dir", tmp_path / "runs")
+    assert_user_error(code, err, option[0])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("storage", ["FOLDER", "NOT_A_JOURNAL", "postgresql://u@127.0.0.1:1/x",
+                                     "postgresql+psycopg2://u@127.0.0.1:1/x", "foo://bar"])
+def test_a_storage_that_cannot_be_opened_leaves_nothing_behind(tiny_data, tmp_path, capsys, storage):
+    """An existing folder, a file that is no journal, an unreachable or unknown database: one line,
+    and no `sweeps/<study>/` folder (nor a runs folder) left behind."""
+    (tmp_path / "FOLDER").mkdir()
+    (tmp_path / "NOT_A_JOURNAL").write_text("a note, not a journal\n")
+    storage = str(tmp_path / storage) if "://" not in storage else storage
+    path = write(sweep_dict(tiny_data, "nowhere"), tmp_path / "s.toml")
+    code, _, err = run_cli(capsys, "sweep", path, "--storage", storage, "--runs-dir", tmp_path / "runs")
+    assert_user_error(code, err, storage.split("://")[0])
+    assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FOLDER", "NOT_A_JOURNAL", "s.toml"]
+    assert (tmp_path / "NOT_A_JOURNAL").read_text() == "a note, not a journal\n" and not any((tmp_path / "FOLDER").iterdir())
 
 
 def test_dry_run_prints_space_and_first_suggestions(tiny_data, tmp_path, capsys):
@@ -129,11 +154,12 @@ def test_dry_run_prints_space_and_first_suggestions(tiny_data, tmp_path, capsys)
 
 # --- studies ---------------------------------------------------------------------------------------
 
-def test_two_worker_study_on_a_journal_file(tiny_data, tmp_path, capsys):
+def test_two_worker_study_on_a_journal_file(tiny_data, tmp_path, capfd):
     runs = tmp_path / "runs"
     path = write(sweep_dict(tiny_data, "duo", startup_trials=1), tmp_path / "duo.toml")
-    code, out, err = run_cli(capsys, "sweep", path, "--trials", 4, "--workers", 2, "--runs-dir", runs)
+    code, out, err = run_cli(capfd, "sweep", path, "--trials", 4, "--workers", 2, "--runs-dir", runs)
     assert code == 0, err
+    assert re.search(r"^note: \[worker [01]\] trial \d: train.lr=", err, re.M), err  # the CLI's logging, tagged
     folder = study_folder(runs, "duo")
     for f in ("journal.log", "trials.csv", "best.toml", "optimization_history.png", "param_importances.png",
               "parallel_coordinate.png"):
