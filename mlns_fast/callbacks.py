@@ -250,7 +250,7 @@ class RunTracker(CompletedEpochs):
     def _restore(self, ckpt: dict) -> None:
         learn = self.learn
         unwrap_model(learn.model).load_state_dict(ckpt["model"])
-        learn.opt.load_state_dict({"state": ckpt["opt"]["state"], "hypers": L(ckpt["opt"]["hypers"])})
+        learn.opt.load_state_dict(ckpt["opt"])
         if self.ema and "ema" in ckpt:
             self.ema.load_state_dict(ckpt)
         torch.set_rng_state(ckpt["rng_torch"])
@@ -313,8 +313,8 @@ def _clean(v):
 
 
 def _plain(o):
-    """Lists, dicts, tensors and Python scalars only: fastai's optimizer state holds fastcore `L`s and
-    numpy scalars, which `torch.load(weights_only=True)` rightly refuses to unpickle."""
+    """Lists, dicts, tensors and Python scalars only: an optimizer's state can hold tuples (betas),
+    fastcore `L`s or numpy scalars, which `torch.load(weights_only=True)` may refuse to unpickle."""
     if isinstance(o, dict):
         return {k: _plain(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, L)):

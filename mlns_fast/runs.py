@@ -259,8 +259,12 @@ def _checkpoint_problem(ckpt) -> str | None:
             return f"missing {key!r}"
         if not isinstance(ckpt[key], typ) or isinstance(ckpt[key], bool):
             return f"{key!r} is {type(ckpt[key]).__name__}, expected {typ.__name__}"
-    if ckpt["epoch"] < 0 or not {"state", "hypers"} <= set(ckpt["opt"]):
-        return "bad epoch or optimizer state"
+    if ckpt["epoch"] < 0:
+        return "bad epoch"
+    if "hypers" in ckpt["opt"]:  # fastai Adam's layout, written before the switch to torch's fused AdamW
+        return "its optimizer state is from fastai's Adam, which this version no longer uses; train it again"
+    if not {"state", "param_groups"} <= set(ckpt["opt"]):
+        return "bad optimizer state"
     return None
 
 

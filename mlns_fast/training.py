@@ -20,7 +20,6 @@ from fastai.callback.core import Callback, CancelFitException, CancelValidExcept
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import AvgMetric, Learner
-from fastai.optimizer import Adam
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from timm.utils import unwrap_model
 
@@ -33,6 +32,7 @@ from .errors import RunError
 from .files import atomic_write
 from .losses import acc, fit_temperature, make_loss
 from .model import check_arch, count_params, create_model
+from .optim import adamw, decay_groups
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: bool = False,
                   extra_cbs=()) -> Learner:
-    """The Learner of a run config: loss of its head, AdamW, sum-accuracy metric, precision callbacks.
+    """The Learner of a run config: loss of its head, torch's fused AdamW (no decay on norm and bias
+    parameters: `optim.py`), sum-accuracy metric, precision callbacks.
 
     Shared state it carries for callbacks: `learn.precision` (the resolved precision: the EMA and
     calibration scorers make their own precision callbacks from it) and `learn.stop_reason`
@@ -50,7 +51,7 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight),
-                    opt_func=Adam, lr=t.lr, wd=t.wd, metrics=[AvgMetric(acc)], cbs=cbs)
+                    opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[AvgMetric(acc)], cbs=cbs)
     if quiet:
         learn.remove_cbs(ProgressCallback)
         learn.logger = lambda *a, **k: None

@@ -136,6 +136,7 @@ def test_missing_config_is_named(capsys, tmp_path):
 @pytest.mark.parametrize("mutate, msg", [
     (lambda c: c.pop("model"), "missing 'model'"),
     (lambda c: c.__setitem__("epoch", "1"), "'epoch' is str"),
+    (lambda c: c.__setitem__("opt", {"state": [], "hypers": []}), "from fastai's Adam"),  # the layout before fused AdamW
 ])
 def test_malformed_checkpoint_is_a_user_error(capsys, tmp_path, tiny_cfg, mutate, msg):
     s = train(tiny_cfg(epochs=3), tmp_path, quiet=True, extra_cbs=[SigintAfter(0)])
