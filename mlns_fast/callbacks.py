@@ -13,7 +13,9 @@ import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.distributed import DistributedTrainer
-from fastai.learner import AvgMetric, Learner, Recorder, ValueMetric
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
+from fastai.torch_core import to_detach
 from fastcore.foundation import L
 from timm.utils import ModelEmaV3, unwrap_model
 
@@ -28,7 +30,6 @@ log = logging.getLogger(__name__)
 def scorer(dls, module, loss_func, cbs=()) -> Learner:
     """A quiet fastai Learner that only scores `module` (validate, get_preds) on `dls.valid`: fastai's
     own validation loop for weights other than the training Learner's (EMA, calibration)."""
-    from fastai.callback.progress import ProgressCallback
     learn = Learner(dls, module, loss_func=loss_func, metrics=[AvgMetric(acc)], cbs=list(cbs))
     learn.remove_cbs(ProgressCallback)
     return learn
@@ -147,18 +148,81 @@ class SelfTraining(Reports):
 
 
 class DivergenceGuard(Callback):
-    """Stops training at the first NaN/inf loss, before it reaches the weights, recording where."""
+    """Stops training at the first NaN/inf loss, recording where; no step is taken from it.
+
+    Reading the loss on the host every batch (`.item()`) would make the CPU wait for the device to
+    drain, so it cannot queue the next batches. Instead each batch's flag stays on the device and
+    goes to the optimizer, which skips that step on the device (`DecayGroupsWrapper.skip_if`: fused
+    AdamW's `found_inf`, the grad scaler's protocol: weights, moments and step count untouched), and
+    the host reads the flags every `every` batches and at the end of each training epoch, before
+    validation and the checkpoint. A NaN loss therefore never reaches the weights, and the run ends
+    at most `every` batches after it with the first bad batch recorded. With an optimizer that
+    cannot skip on the device, the flag is read at once, before backward (one sync per batch).
+    Under DDP the flag is all-reduced on the device first, so every rank skips and stops together.
+    """
     order = Recorder.order - 1
 
+    def __init__(self, every: int = 32):
+        self.every, self.window = every, []
+
+    def before_epoch(self):
+        self.window = []  # (flag, loss, batch, lr) of the batches since the last read
+
     def after_loss(self):
-        # on the loss's device: the NCCL backend all-reduces CUDA tensors only
-        bad = (~torch.isfinite(self.learn.loss.detach())).float().reshape(1)
+        loss = self.learn.loss.detach()
+        bad = (~torch.isfinite(loss)).any().float()  # 0-dim, on the loss's device: NCCL reduces CUDA tensors only
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(bad)  # every rank stops together, or the others would wait forever
-        if bad.item():
-            lr = self.opt.hypers[-1]["lr"] if self.opt is not None else float("nan")
-            stop_fit(self.learn, "diverged", f"loss became {self.learn.loss.detach().item()} at epoch {self.epoch}, "
-                                             f"batch {self.iter}, lr {lr:.3g}")
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank skips and stops together
+        lr = self.opt.hypers[-1]["lr"] if self.opt is not None else float("nan")
+        self.window.append((bad, loss, self.iter, lr))
+        skip_if = getattr(self.opt, "skip_if", None) if self.training else None
+        if self.training and (skip_if is None or not skip_if(bad)):
+            self.check()
+
+    def after_batch(self):
+        if len(self.window) >= self.every:
+            self.check()
+
+    def after_train(self):
+        self.check()
+
+    def after_validate(self):  # a non-finite validation loss ends the run too (not the weights' doing, but no use going on)
+        self.check()
+
+    def check(self) -> None:
+        """Read the flags gathered since the last read (one host sync); stop at the first bad batch."""
+        window, self.window = self.window, []
+        if not window:
+            return
+        flags = torch.stack([w[0] for w in window])
+        if not flags.any().item():
+            return
+        _, loss, batch, lr = window[int(flags.argmax())]
+        stop_fit(self.learn, "diverged", f"loss became {loss.float().mean().item()} at epoch {self.epoch}, "
+                                         f"batch {batch}, lr {lr:.3g}")
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss (Recorder's `smooth_loss`), kept on the loss's device: fastai's
+    own moves every batch's loss to the CPU (`to_detach`), a host sync per batch. Read once an epoch."""
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = to_detach(learn.loss.mean(), cpu=False)  # gathered across ranks, as fastai's
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class LazyProgress(ProgressCallback):
+    """fastai's progress bar, showing the smoothed loss every `every` batches instead of every batch
+    (formatting it is a host sync: `.item()`)."""
+
+    def __init__(self, every: int = 32):
+        self.every = every
+
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if self.training and self.iter % self.every == 0 and hasattr(self.learn, "smooth_loss"):
+            self.pbar.comment = f"{self.learn.smooth_loss.item():.4f}"
 
 
 class SignalStop(Callback):
@@ -242,7 +306,7 @@ class RunTracker(CompletedEpochs):
         learn = self.learn
         state = {"epoch": self.epoch, "model": unwrap_model(learn.model).state_dict(),
                  "opt": _plain(learn.opt.state_dict()), "rng_torch": torch.get_rng_state(),
-                 "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val}}
+                 "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val.cpu()}}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return {**state, **(self.ema.state_dict() if self.ema else {})}

@@ -49,15 +49,12 @@ def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: 
     out (B, 4, 10), sums (B,), digits (B, 4), known (B,) bool. Each item contributes one term;
     the batch mean is taken over all items so the two kinds weigh by their share of the batch.
     """
-    known = known.bool()
-    total = out.new_zeros((), dtype=torch.float32)
-    if known.any():
-        ce = F.cross_entropy(out[known].float().flatten(0, 1), digits[known].flatten(), reduction="none")
-        total = total + digit_weight * ce.view(-1, out.shape[1]).mean(1).sum()
-    if (~known).any():
-        lp = sum_log_probs_from_digits(out[~known])  # (b, 37)
-        total = total - sum_weight * lp.gather(1, sums[~known, None]).sum()
-    return total / out.shape[0]
+    B, P, _ = out.shape
+    ce = F.cross_entropy(out.float().flatten(0, 1), digits.flatten(), reduction="none").view(B, P).mean(1)  # (B,)
+    nll = -sum_log_probs_from_digits(out).gather(1, sums[:, None]).squeeze(1)  # (B,)
+    # both terms for every item, the applicable one picked per item: `if known.any()` or indexing
+    # with the mask would read it on the host, a device sync every batch
+    return torch.where(known.bool(), digit_weight * ce, sum_weight * nll).mean()
 
 
 def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0):

@@ -38,6 +38,15 @@ class DecayGroupsWrapper(OptimWrapper):
             v = [x * pg.get("wd_mult", 1.0) for pg, x in zip(self.opt.param_groups, v)]
         super()._set_hyper(k, v)
 
+    def skip_if(self, flag: torch.Tensor) -> bool:
+        """Have the next step skipped on the device where `flag` (0-dim float32, 1.0 = skip) is set,
+        without reading it on the host: fused AdamW's `found_inf` argument, the one torch's grad
+        scaler uses. False when this optimizer cannot (not fused): the caller must check itself."""
+        if not all(pg.get("fused") for pg in self.opt.param_groups):
+            return False
+        self.opt.found_inf = flag
+        return True
+
     def load_state_dict(self, sd: dict) -> None:
         """torch's load, keeping this optimizer's implementation flags (a checkpoint written where
         `fused` was unavailable resumes fused, and the other way round)."""

@@ -23,8 +23,8 @@ from fastai.learner import AvgMetric, Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from timm.utils import unwrap_model
 
-from .callbacks import (DivergenceGuard, EMACallback, EpochPlan, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
-                        scorer)
+from .callbacks import (DeviceSmoothLoss, DivergenceGuard, EMACallback, EpochPlan, LazyProgress, RunTracker,
+                        SelfTraining, ShardedTrainer, SignalStop, scorer)
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
@@ -52,9 +52,12 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
         cbs.append(ChannelsLast())
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight),
                     opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[AvgMetric(acc)], cbs=cbs)
+    learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)  # no host sync per batch
+    learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
     if quiet:
-        learn.remove_cbs(ProgressCallback)
         learn.logger = lambda *a, **k: None
+    else:
+        learn.add_cb(LazyProgress())
     learn.precision, learn.stop_reason = precision, None
     return learn
 

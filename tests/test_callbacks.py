@@ -1,4 +1,7 @@
 import copy
+import sys
+
+import pytest
 
 import torch
 from fastai.callback.core import Callback, CancelStepException
@@ -98,22 +101,104 @@ def test_cancelled_step_is_not_averaged(tiny_cfg):
 
 
 def test_divergence_on_another_rank_stops_this_one(monkeypatch):
-    """The NaN flag is all-reduced (on the loss's device), so one rank's NaN stops every rank."""
+    """The NaN flag is all-reduced (on the loss's device) before the step, so one rank's NaN makes
+    every rank skip that step and stop."""
     from fastai.callback.core import CancelFitException
     import pytest
     from types import SimpleNamespace
     from mlns_fast import callbacks
-    seen = []
+    seen, skipped = [], []
 
-    def fake_all_reduce(t):
-        seen.append(t.device)
-        t += 1  # another rank reported a NaN
+    def fake_all_reduce(t, op=None):
+        seen.append((t.device, op))
+        t.fill_(1.0)  # another rank reported a NaN
 
     monkeypatch.setattr(callbacks.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(callbacks.dist, "all_reduce", fake_all_reduce)
     guard = callbacks.DivergenceGuard()
+    guard.before_epoch()
     loss = torch.tensor(0.5)
-    guard.learn = SimpleNamespace(loss=loss, opt=None, epoch=0, iter=3)
+    opt = SimpleNamespace(hypers=[{"lr": 0.01}], skip_if=lambda flag: skipped.append(float(flag)) or True)
+    guard.learn = SimpleNamespace(loss=loss, opt=opt, epoch=0, iter=3, training=True)
+    guard.after_loss()  # no host read yet: the step is skipped on the device
+    assert skipped == [1.0] and seen == [(loss.device, callbacks.dist.ReduceOp.MAX)]
     with pytest.raises(CancelFitException):
-        guard.after_loss()
-    assert seen == [loss.device] and guard.learn.stop_reason[0] == "diverged"
+        guard.after_train()
+    assert guard.learn.stop_reason[0] == "diverged" and "batch 3" in guard.learn.stop_reason[1]
+
+
+class NanAt(Callback):
+    """Makes the training loss NaN at batch `n` of the first epoch."""
+    order = 0
+
+    def __init__(self, n):
+        self.n = n
+
+    def after_loss(self):
+        if self.training and self.iter == self.n:
+            self.learn.loss = self.learn.loss * float("nan")
+
+
+def test_nan_step_is_skipped_and_stops_at_the_next_read(tiny_cfg):
+    """With reads every 4 batches, a NaN at batch 1 is caught at batch 3; the weights never take it."""
+    from mlns_fast.callbacks import DivergenceGuard
+    cfg = tiny_cfg(epochs=1, ema=0.0)
+    seen = []
+    learn = _learner(cfg, create_model(ModelConfig(arch="convnet4")), [NanAt(1), Spy(seen)])
+    learn.cbs.filter(lambda cb: isinstance(cb, DivergenceGuard))[0].every = 4
+    learn.fit(1, lr=1e-3)
+    assert learn.stop_reason[0] == "diverged" and "epoch 0, batch 1," in learn.stop_reason[1]
+    assert len(seen) == 4  # the steps of batches 0..3 ran (1 skipped), then the read stopped the fit
+    for k, v in seen[1].items():  # the NaN batch's step changed nothing
+        assert torch.equal(v, seen[0][k]) or "running" in k or "num_batches" in k, k
+    assert all(torch.isfinite(v).all() for sd in seen for v in sd.values() if v.is_floating_point())
+
+
+SYNCS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+class CountSyncs(Callback):
+    """Counts host-synchronising Tensor calls made between a training batch's first and last event."""
+    order = 1000
+
+    def __init__(self, monkeypatch):
+        self.inside, self.calls = False, 0
+        for name in SYNCS:
+            orig = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counted(orig))
+
+    def _counted(self, orig):
+        def call(t, *a, **k):
+            # fastai's ParamScheduler does its schedule math on host tensors of its own, never on the
+            # device's (here, on a CPU, the two cannot be told apart by device)
+            host = sys._getframe(1).f_code.co_filename.endswith("fastai/callback/schedule.py")
+            self.calls += self.inside and not host
+            return orig(t, *a, **k)
+        return call
+
+    def after_batch(self):
+        self.inside = False
+
+
+class StartCount(Callback):
+    order = -1000
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def before_batch(self):
+        self.counter.inside = self.training
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_no_host_sync_per_training_batch(tiny_cfg, monkeypatch, quiet):
+    """Over 24 training batches (guard, smoothed loss, progress bar, EMA, AdamW): the host reads the
+    device at most once per `every` (32) batches, not once a batch."""
+    cfg = tiny_cfg(epochs=2, ema=0.9)
+    counter = CountSyncs(monkeypatch)
+    ema = EMACallback(0.9)
+    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4")),
+                          torch.device("cpu"), "fp32", quiet=quiet, extra_cbs=[ema, counter, StartCount(counter)])
+    learn.fit_one_cycle(2, lr_max=1e-3)
+    assert learn.train_iter == 24 and ema.updates == 24
+    assert counter.calls <= 2, counter.calls  # the progress bar's comment at batch 0 of each epoch
