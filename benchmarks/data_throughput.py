@@ -1,13 +1,21 @@
-"""Data speed: renderer images/s on one core, and DataLoader images/s with W workers vs the model's training speed.
+"""Data speed per worker, stage by stage, on the default mix (75 % synthetic, augmented real images).
 
-    python benchmarks/data_throughput.py --n 5000 --workers 0 1 2
+    python benchmarks/data_throughput.py --batches 20 --workers 0 1 2
+
+Stages, each on one core (one thread: what a DataLoader worker gets), in images/s:
+  render       the synthetic renderer alone (the run's layout and glyphs)
+  augment      albumentations on real images alone
+  items        `Items[key]` over the training plan: render or augment, plus the item tensors
+  collate      the loader's collation of those items into a batch
+  loader W=w   the whole training DataLoader with w workers, batches delivered in this process,
+               including the batch transform (uint8 -> float on the device), no model attached
+Per-worker figures are the loader's img/s divided by w (w >= 1).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,24 +24,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
-from mlns_fast.config import LAYOUTS, resolve_config  # noqa: E402
-from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
-from mlns_fast.data.mnist import embedded_bank  # noqa: E402
-from mlns_fast.data.render import Renderer  # noqa: E402
+from mlns_fast.config import resolve_config  # noqa: E402
+from mlns_fast.data.loaders import REAL, SYNTH, build_dataloaders  # noqa: E402
 
 
-def renderer_rate(layout: str, glyphs: str, n: int) -> float:
-    cv2.setNumThreads(1)  # one core: what a DataLoader worker gets
-    r = Renderer(replace(LAYOUTS[layout], glyphs=glyphs), embedded_bank("train"), seed=0)
-    r(0)
+def rate(fn, items: list) -> float:
+    """Images/s of `fn` over `items` (one call per item) after one warm-up call."""
+    fn(items[0])
     t0 = time.perf_counter()
-    for i in range(n):
-        r(i)
-    return n / (time.perf_counter() - t0)
+    for it in items:
+        fn(it)
+    return len(items) / (time.perf_counter() - t0)
 
 
-def loader_rate(mode: str, workers: int, batches: int) -> float:
-    cfg = resolve_config(data=mode, workers=workers, bs=128)
+def stage_rates(cfg, n_batches: int) -> dict[str, float]:
+    dl = build_dataloaders(cfg).train
+    items, keys = dl.dataset, dl._plan()[: n_batches * dl.bs]
+    synth = [k for k in keys if k[0] == SYNTH]
+    real = [k for k in keys if k[0] == REAL]
+    out = {"render": rate(lambda k: items.renderer(k[1], k[2]), synth)}
+    if items.aug is not None:
+        out["augment"] = rate(lambda k: items.aug(image=items.real.images[k[2]]), real)
+    batch = [items[k] for k in keys[: dl.bs]]
+    out["items"] = rate(lambda k: items[k], keys)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        dl.create_batch(batch)
+    out["collate"] = n_batches * dl.bs / (time.perf_counter() - t0)
+    return out
+
+
+def loader_rate(cfg, batches: int) -> float:
+    """Images/s the training DataLoader delivers (after 2 warm-up batches)."""
     dl = build_dataloaders(cfg).train
     t0, n = None, 0
     for i, (x, *_) in enumerate(dl):
@@ -48,18 +70,21 @@ def loader_rate(mode: str, workers: int, batches: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--batches", type=int, default=30)
     a = ap.parse_args()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    cfg = resolve_config(bs=128)  # the default recipe: mixed data, train layout, augmentation on
     print(f"machine: {machine()}")
-    for layout in ("train", "course"):
-        for glyphs in ("handwriting", "fonts", "mixed"):
-            print(f"renderer {layout:6s} {glyphs:11s}: {renderer_rate(layout, glyphs, a.n):7.0f} img/s per core")
-    for mode in ("synthetic", "mixed"):
-        for w in a.workers:
-            print(f"DataLoader {mode:9s} workers={w}: {loader_rate(mode, w, a.batches):7.0f} img/s")
+    print(f"default mix: data={cfg.data.data}, mix={cfg.data.mix}, glyphs={cfg.render.glyphs}, "
+          f"elastic={cfg.render.elastic}, augment={cfg.data.augment}, bs={cfg.data.bs}")
+    for name, r in stage_rates(cfg, a.batches).items():
+        print(f"{name:12s}: {r:8.0f} img/s per core")
+    for w in a.workers:
+        r = loader_rate(resolve_config(bs=128, workers=w), a.batches)
+        per = f", {r / w:7.0f} per worker" if w else " (in this process)"
+        print(f"loader W={w}  : {r:8.0f} img/s{per}")
 
 
 if __name__ == "__main__":

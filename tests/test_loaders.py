@@ -1,6 +1,7 @@
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,13 @@ def test_valid_split_from_real_when_no_valid_given(tiny_data):
     tr = dls.train.dataset.real.images.reshape(72, -1)
     va = dls.valid.dataset.real.images.reshape(24, -1)
     assert not (tr[:, None] == va[None]).all(-1).any()
+
+
+def test_batches_hold_the_rendered_pixels_scaled_to_0_1(tiny_cfg):
+    """Items travel as uint8 and are scaled after collation: the batch equals the renderer's image / 255."""
+    dl = build_dataloaders(tiny_cfg(data="synthetic", workers=1)).train
+    x, s, d, _ = _batches(dl, 1)[0]
+    keys = dl._plan()[:dl.bs]
+    want = np.stack([dl.dataset.renderer(e, j).image for _, e, j in keys]).astype(np.float32) / 255.0
+    assert x.dtype == torch.float32 and np.array_equal(x[:, 0].numpy(), want)
+    assert torch.equal(s, torch.tensor([dl.dataset.renderer(e, j).sum for _, e, j in keys]))
