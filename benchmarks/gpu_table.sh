@@ -3,8 +3,11 @@
 #   bash benchmarks/gpu_table.sh OUTDIR [BUDGET_SECONDS] [WORKERS]
 # Steps, most important first; each runs under `timeout` and is skipped once the budget is spent:
 #   the default job, the resnet10t / resnet18 / resnet50 --ema 0.99 targets (each then `evaluate`),
-#   the CUDA precision / channels-last throughput rows (benchmarks/train_throughput.py), the timm
-#   families suite, and the CUDA-side test files. Every line goes to OUTDIR/log.txt; run summaries
+#   the CUDA precision / channels-last throughput rows (benchmarks/train_throughput.py: Learner vs a
+#   plain loop with fused AdamW), the optimizer step over resnet50 (fastai Adam / the toolkit's
+#   wrapper / bare fused AdamW, optim_step.py), the data stages per worker (data_throughput.py,
+#   1 and W workers), eager vs --compile (compile_step.py), the timm families suite, and the
+#   CUDA-side test files. Every line goes to OUTDIR/log.txt; run summaries
 #   (no weights) to OUTDIR/runs.tgz. Uses `python3 -m mlns_fast` from the repository root.
 set -u
 OUT=${1:?usage: gpu_table.sh OUTDIR [BUDGET_SECONDS] [WORKERS]}
@@ -43,6 +46,10 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a limit, print its wall time
              "resnet50 --precision bf16" "resnet50 --precision fp16" "resnet50 --precision bf16 --no-channels-last"; do
         step "throughput $a" 60 "$PY" benchmarks/train_throughput.py --workers "$W" --batches 60 --arch $a
     done
+    step "optim resnet50" 60 "$PY" benchmarks/optim_step.py --arch resnet50 --steps 20
+    step "data stages" 90 "$PY" benchmarks/data_throughput.py --batches 40 --workers 1 "$W"
+    step "compile mlns_cnn" 120 "$PY" benchmarks/compile_step.py --arch mlns_cnn --steps 30
+    step "compile resnet50" 150 "$PY" benchmarks/compile_step.py --arch resnet50 --steps 20
     step families 240 "${M[@]}" suite experiments/timm_families.toml --runs-dir "$R/families"
     step tests 120 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_callbacks.py
     echo "=== total $(($(date +%s) - T0)) s"

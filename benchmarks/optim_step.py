@@ -45,6 +45,8 @@ def time_steps(opts: dict, steps: int) -> dict[str, float]:
         for name, opt in opts.items():
             t0 = time.perf_counter()
             opt.step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             if i >= 3:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
@@ -65,8 +67,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     a = ap.parse_args()
     torch.manual_seed(0)
-    base = timm.create_model(a.arch, num_classes=37)
-    base(torch.randn(2, 3, 64, 64)).sum().backward()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = timm.create_model(a.arch, num_classes=37).to(device)
+    base(torch.randn(2, 3, 64, 64, device=device)).sum().backward()
     print(f"machine: {machine()}")
     print(f"{a.arch}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters in "
           f"{len(list(base.parameters()))} tensors; median of {a.steps} steps")

@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --arch resnet50 --batches 12 --bs 64
 
 Both loops run in one process after warm-up, over the same DataLoader (mixed real + synthetic),
-with AdamW and the same autocast; EMA off in both (it is measured separately with --ema).
+with AdamW (the plain loop: torch fused AdamW over all parameters) and the same autocast; EMA off in both (it is measured separately with --ema).
 Prints images/s for each, the ratio Learner / plain (target >= 0.95), and peak memory.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def plain_rate(cfg, device, n, warmup):
     model = create_model(cfg.model, cfg.size).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.wd)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.wd, fused=True)
     loss_func = make_loss(cfg.model.head)
     precision = resolve_precision(cfg.train.precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
