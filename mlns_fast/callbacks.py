@@ -14,8 +14,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.distributed import DistributedTrainer
 from fastai.callback.progress import ProgressCallback
-from fastai.learner import AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
-from fastai.torch_core import to_detach
+from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
+from fastai.torch_core import find_bs, to_detach
 from fastcore.foundation import L
 from timm.utils import ModelEmaV3, unwrap_model
 
@@ -30,9 +30,17 @@ log = logging.getLogger(__name__)
 def scorer(dls, module, loss_func, cbs=()) -> Learner:
     """A quiet fastai Learner that only scores `module` (validate, get_preds) on `dls.valid`: fastai's
     own validation loop for weights other than the training Learner's (EMA, calibration)."""
-    learn = Learner(dls, module, loss_func=loss_func, metrics=[AvgMetric(acc)], cbs=list(cbs))
+    learn = Learner(dls, module, loss_func=loss_func, metrics=[DeviceAvgMetric(acc)], cbs=list(cbs))
     learn.remove_cbs(ProgressCallback)
+    keep_losses_on_device(learn)
     return learn
+
+
+def keep_losses_on_device(learn: Learner) -> None:
+    """The Recorder's running losses accumulated on the device (read once per epoch), not moved to the
+    CPU every batch as fastai's are: each such move makes the host wait for the device."""
+    learn.recorder.loss = DeviceAvgLoss()
+    learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
 
 
 def stop_fit(learn: Learner, status: str, message: str) -> None:
@@ -200,6 +208,24 @@ class DivergenceGuard(Callback):
         _, loss, batch, lr = window[int(flags.argmax())]
         stop_fit(self.learn, "diverged", f"loss became {loss.float().mean().item()} at epoch {self.epoch}, "
                                          f"batch {batch}, lr {lr:.3g}")
+
+
+class DeviceAvgMetric(AvgMetric):
+    """fastai's `AvgMetric` summing on the device (fastai's moves every batch's value to the CPU)."""
+
+    def accumulate(self, learn):
+        bs = find_bs(learn.yb)
+        self.total += to_detach(self.func(learn.pred, *learn.yb), cpu=False) * bs
+        self.count += bs
+
+
+class DeviceAvgLoss(AvgLoss):
+    """fastai's `AvgLoss` (the validation loss) summing on the device."""
+
+    def accumulate(self, learn):
+        bs = find_bs(learn.yb)
+        self.total += to_detach(learn.loss.mean(), cpu=False) * bs
+        self.count += bs
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):

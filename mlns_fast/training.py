@@ -19,12 +19,12 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
-from fastai.learner import AvgMetric, Learner
+from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from timm.utils import unwrap_model
 
-from .callbacks import (DeviceSmoothLoss, DivergenceGuard, EMACallback, EpochPlan, LazyProgress, RunTracker,
-                        SelfTraining, ShardedTrainer, SignalStop, scorer)
+from .callbacks import (DeviceAvgMetric, DivergenceGuard, EMACallback, EpochPlan, LazyProgress, RunTracker,
+                        SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
@@ -51,8 +51,8 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight),
-                    opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[AvgMetric(acc)], cbs=cbs)
-    learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)  # no host sync per batch
+                    opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
+    keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
     if quiet:
         learn.logger = lambda *a, **k: None

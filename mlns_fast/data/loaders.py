@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.torch_core import to_device
 
 from ..config import N_DIGITS, RunConfig
 from ..errors import DataError
@@ -92,8 +93,8 @@ class PlanDL(DataLoader):
     def __init__(self, dataset: Items, n_synth: int = 0, mix: float = 0.0, seed: int = 0,
                  rank: int = 0, world: int = 1, **kwargs):
         self.n_synth, self.mix, self.plan_seed, self.rank, self.world = n_synth, mix, seed, rank, world
-        self.epoch = 0
-        super().__init__(dataset, **kwargs)
+        self.epoch, self.target = 0, kwargs.pop("device", None)
+        super().__init__(dataset, **kwargs)  # fastai's `device` stays None: `after_batch` does the copy
         self.n = len(self._plan())
 
     def _plan(self) -> list[tuple[int, int, int]]:
@@ -145,14 +146,23 @@ class PlanDL(DataLoader):
             yield first
             yield from it
 
+    def to(self, device):
+        """Where batches go (fastai's `DataLoaders` sets it through this)."""
+        self.target = device
+
     def after_batch(self, b):
-        """uint8 images -> float32 in 0..1, after fastai moved the batch to the device (bit-identical
-        to scaling each item on the CPU: one IEEE division either way)."""
+        """The batch to `target`, then uint8 images -> float32 in 0..1 there (bit-identical to scaling
+        each item on the CPU: one IEEE division either way). The copy is non-blocking (from pinned
+        memory beside a GPU): fastai's own is blocking, which would make the host wait every batch
+        until the GPU has run everything queued before it."""
+        if self.target is not None:
+            b = to_device(b, self.target, non_blocking=True)
         x, *rest = b
         return (x.float().div_(255.0), *rest)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world)
+        kw = dict(n_synth=self.n_synth, mix=self.mix, seed=self.plan_seed, rank=self.rank, world=self.world,
+                  device=self.target)
         return super().new(dataset, cls, **{**kw, **kwargs})
 
 
