@@ -30,7 +30,7 @@ from mlns_fast.optim import adamw, decay_groups  # noqa: E402
 def step_times(cfg, compiled: bool, steps: int, device) -> tuple[float, float]:
     """(first step's seconds, median ms of the next `steps` steps)."""
     torch.manual_seed(0)
-    model = create_model(cfg.model, (cfg.render.height, cfg.render.width)).to(device)
+    model = create_model(cfg.model, cfg.size).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiled:
@@ -38,7 +38,7 @@ def step_times(cfg, compiled: bool, steps: int, device) -> tuple[float, float]:
     opt, loss_func = adamw(decay_groups(model), lr=1e-3, wd=0.05), make_loss(cfg.model.head)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(cfg.train.precision, device))
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    bs, (h, w) = cfg.data.bs, (cfg.render.height, cfg.render.width)
+    bs, (h, w) = cfg.data.bs, cfg.size
     x = torch.rand(bs, 1, h, w, device=device)
     y = (torch.randint(0, 37, (bs,), device=device), torch.randint(0, 10, (bs, 4), device=device),
          torch.rand(bs, device=device) < 0.75)

@@ -30,7 +30,7 @@ from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 
-from mlns_fast.train import build_learner  # noqa: E402
+from mlns_fast.training import build_learner  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero")
 
@@ -60,7 +60,7 @@ def main():
     cfg = resolve_config(bs=a.bs, workers=0, precision="bf16")
     device = torch.device("cpu")
     prof = Profile(3, a.batches)
-    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model, (cfg.render.height, cfg.render.width)), device, "bf16",
+    learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model, cfg.size), device, "bf16",
                           quiet=False, extra_cbs=[EMACallback(cfg.train.ema), prof])
     learn.fit(100, lr=cfg.train.lr)
     counts = collections.Counter((e.name, in_optimizer(e)) for e in prof.prof.events() if e.name in SYNC_OPS)

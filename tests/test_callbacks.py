@@ -144,7 +144,7 @@ def test_nan_step_is_skipped_and_stops_at_the_next_read(tiny_cfg):
     from mlns_fast.callbacks import DivergenceGuard
     cfg = tiny_cfg(epochs=1, ema=0.0)
     seen = []
-    learn = _learner(cfg, create_model(ModelConfig(arch="convnet4")), [NanAt(1), Spy(seen)])
+    learn = _learner(cfg, create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE), [NanAt(1), Spy(seen)])
     learn.cbs.filter(lambda cb: isinstance(cb, DivergenceGuard))[0].every = 4
     learn.fit(1, lr=1e-3)
     assert learn.stop_reason[0] == "diverged" and "epoch 0, batch 1," in learn.stop_reason[1]
@@ -197,7 +197,7 @@ def test_no_host_sync_per_training_batch(tiny_cfg, monkeypatch, quiet):
     cfg = tiny_cfg(epochs=2, ema=0.9)
     counter = CountSyncs(monkeypatch)
     ema = EMACallback(0.9)
-    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4")),
+    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE),
                           torch.device("cpu"), "fp32", quiet=quiet, extra_cbs=[ema, counter, StartCount(counter)])
     learn.fit_one_cycle(2, lr_max=1e-3)
     assert learn.train_iter == 24 and ema.updates == 24

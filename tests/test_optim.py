@@ -3,11 +3,11 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import combined_cos
 
-from mlns_fast.config import ModelConfig
+from mlns_fast.config import IMAGE_SIZE, ModelConfig
 from mlns_fast.data.loaders import build_dataloaders
 from mlns_fast.model import create_model
 from mlns_fast.optim import adamw, decay_groups
-from mlns_fast.train import build_learner
+from mlns_fast.training import build_learner
 
 
 class SeenByTorch(Callback):
@@ -26,7 +26,7 @@ class SeenByTorch(Callback):
 def test_one_cycle_reaches_torch_and_norm_bias_get_no_decay(tiny_cfg):
     cfg = tiny_cfg(wd=0.05)
     seen = SeenByTorch()
-    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4")), torch.device("cpu"),
+    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE), torch.device("cpu"),
                           "fp32", quiet=True, extra_cbs=[seen])
     learn.fit_one_cycle(2, lr_max=1e-2, wd=0.05)
     total = 2 * len(learn.dls.train)
