@@ -9,6 +9,7 @@ Every refusal is one DataError naming the file. The limits (also in the README):
 from __future__ import annotations
 
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -102,7 +103,11 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
     try:
         with Image.open(path) as im:  # lazy: reads the header only
             w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above ours: the size is in its message
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        raise DataError(f"{where}: {path.name} is over the limit of {MAX_IMAGE_PIXELS:,} pixels per image"
+                        + (f" ({int(n.group(1)):,} pixels)" if n else "")) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise DataError(f"{where}: {path.name} is not a readable image") from None
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(f"{where}: {path.name} is {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS:,} per image")

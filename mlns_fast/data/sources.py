@@ -188,7 +188,8 @@ def load_folder(path: str | Path, size: tuple[int, int] | None = None) -> Sample
         if file in seen:  # a duplicate could land in both train and valid
             raise DataError(f"{where}: {row[0].strip()} is listed again (first at row {seen[file]})")
         seen[file] = i
-        nums = [_whole(c, where, MAX_SUM if k == 0 else N_CLASSES - 1) for k, c in enumerate(row[1:]) if c.strip()]
+        cells = [c for c in row[1:] if c.strip()]
+        nums = [_whole(c, where, MAX_SUM if k == 0 else N_CLASSES - 1) for k, c in enumerate(cells)]
         if len(nums) not in (1, 1 + N_DIGITS):
             raise DataError(f"{where}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
         images.append(_read_image(file, where))  # each one checked before decoding; the total as it grows
