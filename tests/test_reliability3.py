@@ -472,3 +472,18 @@ def test_gzip_bank_that_inflates_is_bounded(capsys, tmp_path, monkeypatch):
     code, _, err = run_cli(capsys, "data", "synth", "--n", "4", "--bank", bank, "--out", tmp_path / "s.npz")
     assert_user_error(code, err, "IDX header says")
     assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("cmd, folder", [(["evaluate"], "eval"), (["robustness", "--set", "demo-test"], "robustness")])
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_results_folders_of_a_run_are_checked_before_scoring(capsys, runs, tmp_path, cmd, folder, kind):
+    run = resolve_run("toy", runs)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if kind == "file":
+        (run.path / folder).write_text("a file where the results folder goes")
+    else:
+        (run.path / folder).symlink_to(outside)
+    code, _, err = run_cli(capsys, *cmd, "toy", "--runs-dir", runs)
+    assert_user_error(code, err, "cannot write" if kind == "file" else "symbolic link")
+    assert not any(outside.iterdir())
