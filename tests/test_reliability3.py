@@ -17,14 +17,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlns_fast import train as train_mod
+from mlns_fast import training as train_mod
 from mlns_fast.cli import main
 from mlns_fast.data import arrays
 from mlns_fast.data.sources import load_folder, load_images, load_npy_pair, load_source
 from mlns_fast.errors import DataError, RunError
-from mlns_fast.evaluate import run_temperature
+from mlns_fast.evaluation import run_temperature
 from mlns_fast.runs import RunDir, finished_weights, list_runs, resolve_run, weights_set
-from mlns_fast.train import train
+from mlns_fast.training import train
 
 from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
 
@@ -232,7 +232,7 @@ def test_signal_while_the_weights_are_written_still_finishes(tmp_path, tiny_cfg,
 
 KILL = """
 import os, signal, sys
-from mlns_fast import runs, train as t
+from mlns_fast import runs, training as t
 from mlns_fast.config import resolve_config
 point, root, flags = sys.argv[1], sys.argv[2], eval(sys.argv[3])
 def die(*a, **k):

@@ -361,11 +361,10 @@ def save_npz(samples: Samples, path: str | Path) -> Path:
     import io
     from ..files import atomic_write
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": samples.images, "labels": samples.sums}
+    named = {"images": samples.images, "labels": samples.sums}
     if samples.digits is not None:
-        arrays["digits"] = samples.digits
+        named["digits"] = samples.digits
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write(path, buf.getvalue())
+    np.savez_compressed(buf, **named)
+    atomic_write(path, buf.getvalue())  # (creates the folder; a refused write is one OutputError)
     return path
