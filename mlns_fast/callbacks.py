@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3, unwrap_model
 from .device import precision_callbacks
 from .errors import RunError
 from .losses import acc
-from .runs import METRIC_COLUMNS
+from .runs import METRIC_COLUMNS, state_dict_problem
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +252,25 @@ class LazyProgress(ProgressCallback):
 
 
 class SignalStop(Callback):
-    """SIGINT / SIGTERM end the current batch and then training, recorded as an interruption."""
+    """SIGINT / SIGTERM end the current batch and then training, recorded as an interruption.
 
-    def before_fit(self):
+    The handlers are installed by `with stop:` around the whole run -- training *and* finishing it
+    (temperature, weights, summary) -- so that no moment of a run falls back to the default
+    handlers; `train.fit` reads `caught` after the last epoch. A second signal acts at once."""
+
+    def __init__(self):
         self.caught, self.old = None, {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.old[sig] = signal.signal(sig, self._catch)
+
+    def __enter__(self) -> "SignalStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._catch)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        self.old = {}
 
     def _catch(self, signum, frame):
         self.caught = signal.Signals(signum).name
@@ -269,10 +280,6 @@ class SignalStop(Callback):
     def after_batch(self):
         if self.caught:
             stop_fit(self.learn, "interrupted", f"{self.caught} at epoch {self.epoch}, batch {self.iter}")
-
-    def after_fit(self):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
 
 
 class CompletedEpochs(Callback):
@@ -314,6 +321,30 @@ class RunTracker(CompletedEpochs):
             self._restore(self.ckpt)
             self.ckpt = None
 
+    def check_checkpoint(self) -> None:
+        """Before anything of the run is rewritten: the checkpoint's model (and EMA) dict must match
+        the model's keys and shapes, and its optimizer state must load into the learner's optimizer;
+        RunError naming the file otherwise (a foreign or hand-edited checkpoint)."""
+        if self.ckpt is None:
+            return
+        where, model = self.folder.checkpoint_path, unwrap_model(self.learn.model)
+        for key in ("model", "ema") if self.ema else ("model",):
+            problem = state_dict_problem(self.ckpt[key], model) if key in self.ckpt else None
+            if problem:
+                raise RunError(f"{where}: its {key} weights do not fit this run's model ({problem})")
+        if self.learn.opt is None:
+            self.learn.create_opt()
+        try:
+            self._load_opt(self.ckpt["opt"])
+            problem = _opt_state_problem(self.learn.opt)
+        except Exception as e:  # whatever the optimizer's own loader objects to
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'does not load'}"
+        if problem:
+            raise RunError(f"{where}: its optimizer state does not fit this run's optimizer ({problem})")
+
+    def _load_opt(self, state: dict) -> None:
+        self.learn.opt.load_state_dict(state)  # optim.DecayGroupsWrapper: torch's optimizer state
+
     def before_epoch(self):
         super().before_epoch()
         self.t0 = time.perf_counter()
@@ -340,7 +371,7 @@ class RunTracker(CompletedEpochs):
     def _restore(self, ckpt: dict) -> None:
         learn = self.learn
         unwrap_model(learn.model).load_state_dict(ckpt["model"])
-        learn.opt.load_state_dict(ckpt["opt"])
+        self._load_opt(ckpt["opt"])
         if self.ema and "ema" in ckpt:
             self.ema.load_state_dict(ckpt)
         torch.set_rng_state(ckpt["rng_torch"])
@@ -352,15 +383,16 @@ class RunTracker(CompletedEpochs):
         log.info("resuming %s at epoch %d", self.folder.path, self.start_epoch)
 
     def finish(self, status: str, message: str = "", **extra) -> dict:
-        """After fit: final weights (finished runs only), summary.json and curves.png; the summary."""
+        """After fit: final weights (finished runs only), curves.png, then summary.json -- last, as the
+        commit point: a run killed before it is still `running` (stale) with its final checkpoint,
+        and `--resume` finishes it; after it, the weights it names are on disk."""
         if status in ("finished", "pruned"):  # a pruned sweep trial still ends a clean epoch: keep its weights
             self.folder.save_weights(unwrap_model(self.learn.model), ema=False)
             if self.ema:
                 self.folder.save_weights(self.ema.model_ema.module, ema=True)
             extra["weights"] = self.best_weights()
-        summary = self.write_summary(status, message=message, **extra)
         self.folder.write_curves(self.rows)
-        return summary
+        return self.write_summary(status, message=message, **extra)
 
     def _reported(self) -> dict:
         """The summary keys of the Learner's `Reports` callbacks (e.g. SelfTraining's `self_train_labelled`)."""
@@ -400,6 +432,18 @@ def _clean(v):
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+def _opt_state_problem(opt) -> str | None:
+    """A per-parameter optimizer state tensor whose shape is not its parameter's (a foreign state that
+    loads but would fail at the first step). Works for fastai's Optimizer and torch optimizers
+    (an OptimWrapper's `.opt`): both keep `state` as {parameter: {name: value}}."""
+    inner = getattr(opt, "opt", opt)
+    for p, st in getattr(inner, "state", {}).items():
+        for name, v in (st.items() if isinstance(st, dict) else ()):
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                return f"{name} has shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}"
+    return None
 
 
 def _plain(o):

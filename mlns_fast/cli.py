@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
 from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, RenderConfig, resolve_config
-from .errors import ConfigError, MlnsError
+from .errors import ConfigError, MlnsError, one_line
 from .logs import configure_logging
 from .runs import DEFAULT_RUNS_DIR
 
@@ -65,11 +65,10 @@ def config_options(func):
     return func
 
 
-def _png_out(out: Path) -> Path:
-    """A figure's --out must be a file name (matplotlib would write `DIR.png` beside a folder)."""
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. {out / 'figure.png'})")
-    return out
+def _png_out(out: Path, flag: str = "--out") -> Path:
+    """A figure's --out: a file name in a place that can be written (checked before any work)."""
+    from .outputs import check_output
+    return check_output(out, flag)
 
 
 def _resolve(config: Optional[Path], name: Optional[str], flags: dict):
@@ -241,7 +240,7 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
     """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
     from . import comparison as cmp
     if plot:
-        _png_out(plot)
+        _png_out(plot, "--plot")
     rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
     if only_changed:
         cols = cmp.changed_columns(rows)
@@ -328,6 +327,8 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
         raise ConfigError(f"--n must be > 0, got {n}")
     if out.suffix != ".npz":
         raise ConfigError(f"--out must end in .npz, got {out}")
+    from .outputs import check_output
+    check_output(out, example="synth.npz")
     seconds = render_npz(n, out, layout, glyphs, seed, bank, progress=True)
     typer.echo(f"{out}: {n} images in {seconds:.1f}s ({n / seconds:.0f} img/s)")
 
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         rv = cmd.main(args=argv, prog_name="mlns-fast", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except MlnsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except typer.Exit as e:
         return e.exit_code
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e.format_message())
         return 0
     except click_exceptions.ClickException as e:  # bad option, missing argument, wrong type
-        print(f"error: {e.format_message()}", file=sys.stderr)
+        print(f"error: {one_line(e.format_message())}", file=sys.stderr)
         return 2
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 from .errors import ConfigError, MlnsError
 from .files import csv_text
 from .runs import NUMERIC_COLUMNS as NUMERIC, SUMMARY_COLUMNS as COLUMNS, RunDir, list_runs
 
+log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json")
 # The terminal table's columns: these always, the settings only where runs differ (`--wide`: all).
 MATTER = ("name", "final_acc", "final_acc_ema", "minutes", "status", "run")
@@ -138,5 +140,10 @@ def format_rows(rows: list[dict], fmt: str = "table", columns: list[str] | None 
 def plot(rows: list[dict], runs_dir: str | Path, out: str | Path) -> Path:
     """Accuracy curves of the selected runs on one figure."""
     from .plots import plot_runs
-    curves = {r["name"]: RunDir(Path(runs_dir) / r["run"]).metrics() for r in rows}
+    curves = {}
+    for r in rows:
+        try:
+            curves[r["name"]] = RunDir(Path(runs_dir) / r["run"]).metrics()
+        except MlnsError as e:  # a hand-edited metrics.csv: that run has no curve, the others are drawn
+            log.info("no curve for %s: %s", r["run"], e)
     return plot_runs(curves, out)

@@ -280,14 +280,37 @@ def section_from_dict(cls, values: dict, where: str, base=None):
         raise ConfigError(str(e) if where == "command line" else f"{where}: {e}") from None
 
 
+MAX_DEPTH = 32  # nesting levels a TOML / JSON file may have (ours have 3); deeper is refused, not a RecursionError
+MAX_TOML_BYTES = 1 << 20
+
+
+def nesting_depth(obj) -> int:
+    """How many levels of lists / dicts `obj` nests (0 for a scalar); iterative, so any depth is safe."""
+    depth, level = 0, [obj]
+    while level:
+        level = [v for o in level if isinstance(o, (list, dict)) for v in (o.values() if isinstance(o, dict) else o)]
+        depth += 1
+    return depth - 1
+
+
 def read_toml(path: str | Path) -> dict:
+    """A TOML file's content: at most MAX_TOML_BYTES and MAX_DEPTH levels, else one ConfigError naming it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        return tomllib.loads(p.read_text())
+        if p.stat().st_size > MAX_TOML_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size:,} bytes, over the {MAX_TOML_BYTES:,} a config file may hold")
+        d = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: unreadable ({e.strerror or type(e).__name__})") from None
+    if nesting_depth(d) > MAX_DEPTH:
+        raise ConfigError(f"{p}: nested more than {MAX_DEPTH} levels deep")
+    return d
 
 
 def config_from_dict(d: dict, where: str, base: RunConfig | None = None) -> RunConfig:

@@ -163,19 +163,15 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
 def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", tta: bool = False) -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
-    cfg, model = load_trained(run, which, tta)
-    samples = (samples if samples is not None else demo_split("test", with_digits=True)).at_size(cfg.size)
-    metrics, pred = score(model, samples)
+    samples = samples if samples is not None else demo_split("test", with_digits=True)
     used = weights_set(run, which)
+    out_dir = results_dir(run, "eval", f"{_slug(samples.source)}-{used}{'-tta' if tta else ''}", "evaluation")
+    cfg, model = load_trained(run, which, tta)
+    samples = samples.at_size(cfg.size)
+    metrics, pred = score(model, samples)
     result = {"run": run.name, "data": samples.source, "weights": used, "tta": tta,
               "temperature": run_temperature(run, used), **metrics}
     correct = pred["sum"] == samples.sums
-    out_dir = run.path / "eval" / f"{_slug(samples.source)}-{result['weights']}{'-tta' if tta else ''}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
-    except OSError as e:
-        raise RunError(f"{out_dir}: cannot write evaluation files ({e.strerror})") from None
     from .plots import image_grid, plot_confusion
     plot_confusion(samples.sums, pred["sum"], out_dir / "confusion.png",
                    f"{run.name} on {samples.source}: {result['sum_accuracy']:.2%}")
@@ -189,6 +185,16 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
     result["files"] = [str(p) for p in sorted(out_dir.glob("*.png"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def results_dir(run: RunDir, kind: str, name: str, what: str) -> Path:
+    """RUN/<kind>/<name>/, made before any work: inside the run folder, no symbolic link on the way."""
+    out_dir = run.file(kind, name)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{out_dir}: cannot write {what} files ({e.strerror})") from None
+    return out_dir
 
 
 def _slug(s: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .evaluation import batches, load_trained, readout
 from .files import atomic_path
 from .losses import sum_log_probs
@@ -43,15 +43,25 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which:
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     weights = finished_weights(run, which)
-    out = Path(out) if out else run.path / weights.with_suffix(FORMATS[fmt]).name
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. {out / ('model' + FORMATS[fmt])})")
+    if out:  # checked before any work: a folder, an unwritable place or the run's own files are refused
+        from .outputs import check_output
+        out = check_output(out, example="model" + FORMATS[fmt])
+    else:
+        out = _in_run(run, weights.with_suffix(FORMATS[fmt]).name)
+    return _write(run, fmt, out, which, weights)
+
+
+def _in_run(run: RunDir, name: str) -> Path:
+    """An export's place in the run folder (containment checked); a folder there is the user's to remove."""
+    path = run.file(name)
+    if path.is_dir():
+        raise RunError(f"{path}: is a folder where the run's {name} goes; remove or rename it")
+    return path
+
+
+def _write(run: RunDir, fmt: str, out: Path, which: str, weights: Path) -> Path:
     cfg, model = load_trained(run, which)
     net = Exported(model).eval()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot create its folder ({e.strerror})") from None
     x = torch.rand(2, 1, *cfg.size)
     names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -86,7 +96,7 @@ def onnx_for(run: RunDir, which: str = "best") -> Path:
     import onnx
     from google.protobuf.message import DecodeError
     weights = finished_weights(run, which)
-    path = run.path / weights.with_suffix(".onnx").name
+    path = _in_run(run, weights.with_suffix(".onnx").name)
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if props.get(WEIGHTS_KEY) == weights_digest(weights):
@@ -96,7 +106,7 @@ def onnx_for(run: RunDir, which: str = "best") -> Path:
         pass
     except (DecodeError, OSError, ValueError, RuntimeError) as e:  # a corrupt or foreign file
         log.info("%s is unreadable (%s); exporting again", path.name, type(e).__name__)
-    return export(run, "onnx", path, which)
+    return _write(run, "onnx", path, which, weights)
 
 
 class OnnxPredictor:

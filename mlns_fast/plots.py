@@ -14,10 +14,16 @@ def _plt():
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Write a figure atomically (format from the suffix: png, pdf, svg...; png when it names none)."""
+    from .files import atomic_path
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    fmt = path.suffix[1:].lower()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight",
+                        format=fmt if fmt in fig.canvas.get_supported_filetypes() else "png")
+    finally:
+        _plt().close(fig)
     return path
 
 

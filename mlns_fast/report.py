@@ -43,9 +43,9 @@ def suite_section(path: str | Path, runs_dir: str | Path, figures: Path | None =
 
 def write_report(suites: list[str | Path], runs_dir: str | Path, out: str | Path, intro: str = "") -> Path:
     """Write the results report: an intro, then one section per suite."""
-    out = Path(out)
-    figures = out.parent / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    from .outputs import check_output
+    out = check_output(out, example="RESULTS.md")  # both checked before any work
+    figures = check_output(out.parent / "figures", folder=True)
     parts = ["# Results", "", intro.strip(), ""] if intro else ["# Results", ""]
     parts += [suite_section(s, runs_dir, figures) for s in suites]
     atomic_write(out, "\n".join(parts))

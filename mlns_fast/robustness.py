@@ -26,8 +26,8 @@ from .data.demo import cache_root, demo_split
 from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
 from .data.sources import Samples, load_npz, save_npz
-from .errors import ConfigError, RunError
-from .evaluation import load_trained, score
+from .errors import ConfigError
+from .evaluation import load_trained, results_dir, score
 from .files import atomic_write
 from .runs import weights_set
 
@@ -131,21 +131,17 @@ def robustness(run, which: str = "best", names: list[str] | None = None, tta: bo
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
         raise ConfigError(f"--sets: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
-    cfg, model = load_trained(run, which, tta)
     weights = weights_set(run, which) + ("-tta" if tta else "")
+    out_dir = results_dir(run, "robustness", weights, "robustness")
+    cfg, model = load_trained(run, which, tta)
     groups = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
     rows = [{"set": name, "group": groups[name], **score(model, samples.at_size(cfg.size))[0]}
             for name, samples in battery(names).items()]
     result = {"run": run.name, "weights": weights, "sets": rows,
               "worst": min(rows, key=lambda r: r["sum_accuracy"])["set"]}
-    out_dir = run.path / "robustness" / weights
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from .plots import plot_robustness
-        result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
-        atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
-    except OSError as e:
-        raise RunError(f"{out_dir}: cannot write robustness files ({e.strerror})") from None
+    from .plots import plot_robustness
+    result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
+    atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

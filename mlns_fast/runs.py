@@ -7,6 +7,13 @@
         checkpoint.pt      model + optimizer + EMA + RNG + epoch, for --resume (tensors only)
         model.safetensors  final raw weights;  model_ema.safetensors  final EMA weights
         curves.png         accuracy raw vs EMA, train vs valid loss
+        run.lock           {"pid": ..., "host": ...} of the process training it, while it trains
+        eval/ robustness/  evaluation results; model*.onnx / model*.pt exports
+
+A run folder is user input once it exists (runs are copied, shared and hand-edited): each file kind
+has one reader here that checks sizes, nesting, types, ranges and allowed values and turns anything
+off into one `RunError` naming the file; every write goes through `RunDir.file` (no symbolic links,
+nothing resolving outside the folder).
 """
 from __future__ import annotations
 
@@ -26,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig, load_run_config, write_toml
-from .errors import ConfigError, MlnsError, RunError
-from .files import atomic_path, atomic_torch_save, atomic_write, csv_text
+from .config import MAX_DEPTH, RunConfig, load_run_config, nesting_depth, write_toml
+from .errors import ConfigError, MlnsError, OutputError, RunError
+from .files import atomic_path, atomic_torch_save, atomic_write, csv_text, inside
 from .procs import is_alive, this_process
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,13 @@ SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "par
                    "status", "run"]
 NUMERIC_COLUMNS = {"ema", "epochs", "params", "minutes", "best_acc", "final_acc", "best_acc_ema", "final_acc_ema",
                    "trial"}
+STATUSES = ("running", "finished", "interrupted", "failed", "diverged", "pruned")
+WEIGHT_SETS = ("raw", "ema")
+# What a run folder's own files are: no command's output may replace them (see outputs.check_output).
+RUN_FILES = ("config.toml", "summary.json", "metrics.csv", "checkpoint.pt", "run.lock", "model.safetensors",
+             "model_ema.safetensors", "curves.png")
+MAX_SMALL_FILE = 1 << 20  # bytes: config.toml, summary.json, run.lock (ours are a few KB)
+MAX_METRICS_FILE = 16 << 20  # bytes: metrics.csv (one short row per epoch; 10,000 epochs is ~1 MB)
 REPORT_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
                   "best_acc_ema", "status"]
 
@@ -91,9 +105,9 @@ class RunDir:
                 raise RunError(f"{root}: cannot create a run folder ({e.strerror})") from None
             try:
                 atomic_write(path / "config.toml", write_toml(cfg))
-            except OSError as e:
+            except OutputError as e:
                 path.rmdir()
-                raise RunError(f"{path}: cannot write config.toml ({e.strerror})") from None
+                raise RunError(str(e)) from None
             return cls(path)
         raise RunError(f"{root}: could not find a free run folder name for {stem}")
 
@@ -107,19 +121,30 @@ class RunDir:
         pid = self.holder()
         if pid is not None and pid != os.getpid():
             raise RunError(f"{self.path}: is being trained by process {pid}; stop it first")
-        atomic_write(self.lock_path, json.dumps(this_process()))
+        atomic_write(self.file("run.lock"), json.dumps(this_process()))
 
     def unlock(self) -> None:
         self.lock_path.unlink(missing_ok=True)
 
+    def lock_info(self) -> dict | None:
+        """run.lock's content ({pid, host, token}: `procs.this_process`), None if there is none; RunError if it is malformed (a
+        pid of 0 or -1 would make `os.kill(pid, 0)` probe a whole process group)."""
+        if not self.lock_path.exists() and not self.lock_path.is_symlink():
+            return None
+        info = _read_json(self.lock_path, MAX_SMALL_FILE)
+        pid, host = (info.get("pid"), info.get("host")) if isinstance(info, dict) else (None, None)
+        token = info.get("token") if isinstance(info, dict) else None  # procs.this_process(): start time
+        if type(pid) is not int or not 0 < pid < 1 << 22 or not isinstance(host, str) or \
+                not isinstance(token, (str, type(None))):
+            raise RunError(f"{self.lock_path}: malformed lock (expected {{\"pid\": N, \"host\": NAME, \"token\": ...}}); "
+                           "delete it if no process trains this run")
+        return info
+
     def holder(self) -> int | None:
         """The PID of the live process training this run, or None (no lock, or its process is gone,
         even if its PID now names another process)."""
-        try:
-            info = json.loads(self.lock_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(info, dict) or not is_alive(info):
+        info = self.lock_info()
+        if info is None or not is_alive(info):
             return None
         return info["pid"]
 
@@ -128,51 +153,65 @@ class RunDir:
         holds is `stale`."""
         try:
             status = (summary if summary is not None else self.summary()).get("status", "unknown")
+            return "stale" if status == "running" and self.holder() is None else str(status)
         except RunError:
             return "unknown"
-        return "stale" if status == "running" and self.holder() is None else str(status)
 
     # --- files -------------------------------------------------------------------------------
     def config(self) -> RunConfig:
         return load_run_config(self.path / "config.toml")
 
+    def file(self, *parts: str) -> Path:
+        """The path of a file (or folder) to write in this run folder, checked: no symbolic link on
+        the way, nothing resolving outside the folder (OutputError otherwise)."""
+        return inside(self.path, *parts)
+
     def summary(self) -> dict:
+        """summary.json, validated (`summary_problem`); RunError naming the file if anything is off."""
         p = self.path / "summary.json"
-        try:
-            s = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise RunError(f"{self.path}: no summary.json (not a run folder, or it never started)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            raise RunError(f"{p}: corrupt summary.json") from None
-        if not isinstance(s, dict):
-            raise RunError(f"{p}: corrupt summary.json (not a JSON object)")
+        if not p.exists():
+            raise RunError(f"{self.path}: no summary.json (not a run folder, or it never started)")
+        s = _read_json(p, MAX_SMALL_FILE)
+        problem = summary_problem(s)
+        if problem:
+            raise RunError(f"{p}: corrupt summary.json ({problem})")
         return s
 
     def write_summary(self, summary: dict) -> None:
         """summary.json, strict JSON: a NaN or inf figure is written as null."""
-        atomic_write(self.path / "summary.json", json.dumps(_finite(summary), indent=2, default=str) + "\n")
+        atomic_write(self.file("summary.json"), json.dumps(_finite(summary), indent=2, default=str) + "\n")
 
     def metrics(self) -> list[dict]:
+        """metrics.csv's rows, validated: epochs 0, 1, 2... in order, every value a number or empty."""
         p = self.path / "metrics.csv"
-        if not p.is_file():
+        if not p.exists():
             return []
-        rows = list(csv.DictReader(p.read_text().splitlines()))
-        return [{k: _num(v) for k, v in r.items()} for r in rows if r.get("epoch") not in (None, "")]
+        try:
+            rows = list(csv.DictReader(_read_text(p, MAX_METRICS_FILE).splitlines()))
+        except csv.Error as e:
+            raise RunError(f"{p}: corrupt metrics.csv ({e})") from None
+        rows = [{k: _num(v) for k, v in r.items()} for r in rows if any(v not in (None, "") for v in r.values())]
+        for i, r in enumerate(rows):
+            problem = _metrics_problem(r, i)
+            if problem:
+                raise RunError(f"{p}: corrupt metrics.csv (row {i + 1}: {problem})")
+        return rows
 
     def write_metrics(self, rows: list[dict]) -> None:
         cols = METRIC_COLUMNS + sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
-        atomic_write(self.path / "metrics.csv", csv_text(rows, cols))
+        atomic_write(self.file("metrics.csv"), csv_text(rows, cols))
 
     @property
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint.pt"
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_torch_save(state, self.checkpoint_path)
+        atomic_torch_save(state, self.file("checkpoint.pt"))
 
     def load_checkpoint(self) -> dict | None:
-        """The last epoch's checkpoint, or None if the run stopped before finishing one."""
-        if not self.checkpoint_path.is_file():
+        """The last epoch's checkpoint, or None if the run stopped before finishing one. Its structure
+        is checked here; whether it fits the model and optimizer, where the learner loads it."""
+        if not self.checkpoint_path.exists():
             return None
         try:
             with warnings.catch_warnings():
@@ -192,12 +231,12 @@ class RunDir:
         """A module's state dict as (atomic) safetensors: the run's raw or EMA weights."""
         from safetensors.torch import save_file
         sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        with atomic_path(self.weights_path(ema)) as tmp:
+        with atomic_path(self.file(self.weights_path(ema).name)) as tmp:
             save_file(sd, str(tmp))
 
     def write_curves(self, rows: list[dict]) -> None:
         from .plots import plot_curves
-        plot_curves(rows, self.path / "curves.png", title=self.name)
+        plot_curves(rows, self.file("curves.png"), title=self.name)
 
 
 class NullRun:
@@ -251,7 +290,8 @@ def _num(v: str):
 
 
 def _checkpoint_problem(ckpt) -> str | None:
-    """What is wrong with a loaded checkpoint's structure, if anything."""
+    """What is wrong with a loaded checkpoint's structure, if anything. Whether its model and EMA
+    dicts fit the model and its optimizer state the optimizer is checked where they are loaded."""
     if not isinstance(ckpt, dict):
         return "not a dict"
     for key, typ in (("epoch", int), ("model", dict), ("opt", dict), ("rng_torch", torch.Tensor)):
@@ -259,13 +299,114 @@ def _checkpoint_problem(ckpt) -> str | None:
             return f"missing {key!r}"
         if not isinstance(ckpt[key], typ) or isinstance(ckpt[key], bool):
             return f"{key!r} is {type(ckpt[key]).__name__}, expected {typ.__name__}"
-    if ckpt["epoch"] < 0:
-        return "bad epoch"
+    if not 0 <= ckpt["epoch"] < 100_000:
+        return f"epoch {ckpt['epoch']} out of range"
     if "hypers" in ckpt["opt"]:  # fastai Adam's layout, written before the switch to torch's fused AdamW
         return "its optimizer state is from fastai's Adam, which this version no longer uses; train it again"
     if not {"state", "param_groups"} <= set(ckpt["opt"]):
         return "bad optimizer state"
+    rng, ref = ckpt["rng_torch"], torch.get_rng_state()
+    if rng.dtype != ref.dtype or rng.shape != ref.shape:
+        return f"'rng_torch' is a {rng.dtype} tensor of shape {tuple(rng.shape)}, expected {ref.dtype} {tuple(ref.shape)}"
+    for key in ("model", "ema"):
+        if key in ckpt and not (isinstance(ckpt[key], dict) and all(isinstance(v, torch.Tensor) for v in ckpt[key].values())):
+            return f"{key!r} is not a dict of tensors"
+    if type(ckpt.get("ema_updates", 0)) is not int or ckpt.get("ema_updates", 0) < 0:
+        return "'ema_updates' is not a count"
+    sl = ckpt.get("smooth_loss")
+    if sl is not None and not (isinstance(sl, dict) and type(sl.get("count")) is int and _is_num(sl.get("val"))):
+        return "'smooth_loss' is not {count, val}"
     return None
+
+
+def state_dict_problem(sd: dict, module: torch.nn.Module) -> str | None:
+    """How a state dict fails to fit `module` (missing / unexpected keys, other shapes), if it does."""
+    own = module.state_dict()
+    missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    if missing or extra:
+        return f"{len(missing)} key(s) missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})"
+    bad = [k for k in own if tuple(own[k].shape) != tuple(sd[k].shape)]
+    return f"{bad[0]} has shape {tuple(sd[bad[0]].shape)}, the model's is {tuple(own[bad[0]].shape)}" if bad else None
+
+
+def _is_num(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and v.is_floating_point()
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_text(p: Path, limit: int) -> str:
+    """A run file's text: a regular file of at most `limit` bytes, UTF-8; RunError naming it otherwise."""
+    try:
+        if not p.is_file():
+            raise RunError(f"{p}: not a regular file")
+        if p.stat().st_size > limit:
+            raise RunError(f"{p}: {p.stat().st_size:,} bytes, over the {limit:,} a run file may hold")
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{p}: not UTF-8 text") from None
+    except OSError as e:
+        raise RunError(f"{p}: unreadable ({e.strerror or type(e).__name__})") from None
+
+
+def _read_json(p: Path, limit: int):
+    """A run file's JSON, at most MAX_DEPTH levels deep (a hand-edited `[[[[...` is refused, not a
+    RecursionError in the parser or in the code that walks it)."""
+    text = _read_text(p, limit)
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise RunError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:
+        raise RunError(f"{p}: not valid JSON ({e})") from None
+    if nesting_depth(obj) > MAX_DEPTH:
+        raise RunError(f"{p}: nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
+_TEXT_KEYS = ("name", "run", "arch", "grid", "head", "data", "study", "message", "started", "device", "precision",
+              "git_commit", "config_digest")
+_COUNT_KEYS = ("epochs", "epochs_done", "params", "trial", "threads")
+_SCORE_KEYS = ("best_acc", "final_acc", "best_acc_ema", "final_acc_ema")
+
+
+def summary_problem(s) -> str | None:
+    """What is wrong with a summary.json's content, if anything: the keys the toolkit reads must have
+    their types, ranges and allowed values (others are kept as they are)."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    if s.get("status") is not None and s["status"] not in STATUSES:
+        return f"status must be one of {', '.join(STATUSES)}, got {_short(s['status'])}"
+    if s.get("weights") is not None and s["weights"] not in WEIGHT_SETS:
+        return f"weights must be raw or ema, got {_short(s['weights'])}"
+    for key in _TEXT_KEYS:
+        if s.get(key) is not None and not isinstance(s[key], str):
+            return f"{key} must be text, got {_short(s[key])}"
+    for key in _COUNT_KEYS + _SCORE_KEYS + ("ema", "minutes", "train_seconds"):
+        v = s.get(key)
+        if v is not None and not (_is_num(v) and v >= 0 and (key not in _COUNT_KEYS or isinstance(v, int))
+                                  and (key not in _SCORE_KEYS or v <= 1)):
+            return f"{key} must be {'a count' if key in _COUNT_KEYS else 'a number'} in range, got {_short(v)}"
+    t = s.get("temperature")
+    if t is not None and not (isinstance(t, dict) and set(t) <= set(WEIGHT_SETS)
+                              and all(_is_num(v) and 0.01 <= v <= 100 for v in t.values())):
+        return f"temperature must map raw / ema to a number in [0.01, 100], got {_short(t)}"
+    return None
+
+
+def _metrics_problem(row: dict, i: int) -> str | None:
+    """What is wrong with metrics.csv's i-th row (epochs are 0, 1, 2... in order; values numbers)."""
+    if row.get("epoch") != i or type(row.get("epoch")) is not int:
+        return f"epoch must be {i}, got {_short(row.get('epoch'))}"
+    if None in row:
+        return "more fields than the header names"
+    bad = [k for k, v in row.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+    return f"{_short(bad[0])} is not a number" if bad else None
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def list_runs(runs_dir: str | Path) -> list[RunDir]:
@@ -316,11 +457,8 @@ def weights_set(run: RunDir, which: str = "best") -> str:
     better on validation at the end of the run (summary.json `weights`); a run without EMA has raw only."""
     if which not in WEIGHT_CHOICES:
         raise ConfigError(f"--weights-from must be one of {', '.join(WEIGHT_CHOICES)}; got {which!r}")
-    if which == "best":
-        try:
-            which = run.summary().get("weights") or "ema"  # runs from before `weights` was recorded: EMA
-        except RunError:
-            which = "ema"
+    if which == "best":  # runs from before `weights` was recorded, or without a summary: EMA
+        which = (run.summary().get("weights") if (run.path / "summary.json").exists() else None) or "ema"
     if which == "ema" and not run.weights_path(True).is_file():
         which = "raw"
     if run.weights_path(which == "ema").is_file():

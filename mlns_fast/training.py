@@ -29,10 +29,11 @@ from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
 from .errors import RunError
-from .files import atomic_write
+from .files import atomic_path, atomic_write
 from .losses import acc, fit_temperature, make_loss
 from .model import check_arch, count_params, create_model
 from .optim import adamw, decay_groups
+from .outputs import check_output
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
 
 log = logging.getLogger(__name__)
@@ -107,25 +108,33 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     cfg = p.cfg
     run = NullRun() if rank > 0 else run or RunDir.create(runs_dir, cfg)
     run.lock()
+    try:
+        return _train(run, p, ckpt, quiet or rank > 0, extra_cbs, summary_extra, world)
+    finally:
+        run.unlock()
+
+
+def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, world: int) -> dict:
+    """The part of `train` that runs while the run is locked: callbacks, learner, checks, fit."""
+    cfg = p.cfg
     t = cfg.train
     ema = EMACallback(t.ema, t.ema_warmup) if t.ema > 0 else None
     info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
             "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
             "git_commit": git_commit(), **(summary_extra or {})}
-    tracker = RunTracker(run, cfg, info, ckpt, ema)
-    cbs = [SignalStop(), tracker, *([ema] if ema else []), *extra_cbs]
+    tracker, stop = RunTracker(run, cfg, info, ckpt, ema), SignalStop()
+    cbs = [stop, tracker, *([ema] if ema else []), *extra_cbs]
     if t.self_train and cfg.data.data != "synthetic":
         cbs.append(SelfTraining(t.self_train))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
         cuda = p.device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))
-    learn = p.learner(quiet or rank > 0, cbs)
+    learn = p.learner(quiet, cbs)
     if ema:
         learn.metrics += ema.metrics()
-    try:
-        return fit(learn, tracker, cfg)
-    finally:
-        run.unlock()
+    tracker.check_checkpoint()  # a checkpoint that does not fit is refused before the status is rewritten
+    with stop:  # from the first batch until summary.json says how the run ended
+        return fit(learn, tracker, cfg, stop)
 
 
 def resolve_init(cfg: RunConfig, runs_dir) -> RunConfig:
@@ -146,38 +155,56 @@ def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
     """The run to resume and its checkpoint; None when it stopped before its first checkpoint (it
     then starts again from epoch 1 with its own config, in its own folder)."""
     run = resolve_run(ref, runs_dir)
-    cfg, ckpt, status = run.config(), run.load_checkpoint(), run.status()
-    if status == "finished" or (ckpt is not None and ckpt["epoch"] + 1 >= cfg.train.epochs):
+    cfg, ckpt, status, rows = run.config(), run.load_checkpoint(), run.status(), run.metrics()
+    if status == "finished":
         raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
+    if ckpt is not None and ckpt["epoch"] + 1 > cfg.train.epochs:
+        raise RunError(f"{run.checkpoint_path}: epoch {ckpt['epoch'] + 1} is past the run's {cfg.train.epochs}")
+    if ckpt is not None and ckpt["epoch"] >= len(rows):
+        raise RunError(f"{run.path / 'metrics.csv'}: has {len(rows)} epoch rows, the checkpoint is at epoch "
+                       f"{ckpt['epoch'] + 1}")
     pid = run.holder()
     if pid is not None:
         raise RunError(f"{run.path}: is being trained by process {pid}; stop it first")
     if ckpt is None:
         log.info("%s: no checkpoint yet (it stopped during its first epoch); starting it again", run.path)
+    elif ckpt["epoch"] + 1 == cfg.train.epochs:
+        log.info("%s: all %d epochs trained; finishing the run (temperature, weights, summary)", run.path,
+                 cfg.train.epochs)
     return run, ckpt
 
 
-def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:
-    """Run the one-cycle schedule (from the tracker's start epoch) and record how it ended."""
+def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, stop: SignalStop | None = None) -> dict:
+    """Run the one-cycle schedule (from the tracker's start epoch; all epochs done: none, the run is
+    only finished) and record how it ended. A stop signal after the last epoch leaves the run
+    `interrupted` with its final checkpoint: `--resume` then finishes it without training."""
     t = cfg.train
     tracker.write_summary("running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
         learn.fit_one_cycle(t.epochs, lr_max=t.lr, wd=t.wd, start_epoch=tracker.start_epoch)
-    except BaseException as e:
-        tracker.write_summary("failed", message=f"{type(e).__name__}: {e}")
+        status, message = learn.stop_reason or ("finished", "")
+        extra = {}
+        if status == "finished":
+            extra["temperature"] = temperatures(learn, tracker.ema, stop)
+            if stop is not None and stop.caught:
+                status, message, extra = "interrupted", f"{stop.caught} after the last epoch, while finishing", {}
+        return tracker.finish(status, message, **extra)
+    except BaseException as e:  # (a second Ctrl-C, whose handler is Python's again, is an interruption too)
+        tracker.write_summary("interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                              message=f"{type(e).__name__}: {e}")
         raise
-    status, message = learn.stop_reason or ("finished", "")
-    extra = {"temperature": temperatures(learn, tracker.ema)} if status == "finished" else {}
-    return tracker.finish(status, message, **extra)
 
 
-def temperatures(learn: Learner, ema: EMACallback | None) -> dict[str, float]:
+def temperatures(learn: Learner, ema: EMACallback | None, stop: SignalStop | None = None) -> dict[str, float]:
     """Per weights set (raw, EMA), the temperature that calibrates its sum confidence on the valid
-    split; predictions divide the network's logits by it (evaluate, predict, export)."""
+    split; predictions divide the network's logits by it (evaluate, predict, export). Stops early
+    (fewer sets) once a stop signal was caught."""
     modules = {"raw": unwrap_model(learn.model), **({"ema": ema.model_ema.module} if ema else {})}
     device = learn.dls.device or torch.device("cpu")
     out = {}
     for name, module in modules.items():
+        if stop is not None and stop.caught:
+            break
         # reorder=False: fastai would argsort our loader's (source, epoch, j) keys; the valid loader is unshuffled
         lrn = scorer(learn.dls, module, learn.loss_func, precision_callbacks(learn.precision, device))
         preds, targs = lrn.get_preds(dl=learn.dls.valid, reorder=False)
@@ -219,13 +246,13 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     loss plateau for its first few hundred steps at any learning rate, so a finder started from
     random weights draws a flat line until it explodes; from warmed-up weights it shows where the
     loss falls fastest. fastai's finder restores the weights it started from afterwards."""
+    out = check_output(out)  # the plot and its curve beside it, checked before any work
+    check_output(out.with_suffix(".csv"))
     from fastai.callback.schedule import minimum, slide, steep, valley
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     learn = prepare(cfg, device, runs_dir).learner(quiet)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if warmup:
         warm_up(learn, warmup, cfg.train.lr / 10)
     with tempfile.TemporaryDirectory() as tmp:  # fastai's finder saves and restores the weights under learn.path
@@ -235,7 +262,8 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     lrs, losses = learn.recorder.lrs, [float(v) for v in learn.recorder.losses]
     short = [f"{k}: the curve is too short for this rule (raise --num-it)" for k, v in res._asdict().items()
              if math.isnan(v)]
-    plt.gcf().savefig(out, dpi=110, bbox_inches="tight")
+    with atomic_path(out) as tmp:
+        plt.gcf().savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close("all")
     curve = "lr,smoothed_loss\n" + "".join(f"{lr:.6e},{loss:.6f}\n" for lr, loss in zip(lrs, losses))
     atomic_write(out.with_suffix(".csv"), curve)

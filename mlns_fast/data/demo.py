@@ -91,13 +91,15 @@ def demo_split(split: str, size: tuple[int, int] | None = None, with_digits: boo
 
 
 def export_demo(out: str | Path) -> list[Path]:
-    """Copy the demo's course-format npy pairs (data0..2 / lab0..2) into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Copy the demo's course-format npy pairs (data0..2 / lab0..2) into `out` (checked first)."""
+    from ..files import atomic_path
+    from ..outputs import check_output
+    out = check_output(out, folder=True)
+    names = [f"{stem}{k}.npy" for k in range(3) for stem in ("data", "lab")]
+    for name in names:
+        check_output(out / name, example="data0.npy")
     root = demo_dir()
-    written = []
-    for k in range(3):
-        for stem in ("data", "lab"):
-            shutil.copyfile(root / f"{stem}{k}.npy", out / f"{stem}{k}.npy")
-            written.append(out / f"{stem}{k}.npy")
-    return written
+    for name in names:
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(root / name, tmp)
+    return [out / name for name in names]

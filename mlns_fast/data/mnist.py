@@ -11,7 +11,6 @@ Sizes: experiments/bank_split.py measures what a smaller synthetic bank costs (R
 """
 from __future__ import annotations
 
-import gzip
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,13 +79,9 @@ def load_bank(path: str = "", pool: str = "synth") -> Bank:
 
 
 def _read_mnist_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "x_train" not in z.files or "y_train" not in z.files:
-                raise DataError(f"{p}: expected arrays x_train, y_train (keras mnist.npz layout)")
-            return z["x_train"], z["y_train"]
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p}: unreadable mnist.npz ({e})") from None
+    from .arrays import load_npz
+    z = load_npz(p, ("x_train", "y_train"), hint=" (keras mnist.npz layout expected)")
+    return z["x_train"], z["y_train"]
 
 
 def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -100,19 +95,34 @@ def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _idx_array(p: Path) -> np.ndarray:
-    """An IDX file through torchvision's own MNIST reader (gzip is unpacked into a temp file first)."""
+    """An IDX file through torchvision's own MNIST reader (gzip is unpacked into a temp file first,
+    bounded: `arrays.inflate`); its header's dimensions are checked against its size first."""
     import tempfile
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+    from .arrays import MAX_INFLATED_BYTES, inflate
+    if p.stat().st_size > MAX_INFLATED_BYTES:
+        raise DataError(f"{p}: {p.stat().st_size:,} bytes, over the limit of {MAX_INFLATED_BYTES:,} for a bank file")
+    raw = inflate(p) if p.suffix == ".gz" else p.read_bytes()
+    _check_idx_header(raw, p)
     try:
-        if p.suffix == ".gz":
-            with gzip.open(p, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
-                tmp.write(src.read())
-                tmp.flush()
-                x = read_sn3_pascalvincent_tensor(tmp.name, strict=False)
-        else:
-            x = read_sn3_pascalvincent_tensor(str(p), strict=False)
+        with tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+            tmp.write(raw)
+            tmp.flush()
+            x = read_sn3_pascalvincent_tensor(tmp.name, strict=False)
     except (OSError, EOFError, KeyError, ValueError, RuntimeError, IndexError) as e:
         raise DataError(f"{p}: not a readable IDX file ({type(e).__name__})") from None
     if x.dtype != torch.uint8 or x.ndim not in (1, 3):
         raise DataError(f"{p}: not an unsigned-byte IDX file of images or labels")
     return x.numpy()
+
+
+def _check_idx_header(raw: bytes, p: Path) -> None:
+    """An unsigned-byte IDX header (0, 0, 0x08, ndim, then ndim big-endian uint32 sizes) whose sizes
+    fit the bytes that follow: torchvision's reader would trust them."""
+    import math
+    ndim = raw[3] if len(raw) >= 4 and raw[:3] == b"\x00\x00\x08" else 0
+    if ndim not in (1, 3) or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{p}: not an unsigned-byte IDX file of images or labels")
+    dims = [int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim)]
+    if math.prod(dims) != len(raw) - 4 - 4 * ndim:
+        raise DataError(f"{p}: IDX header says {dims} but {len(raw) - 4 - 4 * ndim:,} bytes follow")

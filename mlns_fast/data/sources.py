@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import zipfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import N_CLASSES, N_DIGITS, N_SUMS
 from ..errors import DataError
+from . import arrays
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +58,23 @@ def concat(parts: list[Samples]) -> Samples:
                    digits, "+".join(p.source for p in parts))
 
 
-def _load_array(path: Path) -> np.ndarray:
+def _load_array(path: Path, npz: tuple[tuple[str, ...], tuple[str, ...]] | None = None):
+    """An .npy array, or with `npz=(required, optional)` the named arrays of an .npz; sizes are
+    checked before anything is read (`arrays`)."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a numpy file")
     with open(path, "rb") as f:
         magic = f.read(6)
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
-        raise DataError(f"{path}: unreadable numpy file (not in .npy / .npz format)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise DataError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
-        raise DataError(f"{path}: unreadable numpy file ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: unreadable numpy file ({e})") from None
+    if magic.startswith(b"PK") and npz is not None:
+        return arrays.load_npz(path, *npz)
+    if magic != b"\x93NUMPY":
+        kind = ".npz" if npz is not None else ".npy"
+        raise DataError(f"{path}: unreadable numpy file (not in {kind} format)")
+    if npz is not None:
+        raise DataError(f"{path}: an .npy file where an .npz (images, labels) is expected")
+    return arrays.load_npy(path)
 
 
 def to_uint8_images(arr: np.ndarray, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -165,15 +166,8 @@ def load_npy_pair(images: str | Path, labels: str | Path, size: tuple[int, int] 
 def load_npz(path: str | Path, size: tuple[int, int] | None = None) -> Samples:
     """An .npz with `images`, `labels` and optional `digits` (N x 4)."""
     path = Path(path)
-    with _load_array(path) as z:
-        missing = {"images", "labels"} - set(z.files)
-        if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(z.files) or 'none'})")
-        try:
-            raw_images, labels = z["images"], z["labels"]
-            raw_digits = z["digits"] if "digits" in z.files else None
-        except ValueError:
-            raise DataError(f"{path}: holds pickled objects; only plain numeric arrays are accepted") from None
+    z = _load_array(path, (("images", "labels"), ("digits",)))
+    raw_images, labels, raw_digits = z["images"], z["labels"], z.get("digits")
     imgs = to_uint8_images(raw_images, str(path), size)
     sums = check_labels(labels, str(path), len(imgs))
     digits = None if raw_digits is None else check_digits(raw_digits, sums, str(path))
@@ -187,17 +181,21 @@ def load_folder(path: str | Path, size: tuple[int, int] | None = None) -> Sample
     path = Path(path)
     table = path / "labels.csv"
     rows = _read_table(table, path)
-    images, sums, digits, seen = [], [], [], {}
-    for i, row in enumerate(rows, 1):
+    images, sums, digits, seen, pixels = [], [], [], {}, 0
+    for i, row in rows:
         where = f"{table} row {i}"
         file = _inside(path, row[0].strip(), where)
         if file in seen:  # a duplicate could land in both train and valid
             raise DataError(f"{where}: {row[0].strip()} is listed again (first at row {seen[file]})")
         seen[file] = i
-        images.append(_read_image(file, where))
-        nums = [_whole(c, where) for c in row[1:] if c.strip()]
+        cells = [c for c in row[1:] if c.strip()]
+        nums = [_whole(c, where, MAX_SUM if k == 0 else N_CLASSES - 1) for k, c in enumerate(cells)]
         if len(nums) not in (1, 1 + N_DIGITS):
             raise DataError(f"{where}: expected sum or sum,d1,d2,d3,d4; got {len(nums)} numbers")
+        images.append(_read_image(file, where))  # each one checked before decoding; the total as it grows
+        pixels += images[-1].size
+        if pixels > arrays.MAX_ARRAY_BYTES:
+            raise DataError(f"{path}: images of over {arrays.MAX_ARRAY_BYTES:,} pixels in all; split the folder")
         sums.append(nums[0])
         digits.append(nums[1:])
     shapes = sorted({im.shape for im in images})
@@ -213,23 +211,49 @@ def load_folder(path: str | Path, size: tuple[int, int] | None = None) -> Sample
     return Samples(imgs, sums_a, dig, str(path))
 
 
-def _read_table(table: Path, folder: Path) -> list[list[str]]:
-    """labels.csv's rows (UTF-8, a BOM allowed), the header dropped; every row `file,number...`."""
+MAX_TABLE_BYTES = 64 << 20  # labels.csv (a million rows is ~30 MB)
+
+
+def _read_table(table: Path, folder: Path) -> list[tuple[int, list[str]]]:
+    """labels.csv's (row number, cells) pairs (UTF-8, a BOM allowed), blank lines and the header
+    skipped; every row `file,number...`. The first row is a header only if its label cell is not a
+    number at all (`sum`, `label`): `+10`, `1e1`, `nan` or `1e400` are data, parsed or refused by name."""
     if not table.is_file():
         raise DataError(f"{folder}: folder has no labels.csv (expected filename,sum[,d1,d2,d3,d4])")
+    if table.stat().st_size > MAX_TABLE_BYTES:
+        raise DataError(f"{table}: {table.stat().st_size:,} bytes, over the limit of {MAX_TABLE_BYTES:,}")
     try:
         text = table.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{table}: not UTF-8 text") from None
-    rows = [r for r in csv.reader(text.splitlines()) if r and r[0].strip()]
-    for i, r in enumerate(rows, 1):
+    lines = text.splitlines()
+    reader = csv.reader(lines)
+    rows = []
+    try:
+        for r in reader:
+            if any(c.strip() for c in r):
+                rows.append((reader.line_num, r))
+    except csv.Error as e:  # e.g. a field over csv's limit of 131,072 characters
+        raise DataError(f"{table} row {reader.line_num}: unreadable CSV ({e})") from None
+    for i, r in rows:
         if len(r) < 2:
             raise DataError(f"{table} row {i}: expected filename,sum[,d1,d2,d3,d4]; got {','.join(r)[:60]!r}")
-    if rows and not rows[0][1].strip().lstrip("-").replace(".", "", 1).isdigit():
+        if any("\x00" in c for c in r):
+            raise DataError(f"{table} row {i}: holds a NUL byte")
+    label = rows[0][1][1].strip() if rows else ""
+    if label and not _is_number(label) and label.isprintable():
         rows = rows[1:]  # header
     if not rows:
         raise DataError(f"{table}: no rows")
     return rows
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _inside(folder: Path, name: str, where: str) -> Path:
@@ -242,21 +266,30 @@ def _inside(folder: Path, name: str, where: str) -> Path:
     return p
 
 
-def _whole(cell: str, where: str) -> int:
-    """A label cell as an integer: `3` or `3.0`, never a truncated `3.7`."""
+def _whole(cell: str, where: str, hi: int) -> int:
+    """A label cell as an integer in 0..hi: `3`, `+3`, `3.0` or `3e0`, never a truncated `3.7`, nor
+    `nan`, `inf` or `1e400`; a refusal names the cell."""
+    shown = cell.strip()[:40]
     try:
         v = float(cell)
     except ValueError:
-        raise DataError(f"{where}: labels must be integers, got {cell.strip()!r}") from None
+        raise DataError(f"{where}: labels must be integers, got {shown!r}") from None
+    if not math.isfinite(v):  # `1e400` or 5,000 digits are out of range; `nan`, `inf` are not numbers here
+        words = any(c.isalpha() and c not in "eE" for c in cell)
+        raise DataError(f"{where}: labels must be " + ("finite numbers" if words else f"in 0..{hi}") + f", got {shown!r}")
     if not v.is_integer():
-        raise DataError(f"{where}: labels must be whole numbers, got {cell.strip()!r}")
+        raise DataError(f"{where}: labels must be whole numbers, got {shown!r}")
+    if not 0 <= v <= hi:
+        raise DataError(f"{where}: labels must be in 0..{hi}, got {shown!r}")
     return int(v)
 
 
 def _read_image(p: Path, where: str) -> np.ndarray:
-    """One image file as gray uint8; transparency is honoured (see `_flatten_alpha`)."""
+    """One image file as gray uint8; transparency is honoured (see `_flatten_alpha`). Its size is read
+    from its header and checked (`arrays.image_size`) before OpenCV decodes it."""
     if not p.is_file():
         raise DataError(f"{where}: image {p} not found")
+    arrays.image_size(p, where)
     im = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if im is None:
         raise DataError(f"{where}: {p.name} is not a readable image")
@@ -328,11 +361,10 @@ def save_npz(samples: Samples, path: str | Path) -> Path:
     import io
     from ..files import atomic_write
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": samples.images, "labels": samples.sums}
+    named = {"images": samples.images, "labels": samples.sums}
     if samples.digits is not None:
-        arrays["digits"] = samples.digits
+        named["digits"] = samples.digits
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write(path, buf.getvalue())
+    np.savez_compressed(buf, **named)
+    atomic_write(path, buf.getvalue())  # (creates the folder; a refused write is one OutputError)
     return path
