@@ -249,3 +249,13 @@ def test_silently_wrong_arrays_are_refused(tmp_path, images, labels, msg):
     x, y = _pair(tmp_path, images, labels)
     with pytest.raises(DataError, match=msg):
         load_npy_pair(x, y)
+
+
+def test_a_folder_of_mixed_image_sizes_is_resized_with_a_note(tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 168), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((80, 336), 200, np.uint8))
+    (tmp_path / "labels.csv").write_text("a.png,3\nb.png,4\n")
+    with caplog.at_level(logging.INFO, logger="mlns_fast"):
+        s = load_folder(tmp_path)
+    assert s.images.shape == (2, 40, 168)
+    assert any("resizing 2 images of 2 different sizes to 40x168" in m for m in caplog.messages)
