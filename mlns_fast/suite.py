@@ -5,6 +5,7 @@ skipped, so a suite can be re-run after an interruption and only does what is mi
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .comparison import format_rows, run_row
