@@ -14,6 +14,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.distributed import DistributedTrainer
 from fastai.callback.progress import ProgressCallback
+from fastai.imports import noop  # the one fastai's no_logging sets (fastcore has its own)
 from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
 from fastai.torch_core import find_bs, to_detach
 from fastcore.foundation import L
@@ -112,6 +113,29 @@ class EMACallback(Callback):
 
     def acc_ema(self):
         return self.acc
+
+
+class EpochTable(Callback):
+    """fastai's epoch table without progress bars (`--progress table`): the bars redraw with carriage
+    returns, which fill a log file. Hand-written: fastprogress's console master bar, which prints the
+    table, writes a bar character as soon as it is created. Same columns and layout as fastai's."""
+    order = ProgressCallback.order
+
+    def before_fit(self):
+        self.old_logger, self.widths = self.learn.logger, None
+        if self.old_logger is noop:  # fastai's no_logging (lr_find's sweep), as ProgressCallback honours it
+            return
+        self.learn.logger = self._write
+        self._write(self.recorder.metric_names)
+
+    def _write(self, log):
+        cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in log]
+        if self.widths is None:  # the header: names padded to 8, as fastprogress does
+            self.widths = [max(8, len(c)) for c in cells]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, self.widths)).rstrip(), flush=True)
+
+    def after_fit(self):
+        self.learn.logger = self.old_logger
 
 
 class EpochPlan(Callback):
@@ -315,6 +339,7 @@ class RunTracker(CompletedEpochs):
         self.folder, self.cfg, self.info, self.ckpt, self.ema = run, cfg, info, ckpt, ema
         self.start_epoch = ckpt["epoch"] + 1 if ckpt else 0
         self.rows = [r for r in run.metrics() if r["epoch"] < self.start_epoch]
+        self.steps = [r for r in run.steps() if r["epoch"] < self.start_epoch]
 
     def before_fit(self):
         if self.ckpt is not None:
@@ -349,13 +374,21 @@ class RunTracker(CompletedEpochs):
         super().before_epoch()
         self.t0 = time.perf_counter()
 
+    def after_batch(self):
+        if self.training:  # tensors kept as they are: a .item() per step would wait for the GPU
+            self.steps.append({"step": self.epoch * self.n_iter + self.iter + 1, "epoch": self.epoch,
+                               "loss": self.learn.loss.detach(), "smooth_loss": self.learn.smooth_loss.detach(),
+                               "lr": self.opt.hypers[-1]["lr"]})
+
     def after_epoch(self):
         vals = self.completed_metrics()
+        self.steps = [{k: _clean(v) for k, v in r.items()} for r in self.steps]
         if vals is None:
             return
         vals.update(epoch=self.epoch, lr=self.opt.hypers[-1]["lr"], seconds=round(time.perf_counter() - self.t0, 3))
         self.rows.append({c: _clean(vals.get(c)) for c in METRIC_COLUMNS})
         self.folder.write_metrics(self.rows)
+        self.folder.write_steps(self.steps)
         self.folder.save_checkpoint(self._state())
         self.write_summary("running")
 

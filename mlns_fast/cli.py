@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional, get_type_hints
 
 import typer
+from rich.markup import escape as _esc  # help texts are rich markup: `[defaults]` would vanish unescaped
 
 try:  # typer >= 0.22 vendors click as typer._click; older typer uses click itself
     from typer._click import exceptions as click_exceptions
@@ -24,9 +25,11 @@ from .errors import ConfigError, MlnsError, one_line
 from .logs import configure_logging
 from .runs import DEFAULT_RUNS_DIR
 
+# rich_markup_mode=None: help texts are plain text, so `[defaults]` or `[[run]]` are shown, not eaten as markup
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fastai + timm rapid experiments for four-digit handwritten sums (40x168, label 0..36).")
-data_app = typer.Typer(no_args_is_help=True, help="Demo data, pre-rendered synthetic sets, preview grids.")
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Demo data, pre-rendered synthetic sets, preview grids.")
 app.add_typer(data_app, name="data")
 
 RUNS_DIR = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="folder of run folders")
@@ -37,9 +40,26 @@ GLYPHS_HELP = next(f for f in fields(RenderConfig) if f.name == "glyphs").metada
 TTA = typer.Option(False, "--tta", help="test-time augmentation: mean of 5 copies shifted by 2 px (5x the compute)")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            typer.echo(f"mlns-fast {version('mlns-fast')}")
+        except PackageNotFoundError:  # a source tree that was never installed
+            typer.echo("mlns-fast (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                           help="print the version and exit")):
+    """fastai + timm rapid experiments for four-digit handwritten sums (40x168, label 0..36)."""
+
+
 def _which(weights_from: str, raw: bool) -> str:
     return "raw" if raw else weights_from
 EXIT_INTERRUPTED, EXIT_DIVERGED = 130, 3
+WIDE = 5000  # `compare --wide`: every column at its natural width (the lines are not padded)
 
 
 def _config_parameters() -> list[inspect.Parameter]:
@@ -52,9 +72,20 @@ def _config_parameters() -> list[inspect.Parameter]:
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         annotation = Optional[List[str]] if typ is tuple else Optional[typ]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                        default=typer.Option(None, *decls, help=f.metadata["help"],
+                                        default=typer.Option(None, *decls, help=_esc(f.metadata["help"]),
+                                                             show_default=_shown_default(f.default, flag),
                                                              rich_help_panel=f"{section} options")))
     return params
+
+
+def _shown_default(value, flag: str) -> str | bool:
+    """The config field's default as `--help` shows it: the flags default to None (not given, so a
+    config file can set the value), and the value that applies then is the dataclass field's."""
+    if value in ((), ""):
+        return False  # the help text says what an empty value means (demo data, no file)
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return str(value)
 
 
 def config_options(func):
@@ -82,12 +113,17 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
           name: Optional[str] = typer.Option(None, "--name", help="run name (folder suffix)"),
           resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run (path, name or latest)"),
           runs_dir: str = RUNS_DIR,
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or epoch table"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or epoch table (= --progress none)"),
+          progress: Optional[str] = typer.Option(None, "--progress", show_default="bar on a terminal, else table",
+                                                 help="bar (fastai's bars and epoch table) | table (the epoch table "
+                                                      "only) | none"),
           print_config: bool = typer.Option(False, "--print-config",
                                             help="print the resolved config as TOML and exit (nothing is trained)"),
           **flags):
     """Train a model (default: the recommended recipe on the embedded demo data)."""
-    from .training import train as run_train
+    from .training import PROGRESS, train as run_train
+    if progress is not None and progress not in PROGRESS:
+        raise ConfigError(f"--progress must be one of {', '.join(PROGRESS)}; got {progress!r}")
     if resume and (config or name or any(v not in (None, []) for v in flags.values())):
         raise ConfigError("--resume takes the run's own config; drop the other options")
     cfg = None if resume else _resolve(config, name, flags)
@@ -96,7 +132,7 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
         from .runs import resolve_run
         typer.echo(write_toml(resolve_run(resume, runs_dir).config() if resume else cfg).rstrip("\n"))
         return
-    summary = run_train(cfg, runs_dir, quiet=quiet, resume=resume)
+    summary = run_train(cfg, runs_dir, quiet=quiet, resume=resume, progress=progress)
     if int(os.environ.get("RANK", 0)) > 0:
         return  # in a distributed launch, rank 0 reports
     run_path = Path(runs_dir) / summary["run"]
@@ -115,7 +151,8 @@ def train(config: Optional[Path] = typer.Option(None, "--config", help="TOML exp
 @app.command("lr-find")
 @config_options
 def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML experiment file"),
-            out: Path = typer.Option(Path("experiments/figures/lr_find.png"), "--out", help="plot PNG"),
+            out: Optional[Path] = typer.Option(None, "--out", show_default="RUNS_DIR/lr_find.png",
+                                               help="plot PNG (the curve goes beside it as .csv)"),
             num_it: int = typer.Option(100, "--num-it", help="mini-batches to try"),
             warmup: int = typer.Option(0, "--warmup", help="optimizer steps at lr/10 before the sweep (this task's "
                                                            "loss sits on a plateau at first: try 200)"),
@@ -128,6 +165,7 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
         raise ConfigError(f"--num-it must be >= 20 (fastai's suggestions skip the first and last points), got {num_it}")
     if not 0 <= warmup <= 100_000:
         raise ConfigError(f"--warmup must be in [0, 100000], got {warmup}")
+    out = out or Path(runs_dir) / "lr_find.png"  # never into the repository's tracked figures
     res = run_lr_find(_resolve(config, None, flags), _png_out(out), quiet=quiet, num_it=num_it, runs_dir=runs_dir,
                       warmup=warmup)
     warnings = res.pop("warnings")
@@ -138,18 +176,20 @@ def lr_find(config: Optional[Path] = typer.Option(None, "--config", help="TOML e
     typer.echo(f"plot: {out}")
 
 
-def _eval_samples(images, labels, npz, folder, layout, size: tuple[int, int]):
-    """The labelled images an evaluation reads, at the run's input `size` (None: the demo test split)."""
-    from .data.sources import load_npy_pair, load_source
-    chosen = [x for x in (images or labels, npz, folder, layout) if x]
+def _eval_samples(real, images, labels, npz, folder, layout, size: tuple[int, int]):
+    """The labelled images evaluate reads at the run's input `size`: `--real` (the formats train takes;
+    repeatable, concatenated), its older spellings --images/--labels, --npz, --dir, or a rendered
+    --layout; None: the demo test split."""
+    from .data.sources import load_npy_pair, load_sources
+    chosen = [x for x in (real, images or labels, npz, folder, layout) if x]
     if len(chosen) > 1:
-        raise ConfigError("give one of --images/--labels, --npz, --dir, --layout")
+        raise ConfigError("give one of --real, --images/--labels, --npz, --dir, --layout")
     if images or labels:
         if not (images and labels):
-            raise ConfigError("--images and --labels go together")
+            raise ConfigError("--images and --labels go together (or --real IMAGES.npy:LABELS.npy)")
         return load_npy_pair(images, labels, size)
-    if npz or folder:
-        return load_source(str(npz or folder), size)
+    if real or npz or folder:
+        return load_sources(real or [str(npz or folder)], size)
     if layout:
         from .evaluation import rendered_test_set
         return rendered_test_set(layout, size)
@@ -158,10 +198,13 @@ def _eval_samples(images, labels, npz, folder, layout, size: tuple[int, int]):
 
 @app.command()
 def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
-             images: Optional[Path] = typer.Option(None, "--images", help="IMAGES.npy (with --labels)"),
+             real: Optional[List[str]] = typer.Option(None, "--real", help="labelled test images: IMAGES.npy:LABELS.npy, "
+                                                      "FILE.npz or DIR (as train's --real; repeatable); default: "
+                                                      "the demo test split"),
+             images: Optional[Path] = typer.Option(None, "--images", help="IMAGES.npy (with --labels; = --real IMAGES.npy:LABELS.npy)"),
              labels: Optional[Path] = typer.Option(None, "--labels", help="LABELS.npy"),
-             npz: Optional[Path] = typer.Option(None, "--npz", help=".npz with images, labels[, digits]"),
-             folder: Optional[Path] = typer.Option(None, "--dir", help="folder of images + labels.csv"),
+             npz: Optional[Path] = typer.Option(None, "--npz", help=_esc(".npz with images, labels[, digits] (= --real FILE.npz)")),
+             folder: Optional[Path] = typer.Option(None, "--dir", help="folder of images + labels.csv (= --real DIR)"),
              layout: Optional[str] = typer.Option(None, "--layout", help="render a test set from reserved digits with this layout (course, tight, train)"),
              weights_from: str = WEIGHTS_FROM,
              raw: bool = RAW,
@@ -172,29 +215,32 @@ def evaluate(run: str = typer.Argument(..., help="run folder, name, or latest"),
     from .evaluation import evaluate as run_evaluate
     from .runs import resolve_run
     r = resolve_run(run, runs_dir)
-    res = run_evaluate(r, _eval_samples(images, labels, npz, folder, layout, r.config().size), _which(weights_from, raw),
-                       tta)
+    res = run_evaluate(r, _eval_samples(real, images, labels, npz, folder, layout, r.config().size),
+                       _which(weights_from, raw), tta)
     if as_json:
         typer.echo(json.dumps(res))
         return
     typer.echo(f"{res['run']} on {res['data']} ({res['weights']} weights{', TTA' if tta else ''}, n={res['n']}): "
                f"sum accuracy {res['sum_accuracy']:.4f}"
-               + (f", digit accuracy {res['digit_accuracy']:.4f}" if "digit_accuracy" in res else ""))
+               + (f", digit accuracy {res['digit_accuracy']:.4f}" if "digit_accuracy" in res else "")
+               + f"; ECE {res['ece']:.4f} at temperature {res['temperature']:.3g}")
     for f in res["files"]:
         typer.echo(f"  {f}")
 
 
 @app.command()
 def robustness(run: str = typer.Argument(..., help="run folder, name, or latest"),
-               sets: Optional[List[str]] = typer.Option(None, "--set", help="only these sets (repeatable); default: all"),
+               sets: Optional[List[str]] = typer.Option(None, "--set", help="only these sets (repeatable), added to "
+                                                          "the run's earlier battery results; default: all"),
                weights_from: str = WEIGHTS_FROM,
+               raw: bool = RAW,
                tta: bool = TTA,
                as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
                runs_dir: str = RUNS_DIR):
     """Score a run on the robustness battery: layout, style and writer shifts, all from unseen handwriting."""
     from .robustness import render_table, robustness as run_robustness
     from .runs import resolve_run
-    res = run_robustness(resolve_run(run, runs_dir), weights_from, list(sets or []), tta)
+    res = run_robustness(resolve_run(run, runs_dir), _which(weights_from, raw), list(sets or []), tta)
     if as_json:
         typer.echo(json.dumps(res))
         return
@@ -232,25 +278,36 @@ def predict(run: str = typer.Argument(..., help="run folder, name, or latest"),
 def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to sort by (numbers: high first)"),
             top: Optional[int] = typer.Option(None, "--top", help="show only the first N rows"),
             filter: Optional[List[str]] = typer.Option(None, "--filter", help="COLUMN=VALUE (repeatable, all must hold)"),
+            columns: Optional[str] = typer.Option(None, "--columns", help="these columns, comma-separated (any summary "
+                                                  "figure or config field: lr,bs,wd,mix,seed,real,test_acc,rob_mean...)"),
+            group_by: Optional[str] = typer.Option(None, "--group-by", help="FIELD[,FIELD]: mean +- std and n of the "
+                                                   "finished runs per group; auto = every differing setting but seed"),
             only_changed: bool = typer.Option(False, "--only-changed", help="hide columns equal in every row"),
             wide: bool = typer.Option(False, "--wide", help="every column (default table: those that matter or differ)"),
             fmt: str = typer.Option("table", "--format", help="table | md | csv | json"),
             plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the selected runs' accuracy curves"),
-            runs_dir: str = RUNS_DIR):
-    """Table of runs: arch, head, data, EMA, epochs, params, minutes, best/final accuracy raw and EMA, status."""
+            runs_dirs: List[str] = typer.Option([DEFAULT_RUNS_DIR], "--runs-dir",
+                                                help="folder of run folders (repeatable: all are listed)")):
+    """Table of runs: the settings that differ, validation, test and robustness accuracy, minutes, status."""
     from . import comparison as cmp
     if plot:
         _png_out(plot, "--plot")
-    rows = cmp.select_rows(runs_dir, sort=sort, top=top, filters=filter or [])
-    if only_changed:
-        cols = cmp.changed_columns(rows)
-    elif fmt == "table" and not wide:
+    rows = cmp.select_rows(runs_dirs, sort=sort, top=top, filters=filter or [])
+    if group_by:
+        by = None if group_by == "auto" else cmp.parse_columns(group_by, rows, "--group-by")
+        groups, keys, figures = cmp.group_rows(rows, by)
+        typer.echo(cmp.format_groups(groups, keys, figures, fmt, width=WIDE if wide else None).rstrip("\n"))
+        return
+    cols = cmp.parse_columns(columns, rows)
+    if cols is None and only_changed:
+        cols = cmp.changed_columns(rows, cmp.wide_columns())
+    elif cols is None and fmt == "table" and not wide:
         cols = cmp.default_columns(rows)
-    else:
-        cols = None
-    typer.echo(cmp.format_rows(rows, fmt, cols, width=400 if wide else None).rstrip("\n"))
+    elif cols is None and fmt in ("table", "md"):
+        cols = cmp.wide_columns()
+    typer.echo(cmp.format_rows(rows, fmt, cols, width=WIDE if wide else None).rstrip("\n"))
     if plot:
-        typer.echo(f"plot: {cmp.plot(rows, runs_dir, plot)}", err=fmt in ("json", "csv"))
+        typer.echo(f"plot: {cmp.plot(rows, None, plot)}", err=fmt in ("json", "csv"))
 
 
 @app.command()
@@ -267,29 +324,35 @@ def export(run: str = typer.Argument(..., help="run folder, name, or latest"),
 
 
 @app.command()
-def suite(file: Path = typer.Argument(..., help="suite TOML: [[run]] tables of overrides"),
+def suite(file: Path = typer.Argument(..., help=_esc("suite TOML: [defaults] and [[run]] tables of overrides")),
           runs_dir: str = RUNS_DIR,
           dry_run: bool = typer.Option(False, "--dry-run", help="list what would run"),
-          quiet: bool = typer.Option(True, "--quiet/--progress", help="hide per-batch progress")):
+          progress: str = typer.Option("none", "--progress", help="each run's output, as train's --progress: "
+                                                                    "bar | table | none")):
     """Run every experiment of a suite file (skipping finished identical ones), then print the comparison."""
     from .suite import run_suite
-    run_suite(file, runs_dir, dry_run=dry_run, quiet=quiet, echo=typer.echo)
+    from .training import PROGRESS
+    if progress not in PROGRESS:
+        raise ConfigError(f"--progress must be one of {', '.join(PROGRESS)}; got {progress!r}")
+    run_suite(file, runs_dir, dry_run=dry_run, quiet=progress == "none", echo=typer.echo, progress=progress)
 
 
 @app.command()
 def report(suites: List[Path] = typer.Argument(..., help="suite TOML files, one section each"),
-           out: Path = typer.Option(Path("experiments/RESULTS.md"), "--out", help="markdown file to write"),
+           out: Optional[Path] = typer.Option(None, "--out", show_default="RUNS_DIR/report/RESULTS.md",
+                                              help="markdown file to write (its figures go to figures/ beside it)"),
            intro: Optional[Path] = typer.Option(None, "--intro", help="markdown placed before the tables"),
            runs_dir: str = RUNS_DIR):
     """Write a results report: per suite, the comparison table of its finished runs and their curves."""
     from .report import write_report
     if intro and not intro.is_file():
         raise ConfigError(f"{intro}: intro file not found")
+    out = out or Path(runs_dir) / "report" / "RESULTS.md"  # never over the repository's tracked RESULTS.md
     typer.echo(write_report(suites, runs_dir, out, intro.read_text() if intro else ""))
 
 
 @app.command()
-def sweep(file: Path = typer.Argument(..., help="sweep TOML: [defaults], [space], [study]"),
+def sweep(file: Path = typer.Argument(..., help=_esc("sweep TOML: [defaults], [space], [study]")),
           trials: int = typer.Option(20, "--trials", help="trials the study should hold; a rerun resumes up to it"),
           workers: int = typer.Option(1, "--workers", help="worker processes here, at most one per CPU core (the CPU threads are split between them)"),
           storage: Optional[str] = typer.Option(None, "--storage", help="journal file, or database URL (postgresql://, mysql://, sqlite:///); default: RUNS_DIR/sweeps/STUDY/journal.log"),
@@ -334,8 +397,11 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
 
 
 @data_app.command("preview")
-def data_preview(source: str = typer.Option("synthetic", "--source", help="synthetic | demo | PATH (npz, dir, IMAGES.npy:LABELS.npy)"),
-                 out: Path = typer.Option(Path("preview.png"), "--out", help="grid PNG"),
+def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
+                                           help="synthetic | demo | labelled images as --real takes them "
+                                                "(IMAGES.npy:LABELS.npy, FILE.npz or DIR)"),
+                 out: Optional[Path] = typer.Option(None, "--out", show_default="RUNS_DIR/preview.png", help="grid PNG"),
+                 runs_dir: str = RUNS_DIR,
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
                  glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
@@ -344,6 +410,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", help="synth
     from .data.preview import preview
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
+    out = out or Path(runs_dir) / "preview.png"  # never into the repository
     typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed))
 
 

@@ -177,11 +177,9 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
                    f"{run.name} on {samples.source}: {result['sum_accuracy']:.2%}")
     wrong = np.flatnonzero(~correct)
     worst = wrong[np.argsort(-pred["confidence"][wrong])][:16]
-    titles = [f"pred {pred['sum'][i]} ({pred['confidence'][i]:.0%})"
-              + (f" {''.join(map(str, pred['digits'][i]))}" if pred["digits"] is not None else "")
-              + f" | true {samples.sums[i]}" for i in worst]
     if len(worst):
-        image_grid(samples.images[worst], titles, out_dir / "mistakes.png", suptitle="most confident mistakes")
+        image_grid(samples.images[worst], mistake_titles(pred, samples, worst), out_dir / "mistakes.png",
+                   suptitle="most confident mistakes")
     result["files"] = [str(p) for p in sorted(out_dir.glob("*.png"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
@@ -195,6 +193,15 @@ def results_dir(run: RunDir, kind: str, name: str, what: str) -> Path:
     except OSError as e:
         raise RunError(f"{out_dir}: cannot write {what} files ({e.strerror})") from None
     return out_dir
+
+
+def mistake_titles(pred: dict, samples: Samples, idx) -> list[str]:
+    """`pred 17 (93%) 4733 | true 18 4743`: the predicted sum, its confidence and digit readout, then the
+    true sum and, where the data knows them, the true digits."""
+    def digits(d, i):
+        return f" {''.join(map(str, d[i]))}" if d is not None else ""
+    return [f"pred {pred['sum'][i]} ({pred['confidence'][i]:.0%}){digits(pred['digits'], i)}"
+            f" | true {samples.sums[i]}{digits(samples.digits, i)}" for i in idx]
 
 
 def _slug(s: str) -> str:

@@ -32,21 +32,49 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Validation accuracy raw vs EMA, and train vs valid loss, per epoch."""
+def plot_curves(rows: list[dict], path: str | Path, title: str = "", steps: list[dict] | None = None) -> Path:
+    """Validation accuracy raw vs EMA per epoch; the training loss per step (fastai's smoothed loss, the
+    raw batch losses faint) beside the valid loss per epoch, on one axis in epochs. Without `steps`
+    (runs from before steps.csv) the per-epoch train loss is drawn instead."""
+    fig, _ = curves_figure(rows, title, steps)
+    return _save(fig, path)
+
+
+def curves_figure(rows: list[dict], title: str = "", steps: list[dict] | None = None):
+    """The figure of `plot_curves` and its two axes (accuracy, loss)."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for key, label in (("acc", "raw weights"), ("acc_ema", "EMA weights")):
         a1.plot(*_series(rows, key), marker="o", label=label)
     a1.set(xlabel="epoch", ylabel="valid sum accuracy", title="accuracy: raw vs EMA")
-    for key, label in (("train_loss", "train"), ("valid_loss", "valid (raw)"), ("valid_loss_ema", "valid (EMA)")):
+    if steps:
+        x = _step_epochs(steps)
+        a2.plot(x, [r.get("loss") for r in steps], color="C0", alpha=0.2, linewidth=0.6)
+        a2.plot(x, [r.get("smooth_loss") for r in steps], color="C0", label="train (per step, smoothed)")
+    else:
+        a2.plot(*_series(rows, "train_loss"), marker="o", label="train")
+    for key, label in (("valid_loss", "valid (raw)"), ("valid_loss_ema", "valid (EMA)")):
         a2.plot(*_series(rows, key), marker="o", label=label)
     a2.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig, (a1, a2)
+
+
+def _step_epochs(steps: list[dict]) -> list[float]:
+    """Each step's place in epochs (epoch e's k-th of n steps at e + k/n), so a step's loss lines up
+    with the valid loss drawn at the end of its epoch."""
+    per_epoch: dict[int, int] = {}
+    for r in steps:
+        per_epoch[r["epoch"]] = per_epoch.get(r["epoch"], 0) + 1
+    seen: dict[int, int] = {}
+    out = []
+    for r in steps:
+        seen[r["epoch"]] = seen.get(r["epoch"], 0) + 1
+        out.append(r["epoch"] + seen[r["epoch"]] / per_epoch[r["epoch"]])
+    return out
 
 
 def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: int = 4, suptitle: str = "") -> Path:
@@ -66,17 +94,23 @@ def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: in
 
 
 def plot_confusion(true: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """37 x 37 confusion of sums, rows = true, normalised per row."""
+    """37 x 37 confusion of sums, rows = true, as counts on a log colour scale (see `confusion_figure`)."""
+    return _save(confusion_figure(true, pred, title), path)
+
+
+def confusion_figure(true: np.ndarray, pred: np.ndarray, title: str = ""):
+    """The confusion of sums as counts on a log colour scale (LogNorm): on a linear scale the diagonal
+    drowns every error; on a log one a single mistake shows. Empty cells stay blank."""
     plt = _plt()
+    from matplotlib.colors import LogNorm
     from .config import N_SUMS
     cm = np.zeros((N_SUMS, N_SUMS))
     np.add.at(cm, (true, pred), 1)
-    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1)
-    ax.set(xlabel="predicted sum", ylabel="true sum", title=title or "confusion (row-normalised)")
-    fig.colorbar(im, ax=ax)
-    return _save(fig, path)
+    im = ax.imshow(np.ma.masked_equal(cm, 0), cmap="viridis", norm=LogNorm(vmin=1, vmax=max(cm.max(), 2)))
+    ax.set(xlabel="predicted sum", ylabel="true sum", title=title or "confusion (counts, log scale)")
+    fig.colorbar(im, ax=ax, label="images (log scale)")
+    return fig
 
 
 def plot_runs(curves: dict[str, list[dict]], path: str | Path, key: str = "acc") -> Path:
@@ -109,16 +143,25 @@ def plot_size(rows: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+TARGET = 0.9  # the robustness chart's reference line: the accuracy a shifted set should keep
+
+
 def plot_robustness(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Sum and digit accuracy per robustness set, grouped by kind of shift, with a 90 % line."""
+    """Sum and digit accuracy per robustness set, grouped by kind of shift, with values on the bars and
+    a labelled target line (see `robustness_figure`)."""
+    return _save(robustness_figure(rows, title), path)
+
+
+def robustness_figure(rows: list[dict], title: str = ""):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(13, 4))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["sum_accuracy"] for r in rows], 0.4, label="sum accuracy")
-    ax.bar(x + 0.2, [r.get("digit_accuracy", np.nan) for r in rows], 0.4, label="digit accuracy")
-    ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
+    for dx, key, label in ((-0.2, "sum_accuracy", "sum accuracy"), (0.2, "digit_accuracy", "digit accuracy")):
+        bars = ax.bar(x + dx, [r.get(key, np.nan) for r in rows], 0.4, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)  # NaN bars (no digits known) get no label
+    ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET:.0%}")
     ax.set_xticks(x, [f"{r['set']}\n({r['group']})" for r in rows], fontsize=7)
-    ax.set(ylim=(0, 1), ylabel="accuracy", title=title or "robustness")
+    ax.set(ylim=(0, 1.08), ylabel="accuracy", title=title or "robustness")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return fig

@@ -68,6 +68,7 @@ BATTERY = [
     ShiftSet("fonts", "writer", replace(BASE, glyphs="fonts"), seed=2014),
 ]
 NAMES = [s.name for s in BATTERY] + ["demo-test"]
+GROUPS = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
 
 
 @lru_cache(maxsize=1)
@@ -127,22 +128,45 @@ def battery(names: list[str] | None = None) -> dict[str, Samples]:
 
 def robustness(run, which: str = "best", names: list[str] | None = None, tta: bool = False) -> dict:
     """Score a run on the battery: per set n, sum accuracy, digit accuracy, calibration error; written
-    to RUN/robustness/<weights>/result.json with a chart (robustness.png)."""
+    to RUN/robustness/<weights>/result.json with a chart (robustness.png). With `names`, only those
+    sets are scored and merged by set name into the results already there (the chart shows all)."""
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
-        raise ConfigError(f"--sets: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
+        raise ConfigError(f"--set: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
     weights = weights_set(run, which) + ("-tta" if tta else "")
     out_dir = results_dir(run, "robustness", weights, "robustness")
     cfg, model = load_trained(run, which, tta)
-    groups = {s.name: s.group for s in BATTERY} | {"demo-test": "demo"}
-    rows = [{"set": name, "group": groups[name], **score(model, samples.at_size(cfg.size))[0]}
+    rows = [{"set": name, "group": GROUPS[name], **score(model, samples.at_size(cfg.size))[0]}
             for name, samples in battery(names).items()]
+    if names:
+        rows = merge_sets(earlier_sets(out_dir / "result.json"), rows)
     result = {"run": run.name, "weights": weights, "sets": rows,
               "worst": min(rows, key=lambda r: r["sum_accuracy"])["set"]}
     from .plots import plot_robustness
     result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def earlier_sets(path) -> list[dict]:
+    """The per-set rows of an earlier result.json, read as user input: rows that are not a known set
+    with a numeric sum accuracy are dropped, and an unreadable file counts as none (with a note)."""
+    try:
+        sets = json.loads(path.read_text()).get("sets")
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError, RecursionError):
+        log.info("%s: unreadable; writing the new sets alone", path)
+        return []
+    ok = lambda r: (isinstance(r, dict) and r.get("set") in NAMES and isinstance(r.get("sum_accuracy"), (int, float))
+                    and not isinstance(r.get("sum_accuracy"), bool))
+    return [{**r, "group": GROUPS[r["set"]]} for r in sets if ok(r)] if isinstance(sets, list) else []
+
+
+def merge_sets(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows by set name, the new ones replacing the old, in the battery's order."""
+    by_name = {r["set"]: r for r in old} | {r["set"]: r for r in new}
+    return [by_name[n] for n in NAMES if n in by_name]
 
 
 def render_table(result: dict) -> str:
@@ -154,8 +178,8 @@ def render_table(result: dict) -> str:
     for c in ("set", "group", "n", "sum acc", "digit acc", "ECE"):
         t.add_column(c, justify="left" if c in ("set", "group") else "right")
     for r in result["sets"]:
-        t.add_row(r["set"], r["group"], str(r["n"]), f"{r['sum_accuracy']:.4f}",
-                  f"{r['digit_accuracy']:.4f}" if "digit_accuracy" in r else "-", f"{r['ece']:.4f}")
+        t.add_row(r["set"], r["group"], str(r.get("n", "-")), f"{r['sum_accuracy']:.4f}",
+                  *(f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-" for k in ("digit_accuracy", "ece")))
     console = Console(record=True, file=io.StringIO(), width=100)
     console.print(t)
     return console.export_text()

@@ -4,6 +4,7 @@
         config.toml        resolved config (CLI > file > defaults)
         summary.json       status, best/final accuracy (raw and EMA), params, time, device, versions
         metrics.csv        one row per epoch
+        steps.csv          one row per training step: loss, fastai's smoothed loss, lr
         checkpoint.pt      model + optimizer + EMA + RNG + epoch, for --resume (tensors only)
         model.safetensors  final raw weights;  model_ema.safetensors  final EMA weights
         curves.png         accuracy raw vs EMA, train vs valid loss
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = "experiments/runs"
 # The run folder's schema, in one place: metrics.csv columns (one row per epoch) ...
 METRIC_COLUMNS = ["epoch", "train_loss", "valid_loss", "acc", "valid_loss_ema", "acc_ema", "lr", "seconds"]
+STEP_COLUMNS = ["step", "epoch", "loss", "smooth_loss", "lr"]
+# Metric names: a per-epoch quantity is named as its metrics.csv column (`acc`, `acc_ema`, `valid_loss`;
+# sweep's `metric` takes these names), its value after the last epoch `final_<q>` and its best
+# `best_<q>` (summary.json, compare); evaluation results are `test_acc` and `rob_<set>` / `rob_mean`.
 # ... and the summary.json keys that `compare` and `report` show.
 SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes",
                    "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "weights", "study", "trial",
@@ -55,6 +60,7 @@ RUN_FILES = ("config.toml", "summary.json", "metrics.csv", "checkpoint.pt", "run
              "model_ema.safetensors", "curves.png")
 MAX_SMALL_FILE = 1 << 20  # bytes: config.toml, summary.json, run.lock (ours are a few KB)
 MAX_METRICS_FILE = 16 << 20  # bytes: metrics.csv (one short row per epoch; 10,000 epochs is ~1 MB)
+MAX_STEPS_FILE = 256 << 20  # bytes: steps.csv (one ~60-byte row per step: millions of steps)
 REPORT_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes", "final_acc", "final_acc_ema",
                   "best_acc_ema", "status"]
 
@@ -197,6 +203,22 @@ class RunDir:
                 raise RunError(f"{p}: corrupt metrics.csv (row {i + 1}: {problem})")
         return rows
 
+    def steps(self) -> list[dict]:
+        """steps.csv's rows (empty for runs from before it was written, or an unreadable file)."""
+        try:
+            rows = list(csv.DictReader(_read_text(self.steps_path, MAX_STEPS_FILE).splitlines()))
+        except (MlnsError, OSError, UnicodeDecodeError, csv.Error):
+            return []
+        rows = [{k: _num(v) for k, v in r.items() if k in STEP_COLUMNS} for r in rows]
+        return [r for r in rows if isinstance(r.get("step"), int) and isinstance(r.get("epoch"), int)]
+
+    @property
+    def steps_path(self) -> Path:
+        return self.path / "steps.csv"
+
+    def write_steps(self, rows: list[dict]) -> None:
+        atomic_write(self.file("steps.csv"), csv_text(rows, STEP_COLUMNS))
+
     def write_metrics(self, rows: list[dict]) -> None:
         cols = METRIC_COLUMNS + sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
         atomic_write(self.file("metrics.csv"), csv_text(rows, cols))
@@ -236,7 +258,7 @@ class RunDir:
 
     def write_curves(self, rows: list[dict]) -> None:
         from .plots import plot_curves
-        plot_curves(rows, self.file("curves.png"), title=self.name)
+        plot_curves(rows, self.file("curves.png"), title=self.name, steps=self.steps())
 
 
 class NullRun:
@@ -253,6 +275,12 @@ class NullRun:
         pass
 
     def write_metrics(self, rows: list[dict]) -> None:
+        pass
+
+    def steps(self) -> list[dict]:
+        return []
+
+    def write_steps(self, rows: list[dict]) -> None:
         pass
 
     def save_checkpoint(self, state: dict) -> None:

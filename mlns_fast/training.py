@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -21,12 +22,15 @@ from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
-from .callbacks import (DeviceAvgMetric, DivergenceGuard, EMACallback, EpochPlan, LazyProgress, RunTracker,
+from .callbacks import (DeviceAvgMetric, DivergenceGuard, EMACallback, EpochPlan, EpochTable, LazyProgress, RunTracker,
                         SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device, scorer)
 from .config import RunConfig
+from .data.demo import demo_version
 from .data.loaders import build_dataloaders
+from .data.sources import content_hash
 from .device import default_device, device_name, precision_callbacks, resolve_precision
 from .errors import RunError
 from .files import atomic_path, atomic_write
@@ -39,8 +43,19 @@ from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commi
 log = logging.getLogger(__name__)
 
 
+PROGRESS = ("bar", "table", "none")
+
+
+def resolve_progress(progress: str | None, quiet: bool) -> str:
+    """How training reports: `none` when quiet; by default bars on a terminal or in a notebook, and the
+    epoch table alone when output goes to a file or pipe (carriage-return bars would fill it)."""
+    if quiet:
+        return "none"
+    return progress or ("bar" if sys.stdout.isatty() or IN_NOTEBOOK else "table")
+
+
 def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: bool = False,
-                  extra_cbs=()) -> Learner:
+                  extra_cbs=(), progress: str | None = None) -> Learner:
     """The Learner of a run config: loss of its head, torch's fused AdamW (no decay on norm and bias
     parameters: `optim.py`), sum-accuracy metric, precision callbacks.
 
@@ -55,10 +70,13 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
                     opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
     keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
-    if quiet:
-        learn.logger = lambda *a, **k: None
-    else:
+    shown = resolve_progress(progress, quiet)
+    if shown == "bar":
         learn.add_cb(LazyProgress())
+    elif shown == "table":
+        learn.add_cb(EpochTable())
+    else:
+        learn.logger = lambda *a, **k: None
     learn.precision, learn.stop_reason = precision, None
     return learn
 
@@ -72,8 +90,8 @@ class Prepared:
     dls: DataLoaders
     model: torch.nn.Module
 
-    def learner(self, quiet: bool = False, extra_cbs=()) -> Learner:
-        return build_learner(self.cfg, self.dls, self.model, self.device, self.precision, quiet, extra_cbs)
+    def learner(self, quiet: bool = False, extra_cbs=(), progress: str | None = None) -> Learner:
+        return build_learner(self.cfg, self.dls, self.model, self.device, self.precision, quiet, extra_cbs, progress)
 
 
 def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR, rank: int = 0,
@@ -94,7 +112,8 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
 
 
 def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool = False,
-          resume: str | None = None, extra_cbs=(), device=None, summary_extra: dict | None = None) -> dict:
+          resume: str | None = None, extra_cbs=(), device=None, summary_extra: dict | None = None,
+          progress: str | None = None) -> dict:
     """Train one run (or resume one) and return its summary; writes everything into its run folder.
 
     `summary_extra`: keys added to the run's summary.json (e.g. a sweep's study and trial number)."""
@@ -107,21 +126,24 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     p = prepare(cfg, device, runs_dir, rank, world)
     cfg = p.cfg
     run = NullRun() if rank > 0 else run or RunDir.create(runs_dir, cfg)
+    if rank == 0:
+        log.info("run folder: %s", run.path)  # named now, so a long run can be watched or found
     run.lock()
     try:
-        return _train(run, p, ckpt, quiet or rank > 0, extra_cbs, summary_extra, world)
+        return _train(run, p, ckpt, quiet or rank > 0, extra_cbs, summary_extra, world, progress)
     finally:
         run.unlock()
 
 
-def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, world: int) -> dict:
+def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, world: int,
+           progress: str | None = None) -> dict:
     """The part of `train` that runs while the run is locked: callbacks, learner, checks, fit."""
     cfg = p.cfg
     t = cfg.train
     ema = EMACallback(t.ema, t.ema_warmup) if t.ema > 0 else None
     info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
             "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
-            "git_commit": git_commit(), **(summary_extra or {})}
+            "git_commit": git_commit(), "data_sources": data_sources(p.dls), **(summary_extra or {})}
     tracker, stop = RunTracker(run, cfg, info, ckpt, ema), SignalStop()
     cbs = [stop, tracker, *([ema] if ema else []), *extra_cbs]
     if t.self_train and cfg.data.data != "synthetic":
@@ -129,12 +151,24 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
         cuda = p.device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))
-    learn = p.learner(quiet, cbs)
+    learn = p.learner(quiet, cbs, progress)
     if ema:
         learn.metrics += ema.metrics()
     tracker.check_checkpoint()  # a checkpoint that does not fit is refused before the status is rewritten
     with stop:  # from the first batch until summary.json says how the run ended
         return fit(learn, tracker, cfg, stop)
+
+
+def data_sources(dls) -> dict:
+    """What a run trained and validated on, for summary.json: per part its source (paths, or the demo
+    with its cache version) and a hash of the images and labels themselves (`compare` shows both)."""
+    out = {}
+    for part, dl in (("train", dls.train), ("valid", dls.valid)):
+        s = dl.dataset.real
+        if s is not None:
+            source = s.source.replace("demo:", f"demo-{demo_version()}:", 1) if s.source.startswith("demo:") else s.source
+            out[part] = {"source": source, "sha1": content_hash(s), "n": len(s)}
+    return out
 
 
 def resolve_init(cfg: RunConfig, runs_dir) -> RunConfig:

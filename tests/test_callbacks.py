@@ -202,3 +202,20 @@ def test_no_host_sync_per_training_batch(tiny_cfg, monkeypatch, quiet):
     learn.fit_one_cycle(2, lr_max=1e-3)
     assert learn.train_iter == 24 and ema.updates == 24
     assert counter.calls <= 2, counter.calls  # the progress bar's comment at batch 0 of each epoch
+
+
+def test_epoch_table_prints_rows_without_bars_and_honours_no_logging(capsys):
+    from fastai.callback.progress import ProgressCallback
+    from fastai.test_utils import synth_learner
+    from mlns_fast.callbacks import EpochTable
+    learn = synth_learner(n_trn=32)
+    learn.remove_cbs(ProgressCallback)
+    learn.add_cb(EpochTable())
+    learn.fit(2, 1e-3)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\r" not in out and len(lines) == 3 and lines[0].split()[:3] == ["epoch", "train_loss", "valid_loss"]
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+    with learn.no_logging():  # lr_find's sweep logs nothing
+        learn.fit(1, 1e-3)
+    assert capsys.readouterr().out == ""

@@ -10,12 +10,72 @@ from .conftest import assert_user_error, flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data):
-    """One toy run trained through the CLI, shared by the read-only command tests."""
+def trained_run(tmp_path_factory, tiny_data):
+    """One toy run trained through the CLI (epoch table only), shared by the read-only command tests:
+    the runs folder, what training printed, and what it logged."""
+    import contextlib
+    import io
+    import logging
     runs = tmp_path_factory.mktemp("runs")
-    code = main(["train", "--quiet", "--name", "toy", "--runs-dir", str(runs), *flag_args(tiny_flags(tiny_data))])
+    out, notes = io.StringIO(), []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    logger, level = logging.getLogger("mlns_fast"), logging.getLogger("mlns_fast").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(["train", "--progress", "table", "--name", "toy", "--runs-dir", str(runs),
+                         *flag_args(tiny_flags(tiny_data))])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert code == 0
-    return runs
+    return runs, out.getvalue(), notes
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    return trained_run[0]
+
+
+def test_train_progress_table_and_the_run_folder_named_at_the_start(trained_run):
+    runs, out, notes = trained_run
+    (folder,) = runs.iterdir()
+    lines = out.splitlines()
+    assert "\r" not in out and lines[0].split()[:3] == ["epoch", "train_loss", "valid_loss"]
+    assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]  # one row per epoch, no bars
+    assert f"run folder: {folder}" in notes
+    steps = (folder / "steps.csv").read_text().splitlines()
+    assert steps[0] == "step,epoch,loss,smooth_loss,lr"
+    # 96 real images at 8 a batch (half of 16; mix 0.5): 12 steps an epoch, 2 epochs
+    assert [(int(r.split(",")[0]), int(r.split(",")[1])) for r in steps[1:]] == \
+        [(k, (k - 1) // 12) for k in range(1, 25)]
+
+
+def test_help_shows_defaults_and_brackets_and_the_version(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    line = lambda flag: next(x for x in out.splitlines() if f" {flag} " in x)
+    assert "[default: (7)]" in line("--epochs") and "[default: (0.003)]" in line("--lr")
+    assert "[default: (128)]" in line("--bs") and "[default: (0.99)]" in line("--ema")
+    assert "[default: (--augment)]" in line("--augment")
+    _, out, _ = run_cli(capsys, "sweep", "--help")
+    assert "sweep TOML: [defaults], [space], [study]" in out
+    _, out, _ = run_cli(capsys, "suite", "--help")
+    assert "[[run]]" in out
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("mlns-fast ") and len(out.split()) == 2
+    code, _, err = run_cli(capsys, "train", "--progress", "bars")
+    assert_user_error(code, err, "--progress must be one of bar, table, none")
+
+
+def test_outputs_default_to_the_runs_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (the repository)
+    code, out, _ = run_cli(capsys, "data", "preview", "--n", "4", "--runs-dir", "runs")
+    assert code == 0 and (tmp_path / "runs" / "preview.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
 
 
 def test_trained_run_is_listed_by_compare(trained, capsys):
@@ -39,6 +99,30 @@ def test_evaluate_json_and_files(trained, capsys, tmp_path):
     assert any(f.endswith("confusion.png") for f in res["files"])
     code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--raw")
     assert code == 0 and "demo:test" in out and "raw weights, n=2000" in out
+    t = json.loads((trained / next(trained.iterdir()).name / "summary.json").read_text())["temperature"]["raw"]
+    assert f"at temperature {t:.3g}" in out and "; ECE 0." in out
+
+
+def test_evaluate_takes_real_in_every_format(trained, capsys, tmp_path, tiny_data):
+    from mlns_fast.data.sources import load_npz
+    s = load_npz(tiny_data["train"]).subset(slice(0, 20))
+    np.save(tmp_path / "x.npy", s.images)
+    np.save(tmp_path / "y.npy", s.sums)
+    (tmp_path / "d").mkdir()
+    import cv2
+    for i, im in enumerate(s.images):
+        cv2.imwrite(str(tmp_path / "d" / f"{i}.png"), im)
+    (tmp_path / "d" / "labels.csv").write_text("".join(f"{i}.png,{v}\n" for i, v in enumerate(s.sums)))
+    results = []
+    for spec in (f"{tmp_path / 'x.npy'}:{tmp_path / 'y.npy'}", tiny_data["train"], str(tmp_path / "d")):
+        code, out, err = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--real", spec, "--raw", "--json")
+        assert code == 0, err
+        results.append(json.loads(out))
+    assert [r["n"] for r in results] == [20, 96, 20]
+    assert results[0]["sum_accuracy"] == results[2]["sum_accuracy"]  # the same 20 images, two formats
+    code, _, err = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--real", tiny_data["train"],
+                           "--npz", tiny_data["train"])
+    assert_user_error(code, err, "give one of --real")
 
 
 def test_predict_table_and_json(trained, capsys, tmp_path):

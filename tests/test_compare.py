@@ -48,23 +48,23 @@ def test_corrupt_run_is_flagged_not_fatal(runs):
 
 def test_every_format(runs):
     rows = cmp.select_rows(runs, sort="best_acc")
-    table = cmp.render(rows, "table", width=400)
+    table = cmp.format_rows(rows, "table", width=400)
     assert "resnet50" in table and "0.97" in table and "corrupt" in table
-    md = cmp.render(rows, "md").splitlines()
+    md = cmp.format_rows(rows, "md").splitlines()
     assert md[0].startswith("| name |") and md[1].startswith("|---|") and len(md) == 6
-    parsed = list(csv.DictReader(io.StringIO(cmp.render(rows, "csv"))))
+    parsed = list(csv.DictReader(io.StringIO(cmp.format_rows(rows, "csv"))))
     assert parsed[0]["name"] == "b" and float(parsed[0]["best_acc"]) == 0.97
-    js = json.loads(cmp.render(rows, "json"))
+    js = json.loads(cmp.format_rows(rows, "json"))
     assert js[0]["best_acc"] == 0.97 and js[-1]["best_acc"] is None
     with pytest.raises(ConfigError):
-        cmp.render(rows, "xml")
+        cmp.format_rows(rows, "xml")
 
 
 def test_only_changed_columns(runs):
     rows = cmp.select_rows(runs, filters=["status=finished"])
     cols = cmp.changed_columns(rows)
     assert "arch" in cols and "best_acc" in cols and "head" not in cols and "epochs" not in cols
-    assert "head" not in cmp.render(rows, "md", cols).splitlines()[0]
+    assert "head" not in cmp.format_rows(rows, "md", cols).splitlines()[0]
 
 
 def test_plot(runs, tmp_path):
@@ -156,3 +156,107 @@ def test_default_table_fits_the_terminal_and_names_each_run_once(runs, capsys, m
     assert unnamed.count(folder[:8]) == 1
     assert main(["compare", "--runs-dir", str(runs), "--wide"]) == 0
     assert "head" in capsys.readouterr().out
+
+
+# --- runs told apart: config columns, data sources, evaluation results, several folders, seed groups -----
+def _seed_run(root, name, seed, acc, lr=3e-3, test=None, rob=None, status="finished", sources=None):
+    """A finished run folder made by hand: config (seed, lr), summary, and optional eval / robustness results."""
+    run = RunDir.create(root, resolve_config(name=name, seed=seed, lr=lr))
+    summary = {"status": status, "name": name, "arch": "mlns_cnn", "final_acc": acc, "final_acc_ema": acc + 0.01,
+               "minutes": 1.0, "weights": "ema", "run": run.name}
+    if sources:
+        summary["data_sources"] = sources
+    run.write_summary(summary)
+    if test is not None:
+        (run.path / "eval" / "demo-test-ema").mkdir(parents=True)
+        (run.path / "eval" / "demo-test-ema" / "result.json").write_text(json.dumps(
+            {"data": "demo:test", "weights": "ema", "tta": False, "sum_accuracy": test, "n": 2000}))
+    if rob is not None:
+        (run.path / "robustness" / "ema").mkdir(parents=True)
+        (run.path / "robustness" / "ema" / "result.json").write_text(json.dumps(
+            {"weights": "ema", "sets": [{"set": k, "group": "x", "sum_accuracy": v} for k, v in rob.items()]}))
+    return run
+
+
+def test_config_fields_are_columns_and_settings_that_differ_show(tmp_path, capsys):
+    from mlns_fast.cli import main
+    _seed_run(tmp_path, "slow", 0, 0.9, lr=1e-3)
+    _seed_run(tmp_path, "fast", 0, 0.8, lr=1e-2)
+    rows = cmp.select_rows(tmp_path, sort="lr")
+    assert [(r["name"], r["lr"], r["bs"], r["seed"], r["real"]) for r in rows] == \
+        [("fast", 1e-2, 128, 0, []), ("slow", 1e-3, 128, 0, [])]
+    assert "lr" in cmp.default_columns(rows) and "bs" not in cmp.default_columns(rows)
+    assert main(["compare", "--runs-dir", str(tmp_path), "--columns", "name,lr,wd,mix,render.gap",
+                 "--format", "csv", "--sort", "valid_acc"]) == 0
+    parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["name"], float(r["lr"]), float(r["wd"]), float(r["mix"]), r["render.gap"]) for r in parsed] == \
+        [("slow", 1e-3, 0.01, 0.75, "-0.6,2.0"), ("fast", 1e-2, 0.01, 0.75, "-0.6,2.0")]
+    code = main(["compare", "--runs-dir", str(tmp_path), "--columns", "name,lrr"])
+    assert code == 2 and "unknown column 'lrr'; did you mean lr" in capsys.readouterr().err
+
+
+def test_data_sources_and_evaluation_results_are_columns(tmp_path):
+    from mlns_fast.robustness import BATTERY
+    demo = {"train": {"source": "demo-abc:train", "sha1": "111"}, "valid": {"source": "demo-abc:valid", "sha1": "222"}}
+    mine = {"train": {"source": "/data/mine", "sha1": "333"}, "valid": {"source": "/data/v.npz", "sha1": "444"}}
+    full = {s.name: 0.5 + i / 100 for i, s in enumerate(BATTERY)} | {"demo-test": 0.99}
+    _seed_run(tmp_path, "demo-run", 0, 0.9, sources=demo, test=0.93, rob=full)
+    _seed_run(tmp_path, "own-run", 0, 0.9, sources=mine, rob={"tight": 0.4})
+    a, b = cmp.select_rows(tmp_path, sort="name")
+    assert (a["train_data"], a["train_hash"], b["train_data"], b["valid_hash"]) == ("demo-abc:train", "111",
+                                                                                    "/data/mine", "444")
+    assert a["test_acc"] == 0.93 and a["test_data"] == "demo:test" and b["test_acc"] is None
+    # the battery mean is over the shifted sets only (not the demo test split), and only when all were scored
+    assert a["rob_mean"] == pytest.approx(sum(full[s.name] for s in BATTERY) / len(BATTERY))
+    assert a["rob_tight"] == 0.5 and b["rob_tight"] == 0.4 and b["rob_mean"] is None
+    cols = cmp.default_columns([a, b])
+    assert {"train_hash", "valid_hash", "test_acc", "rob_mean"} <= set(cols)
+
+
+def test_several_runs_dirs_are_all_listed(tmp_path, capsys):
+    from mlns_fast.cli import main
+    _seed_run(tmp_path / "A", "in-a", 0, 0.9)
+    _seed_run(tmp_path / "B", "in-b", 0, 0.8)
+    assert main(["compare", "--runs-dir", str(tmp_path / "A"), "--runs-dir", str(tmp_path / "B"),
+                 "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["runs_dir"]) for r in rows] == [("in-a", str(tmp_path / "A")), ("in-b", str(tmp_path / "B"))]
+
+
+def test_group_by_gives_mean_std_and_n_over_seeds(tmp_path, capsys):
+    from mlns_fast.cli import main
+    for seed, acc in enumerate((0.90, 0.92, 0.97)):
+        _seed_run(tmp_path, f"base-s{seed}", seed, acc, lr=3e-3, test=acc - 0.1)
+    for seed, acc in enumerate((0.80, 0.84)):
+        _seed_run(tmp_path, f"hot-s{seed}", seed, acc, lr=3e-2)
+    _seed_run(tmp_path, "hot-s9", 9, 0.1, lr=3e-2, status="interrupted")  # not averaged in
+    groups, keys, figures = cmp.group_rows(cmp.select_rows(tmp_path))
+    assert keys == ["lr"]
+    base, hot = sorted(groups, key=lambda g: g["lr"])
+    assert (base["n"], base["seeds"], hot["n"], hot["seeds"]) == (3, [0, 1, 2], 2, [0, 1])
+    assert base["final_acc_mean"] == pytest.approx(0.93) and base["final_acc_std"] == pytest.approx(0.0360555, rel=1e-5)
+    assert hot["final_acc_mean"] == pytest.approx(0.82) and hot["final_acc_std"] == pytest.approx(0.0282843, rel=1e-5)
+    assert base["test_acc_mean"] == pytest.approx(0.83) and hot["test_acc_mean"] is None
+    assert main(["compare", "--runs-dir", str(tmp_path), "--group-by", "auto", "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert "| 0.003 | 3 | 0,1,2 | 0.9300 ± 0.0361 |" in md
+    assert main(["compare", "--runs-dir", str(tmp_path), "--group-by", "arch", "--format", "json"]) == 0
+    (only,) = json.loads(capsys.readouterr().out)
+    assert only["n"] == 5 and only["final_acc_mean"] == pytest.approx((0.90 + 0.92 + 0.97 + 0.80 + 0.84) / 5)
+
+
+def test_suite_seeds_expand_into_one_run_per_seed(tmp_path):
+    from mlns_fast.suite import load_suite
+    f = tmp_path / "s.toml"
+    f.write_text('[defaults]\nseeds = [0, 1]\n[defaults.train]\nepochs = 2\n'
+                 '[[run]]\nname = "a"\n[[run]]\nname = "b"\nseeds = [5, 6, 7]\n[run.train]\nlr = 0.01\n')
+    cfgs = load_suite(f)
+    assert [(c.name, c.train.seed, c.train.epochs) for c in cfgs] == \
+        [("a-s0", 0, 2), ("a-s1", 1, 2), ("b-s5", 5, 2), ("b-s6", 6, 2), ("b-s7", 7, 2)]
+    assert len({c.digest() for c in cfgs}) == 5
+    f.write_text('[[run]]\nname = "a"\nseeds = [1, 1]\n')
+    with pytest.raises(ConfigError, match="seeds must be a non-empty list of distinct integers"):
+        load_suite(f)
+    f.write_text('[[run]]\nname = "a"\nseeds = [1]\n[run.train]\nseed = 3\n')
+    with pytest.raises(ConfigError, match="give seeds or"):
+        load_suite(f)

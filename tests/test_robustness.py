@@ -65,4 +65,31 @@ def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
     assert (run / "robustness" / res["weights"] / "robustness.png").stat().st_size > 5000
     assert json.loads((run / "robustness" / res["weights"] / "result.json").read_text())["sets"] == res["sets"]
     assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "nope"]) == 2
-    assert "unknown set 'nope'" in capsys.readouterr().err
+    assert "--set: unknown set 'nope'" in capsys.readouterr().err
+    # a later --set adds to (and replaces by name) what the run's battery result holds
+    first = {r["set"]: r for r in res["sets"]}
+    assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "small", "--set", "tight", "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert [r["set"] for r in merged["sets"]] == ["tight", "small", "sklearn-digits"]  # the battery's order
+    assert merged["sets"][2] == first["sklearn-digits"] and merged["sets"][0] == first["tight"]  # same weights
+    on_disk = json.loads((run / "robustness" / res["weights"] / "result.json").read_text())
+    assert on_disk["sets"] == merged["sets"]
+    # --raw scores the raw weights into their own folder
+    assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "tight", "--raw", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "raw" and (run / "robustness" / "raw").is_dir()
+    # the data the run trained on is recorded with a hash of its content
+    from mlns_fast.data.sources import content_hash, load_source
+    sources = json.loads((run / "summary.json").read_text())["data_sources"]
+    assert sources["train"]["sha1"] == content_hash(load_source(tiny_data["train"]))
+
+
+def test_merge_sets_reads_earlier_results_as_user_input(tmp_path):
+    p = tmp_path / "result.json"
+    p.write_text(json.dumps({"sets": [{"set": "blur", "sum_accuracy": 0.5, "n": 9}, {"set": "bogus", "sum_accuracy": 1},
+                                      {"set": "thin", "sum_accuracy": "high"}, "junk"]}))
+    old = rb.earlier_sets(p)
+    assert old == [{"set": "blur", "sum_accuracy": 0.5, "n": 9, "group": "style"}]
+    new = [{"set": "tight", "group": "layout", "sum_accuracy": 0.4}, {"set": "blur", "group": "style", "sum_accuracy": 0.6}]
+    assert [(r["set"], r["sum_accuracy"]) for r in rb.merge_sets(old, new)] == [("tight", 0.4), ("blur", 0.6)]
+    p.write_text("{not json")
+    assert rb.earlier_sets(p) == [] and rb.earlier_sets(tmp_path / "missing.json") == []

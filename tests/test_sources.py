@@ -6,6 +6,7 @@ import pytest
 
 from mlns_fast.data.sources import (check_labels, concat, load_folder, load_images, load_npy_pair, load_npz,
                                     load_source, load_sources)
+from mlns_fast.config import IMAGE_SIZE
 from mlns_fast.errors import DataError
 
 from .conftest import make_samples
@@ -60,7 +61,7 @@ def test_folder_sum_only_and_colour_images_resized(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "a.jpg"), rgb)
     (tmp_path / "labels.csv").write_text("a.jpg,7\n")
     with caplog.at_level(logging.INFO):
-        out = load_folder(tmp_path)
+        out = load_folder(tmp_path, IMAGE_SIZE)  # a run's input size (no size: the images as they are)
     assert out.images.shape == (1, 40, 168) and out.sums.tolist() == [7] and out.digits is None
     assert out.images[0, 20, 35] > 200 and out.images[0, 0, 0] == 0
     assert "resizing" in caplog.text
@@ -131,7 +132,7 @@ def test_pickled_object_array_refused(tmp_path):
 ])
 def test_bad_arrays(tmp_path, images, labels, msg):
     x, y = _pair(tmp_path, images, labels)
-    m = _err(lambda: load_npy_pair(x, y))
+    m = _err(lambda: load_npy_pair(x, y, IMAGE_SIZE))
     assert msg in m and str(tmp_path) in m
 
 
@@ -249,3 +250,13 @@ def test_silently_wrong_arrays_are_refused(tmp_path, images, labels, msg):
     x, y = _pair(tmp_path, images, labels)
     with pytest.raises(DataError, match=msg):
         load_npy_pair(x, y)
+
+
+def test_a_folder_of_mixed_image_sizes_is_resized_with_a_note(tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 168), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((80, 336), 200, np.uint8))
+    (tmp_path / "labels.csv").write_text("a.png,3\nb.png,4\n")
+    with caplog.at_level(logging.INFO, logger="mlns_fast"):
+        s = load_folder(tmp_path, IMAGE_SIZE)
+    assert s.images.shape == (2, 40, 168)
+    assert any("resizing 2 images of 2 different sizes to 40x168" in m for m in caplog.messages)

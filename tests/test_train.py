@@ -88,6 +88,9 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     resumed = train(None, tmp_path / "cut", quiet=True, resume=str(run))
     assert resumed["status"] == "finished" and resumed["run"] == cut["run"]
     assert _metrics(run) == _metrics(tmp_path / "full" / full["run"])
+    steps = RunDir(run).steps()  # per-step losses: the interrupted epoch's steps are not kept twice
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and steps[-1]["epoch"] == 2
+    assert steps == RunDir(tmp_path / "full" / full["run"]).steps()
     assert signal.getsignal(signal.SIGINT) == before  # handlers restored
 
 
@@ -256,3 +259,23 @@ def test_a_run_at_another_image_size_honours_it_everywhere(tiny_data, tmp_path):
     assert [r["sum"] for r in rows] == predict_arrays(model, big[:6])["sum"].tolist()
     onnx = OnnxPredictor(export(run, "onnx", tmp_path / "m.onnx", "raw"))(big[:6])
     assert onnx["sum"].tolist() == [r["sum"] for r in rows]
+
+
+def test_data_sources_name_the_demo_by_version_and_hash_the_content(tiny_data):
+    from types import SimpleNamespace
+    from mlns_fast.data.demo import demo_version
+    from mlns_fast.data.sources import content_hash, load_source
+    from mlns_fast.training import data_sources
+    mine = load_source(tiny_data["train"])
+    edited = load_source(tiny_data["train"])
+    edited.images = edited.images.copy()
+    edited.images[0, 0, 0] ^= 1  # one pixel of one image changed, same path
+    demo = load_source(tiny_data["valid"])
+    demo.source = "demo:valid"
+    dls = lambda train, valid: SimpleNamespace(train=SimpleNamespace(dataset=SimpleNamespace(real=train)),
+                                               valid=SimpleNamespace(dataset=SimpleNamespace(real=valid)))
+    got = data_sources(dls(mine, demo))
+    assert got["train"] == {"source": tiny_data["train"], "sha1": content_hash(mine), "n": 96}
+    assert got["valid"]["source"] == f"demo-{demo_version()}:valid"
+    assert data_sources(dls(edited, demo))["train"]["sha1"] != got["train"]["sha1"]
+    assert "train" not in data_sources(dls(None, demo))  # synthetic only

@@ -38,6 +38,11 @@ def _version() -> str:
     return hashlib.sha1(spec.encode()).hexdigest()[:10]
 
 
+def demo_version() -> str:
+    """The demo set's version (a hash of how it is rendered): its cache folder is `demo-<version>`."""
+    return _version()
+
+
 def cache_root() -> Path:
     """Where the demo set is cached: $MLNS_FAST_CACHE, else the platform's user cache dir."""
     env = os.environ.get("MLNS_FAST_CACHE")

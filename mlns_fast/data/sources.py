@@ -7,6 +7,7 @@ Every loader returns `Samples` (uint8 images N x H x W, sums, optional digits) o
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -45,6 +46,18 @@ class Samples:
     def subset(self, idx) -> "Samples":
         digits = None if self.digits is None else self.digits[idx]
         return Samples(self.images[idx], self.sums[idx], digits, self.source)
+
+
+def content_hash(samples: Samples) -> str:
+    """SHA-1 (12 hex digits) of the images and labels themselves: one data set under another path or
+    format hashes the same, an edited file under the same path does not."""
+    h = hashlib.sha1()
+    for a in (samples.images, samples.sums, samples.digits):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:12]
 
 
 def concat(parts: list[Samples]) -> Samples:
@@ -202,6 +215,8 @@ def load_folder(path: str | Path, size: tuple[int, int] | None = None) -> Sample
     if len(shapes) > 1 and size is None:
         raise DataError(f"{path}: images of {len(shapes)} sizes ({shapes[0][0]}x{shapes[0][1]}, "
                         f"{shapes[1][0]}x{shapes[1][1]}, ...); give one size to resize them to")
+    if len(shapes) > 1:  # one size is resized (and noted) below with the whole stack
+        log.info("%s: resizing %d images of %d different sizes to %dx%d", path, len(images), len(shapes), *size)
     stack = np.stack([resize_image(im, size) for im in images]) if len(shapes) > 1 else np.stack(images)
     imgs = to_uint8_images(stack, str(path), size)
     sums_a = check_labels(np.array(sums), str(table), len(imgs))
