@@ -23,12 +23,12 @@ from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from timm.utils import unwrap_model
 
-from .callbacks import (DeviceAvgMetric, DivergenceGuard, EMACallback, EpochPlan, LazyProgress, RunTracker,
-                        SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device, scorer)
+from .callbacks import (Accumulate, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, LazyProgress,
+                        RunTracker, SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.loaders import build_dataloaders
 from .device import default_device, device_name, precision_callbacks, resolve_precision
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .files import atomic_write
 from .losses import acc, fit_temperature, make_loss
 from .model import check_arch, count_params, create_model
@@ -50,7 +50,10 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     cbs = [EpochPlan(), DivergenceGuard(), *precision_callbacks(precision, device), *extra_cbs]
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
-    learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight),
+    if t.accum > 1:
+        cbs.append(Accumulate(t.accum, cfg.data.bs))
+    learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,
+                                                               t.label_smoothing),
                     opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
     keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
@@ -86,6 +89,7 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     precision = resolve_precision(cfg.train.precision, device)
     check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
+    check_accum(cfg.train.accum, len(dls.train))
     model = create_model(cfg.model, cfg.size)
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
@@ -111,9 +115,13 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     ema = EMACallback(t.ema, t.ema_warmup) if t.ema > 0 else None
     info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
             "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
-            "git_commit": git_commit(), **(summary_extra or {})}
+            "git_commit": git_commit(), **labels(cfg), **(summary_extra or {})}
+    live = start_tracking(cfg, run, runs_dir, info) if rank == 0 else []
     tracker = RunTracker(run, cfg, info, ckpt, ema)
-    cbs = [SignalStop(), tracker, *([ema] if ema else []), *extra_cbs]
+    cbs = [SignalStop(), tracker, *([ema] if ema else []), *live, *extra_cbs]
+    if t.early_stop:
+        monitor = "acc_ema" if ema else "acc"
+        cbs.append(EarlyStop(monitor, t.early_stop, [r.get(monitor) for r in tracker.rows]))
     if t.self_train and cfg.data.data != "synthetic":
         cbs.append(SelfTraining(t.self_train))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
@@ -123,9 +131,29 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     if ema:
         learn.metrics += ema.metrics()
     try:
-        return fit(learn, tracker, cfg)
+        return fit(learn, tracker, cfg, live)
     finally:
         run.unlock()
+
+
+def labels(cfg: RunConfig) -> dict:
+    """summary.json keys of the run's `--tag` labels and `--note` (only those given)."""
+    return {**({"tags": cfg.track.tags()} if cfg.track.tag else {}), **({"note": cfg.track.note} if cfg.track.note else {})}
+
+
+def start_tracking(cfg: RunConfig, run, runs_dir, info: dict) -> list:
+    """The live trackers' callbacks (none unless `--track`); their ids go into the summary (`info`)."""
+    if not cfg.track.track:
+        return []
+    from .tracking import create_trackers
+    return create_trackers(cfg, run, runs_dir, info)
+
+
+def check_accum(accum: int, batches: int) -> None:
+    """`--accum` must leave at least one optimizer step per epoch (each epoch starts a fresh accumulation)."""
+    if accum > batches:
+        raise ConfigError(f"--accum {accum} exceeds the {batches} batches of an epoch: no optimizer step would be "
+                          f"taken; use at most {batches} (or a smaller --bs)")
 
 
 def resolve_init(cfg: RunConfig, runs_dir) -> RunConfig:
@@ -147,6 +175,9 @@ def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
     then starts again from epoch 1 with its own config, in its own folder)."""
     run = resolve_run(ref, runs_dir)
     cfg, ckpt, status = run.config(), run.load_checkpoint(), run.status()
+    if status == "finished" and run.summary().get("stop_reason") == "early-stopped":
+        raise RunError(f"{run.path}: finished (early-stopped after {run.summary().get('epochs_done')} epochs); "
+                       f"nothing to resume")
     if status == "finished" or (ckpt is not None and ckpt["epoch"] + 1 >= cfg.train.epochs):
         raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
     pid = run.holder()
@@ -157,18 +188,27 @@ def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
     return run, ckpt
 
 
-def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig) -> dict:
-    """Run the one-cycle schedule (from the tracker's start epoch) and record how it ended."""
+def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, live=()) -> dict:
+    """Run the one-cycle schedule (from the tracker's start epoch) and record how it ended; the live
+    trackers get the run folder's final files last."""
     t = cfg.train
     tracker.write_summary("running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
         learn.fit_one_cycle(t.epochs, lr_max=t.lr, wd=t.wd, start_epoch=tracker.start_epoch)
     except BaseException as e:
-        tracker.write_summary("failed", message=f"{type(e).__name__}: {e}")
+        summary = tracker.write_summary("failed", message=f"{type(e).__name__}: {e}")
+        for cb in live:
+            cb.finish(summary, tracker.folder)
         raise
     status, message = learn.stop_reason or ("finished", "")
     extra = {"temperature": temperatures(learn, tracker.ema)} if status == "finished" else {}
-    return tracker.finish(status, message, **extra)
+    early = next((cb.stopped for cb in learn.cbs if isinstance(cb, EarlyStop) and cb.stopped), None)
+    if early and status == "finished":
+        extra["stop_reason"], message = early["stop_reason"], early["message"]
+    summary = tracker.finish(status, message, **extra)
+    for cb in live:
+        cb.finish(summary, tracker.folder)
+    return summary
 
 
 def temperatures(learn: Learner, ema: EMACallback | None) -> dict[str, float]:
