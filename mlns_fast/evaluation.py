@@ -188,7 +188,13 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
         image_grid(samples.images[worst], titles, out_dir / "mistakes.png", suptitle="most confident mistakes")
     result["files"] = [str(p) for p in sorted(out_dir.glob("*.png"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    from .tracking import log_results  # into the run's MLflow run, where it was tracked
+    log_results(run, f"eval/{out_dir.name}", {k: result[k] for k in FIGURES if k in result},
+                [out_dir / "result.json", *result["files"]])
     return result
+
+
+FIGURES = ("n", "sum_accuracy", "digit_accuracy", "all_digits_accuracy", "ece", "temperature")  # numbers a tracker gets
 
 
 def _slug(s: str) -> str:
