@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 from fastai.callback.core import Callback
 
 from mlns_fast.callbacks import RunTracker
@@ -21,6 +22,17 @@ from mlns_fast.runs import RunDir
 from mlns_fast.train import train
 
 from .conftest import flag_args, run_cli, tiny_flags
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Toy runs on one thread each: on oversubscribed cores two-thread OpenMP runs of tiny models
+    crawl (tests/test_sweep.py measured 95 s vs 5 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 SERVER_START_S = 120  # bounded wait for the server's /health (it answers in ~8 s on 2 idle cores)
 
