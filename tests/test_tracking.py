@@ -70,12 +70,12 @@ class MlflowServer:
         self.stop()
         pytest.fail(f"mlflow server did not answer /health: {(self.root / 'server.log').read_text()[-2000:]}")
 
-    def stop(self):
-        """Terminate the server's process group (the server and the workers it started), then reap it."""
+    def stop(self, sig=signal.SIGTERM):
+        """Signal the server's process group (the server and the workers it started), then reap it."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, sig)
             try:
-                self.proc.wait(15)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(15)
@@ -163,7 +163,7 @@ def test_robustness_logs_into_the_tracked_run(tiny_cfg, tmp_path, mlflow_server)
 
 
 class StopServerAfter(Callback):
-    """Terminates the MLflow server at the end of epoch `n`, after the tracker has sent that epoch."""
+    """Kills the MLflow server (as a crash would) at the end of epoch `n`, after the tracker sent that epoch."""
     order = RunTracker.order + 2
 
     def __init__(self, server, n: int):
@@ -171,7 +171,7 @@ class StopServerAfter(Callback):
 
     def after_epoch(self):
         if self.epoch == self.n:
-            self.server.stop()
+            self.server.stop(signal.SIGKILL)
 
 
 def test_a_server_gone_mid_run_costs_one_warning_not_the_run(tiny_cfg, tmp_path, caplog):
