@@ -292,16 +292,20 @@ class Accumulate(GradientAccumulation):
         self.learn.opt.zero_grad()
 
 
-class EarlyStop(EarlyStoppingCallback):
+class EarlyStop(EarlyStoppingCallback, Reports):
     """fastai's EarlyStoppingCallback on a valid metric (higher is better), remembering why it stopped.
 
     `history`: the metric's values in the epochs before this fit (a resumed run), replayed through the
-    same rule so patience counts across an interruption. After a stop, `stopped` says where; the run
+    same rule so patience counts across an interruption. After a stop, `stopped` says why; the run
     itself ends as finished (its weights saved), with `stop_reason` early-stopped in summary.json."""
 
     def __init__(self, monitor: str, patience: int, history=()):
         super().__init__(monitor=monitor, comp=np.greater, patience=patience)
         self.history, self.stopped = list(history), None
+
+    def summary(self) -> dict:
+        """summary.json's `stop_reason` once it stopped the run (RunTracker collects it)."""
+        return {"stop_reason": self.stopped["stop_reason"]} if self.stopped else {}
 
     def before_fit(self):
         super().before_fit()

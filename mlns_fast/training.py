@@ -116,7 +116,7 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
             "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
             "git_commit": git_commit(), **labels(cfg), **(summary_extra or {})}
-    live = start_tracking(cfg, run, runs_dir, info) if rank == 0 else []
+    live = start_tracking(cfg, run, runs_dir, info) if rank == 0 else []  # they read info for their tags
     tracker = RunTracker(run, cfg, info, ckpt, ema)
     cbs = [SignalStop(), tracker, *([ema] if ema else []), *live, *extra_cbs]
     if t.early_stop:
@@ -142,7 +142,7 @@ def labels(cfg: RunConfig) -> dict:
 
 
 def start_tracking(cfg: RunConfig, run, runs_dir, info: dict) -> list:
-    """The live trackers' callbacks (none unless `--track`); their ids go into the summary (`info`)."""
+    """The live trackers' callbacks (none unless `--track`)."""
     if not cfg.track.track:
         return []
     from .tracking import create_trackers
@@ -204,7 +204,7 @@ def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, live=()) -> dict:
     extra = {"temperature": temperatures(learn, tracker.ema)} if status == "finished" else {}
     early = next((cb.stopped for cb in learn.cbs if isinstance(cb, EarlyStop) and cb.stopped), None)
     if early and status == "finished":
-        extra["stop_reason"], message = early["stop_reason"], early["message"]
+        message = early["message"]
     summary = tracker.finish(status, message, **extra)
     for cb in live:
         cb.finish(summary, tracker.folder)

@@ -13,7 +13,7 @@ from mlns_fast.callbacks import EarlyStop
 from mlns_fast.errors import RunError
 from mlns_fast.losses import make_loss
 from mlns_fast.runs import RunDir
-from mlns_fast.train import train
+from mlns_fast.training import train
 
 from .conftest import flag_args, run_cli, tiny_flags
 

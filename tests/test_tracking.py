@@ -19,7 +19,7 @@ from fastai.callback.core import Callback
 
 from mlns_fast.callbacks import RunTracker
 from mlns_fast.runs import RunDir
-from mlns_fast.train import train
+from mlns_fast.training import train
 
 from .conftest import flag_args, run_cli, tiny_flags
 
@@ -96,7 +96,7 @@ def tracking_warnings(caplog) -> list[str]:
 
 def test_a_tracked_run_reads_back_from_the_mlflow_server(tiny_cfg, tmp_path, mlflow_server, caplog):
     from mlflow import MlflowClient
-    from mlns_fast.evaluate import evaluate
+    from mlns_fast.evaluation import evaluate
     from mlns_fast.data.demo import demo_split
     cfg = tiny_cfg(name="tracked", epochs=2, track=("mlflow",), tracking_uri=mlflow_server.uri, experiment="exp-a",
                    tag=("team=vision", "purpose=test"), note="first tracked run")

@@ -30,7 +30,7 @@ __all__ = ["create_trackers", "log_results", "resolve_uri"]
 
 
 def create_trackers(cfg, folder, runs_dir, info: dict) -> list:
-    """The callbacks of the engines `cfg.track.track` names; the MLflow run's ids go into `info`."""
+    """The callbacks of the engines `cfg.track.track` names (`info`: the run's summary facts, for tags)."""
     from ..config import write_toml
     from .callbacks import MLflowTracker, TensorBoardTracker  # fastai and TensorBoard: only when tracking
     out = []

@@ -5,28 +5,30 @@ from pathlib import Path
 
 from fastai.callback.tensorboard import TensorBoardCallback
 
-from ..callbacks import CompletedEpochs, RunTracker
+from ..callbacks import CompletedEpochs, Reports, RunTracker
 from ..config import RunConfig
 from ..runs import METRIC_COLUMNS
 from .client import END_STATUS, FLUSH_STEPS, RUN_FILES, SUMMARY_METRICS, Guard, metric, now_ms, open_run, resolve_uri
 
 
-class MLflowTracker(CompletedEpochs):
-    """Logs a training run to MLflow through `MlflowClient` (the package docstring says what).
+class MLflowTracker(CompletedEpochs, Reports):
+    """Logs a training run to MLflow through `MlflowClient` (the package docstring says what); reports
+    the MLflow run (`mlflow`: store, run id, experiment) to summary.json.
 
     Ordered after RunTracker, so an epoch reaches MLflow after its row and checkpoint are on disk.
     `run_valid = False`: the per-step metrics are the training batches'."""
     order = RunTracker.order + 1
     run_valid = False
 
-    def __init__(self, client, run_id: str, guard: Guard, weights: bool = False):
-        self.client, self.run_id, self.guard, self.weights = client, run_id, guard, weights
+    def __init__(self, client, run_id: str, guard: Guard, record: dict, weights: bool = False):
+        self.client, self.run_id, self.guard, self.record, self.weights = client, run_id, guard, record, weights
         self.pending = []
 
     @classmethod
     def start(cls, cfg: RunConfig, folder, runs_dir, info: dict) -> "MLflowTracker | None":
-        """Create the MLflow run (or reopen the one a resumed run logged to), log its params and tags;
-        None, after one warning, when the store cannot be reached."""
+        """Create the MLflow run (or reopen the one a resumed run logged to), log its params and tags
+        (`info`: the run's summary facts, for the tags); None, after one warning, when the store cannot
+        be reached."""
         from mlflow import MlflowClient
         uri = resolve_uri(cfg.track.tracking_uri, runs_dir)
         guard = Guard(f"MLflow tracking at {uri}")
@@ -34,8 +36,11 @@ class MLflowTracker(CompletedEpochs):
         run_id = guard(open_run, client, cfg, folder, runs_dir, info, uri)
         if run_id is None:
             return None
-        info["mlflow"] = {"tracking_uri": uri, "run_id": run_id, "experiment": cfg.track.experiment}
-        return cls(client, run_id, guard, cfg.track.track_weights)
+        record = {"tracking_uri": uri, "run_id": run_id, "experiment": cfg.track.experiment}
+        return cls(client, run_id, guard, record, cfg.track.track_weights)
+
+    def summary(self) -> dict:
+        return {"mlflow": self.record}
 
     def after_batch(self):
         if not self.guard.on:
