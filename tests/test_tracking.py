@@ -251,3 +251,31 @@ def test_tensorboard_event_file_reads_back_with_tensorboards_reader(tiny_cfg, tm
     lrs = [e.value for e in acc.Scalars("lr_0")]
     assert len(lrs) == 2 * n and max(lrs) > lrs[0] and lrs[-1] < max(lrs) / 10
     assert "config" in "".join(acc.Tags()["tensors"])
+
+
+def test_sweep_trials_are_child_runs_of_the_study_run(tiny_data, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlns_fast.sweep import run_sweep
+    from .test_sweep import sweep_dict, write
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    d = sweep_dict(tiny_data, "tr", epochs=1, pruner="none")
+    d["defaults"]["track"] = {"track": ["mlflow"], "experiment": "sweeps"}
+    path = write(d, tmp_path / "tr.toml")
+    res = run_sweep(path, runs, trials=2)
+    client = MlflowClient(f"sqlite:///{(runs / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("sweeps").experiment_id
+    parents = client.search_runs([exp], "tags.role = 'study'")
+    assert len(parents) == 1 and parents[0].data.tags["study"] == "tr"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["study.metric"] == "valid_loss"
+    assert "space.train.lr" in parent.data.params and parent.data.metrics["trials"] == 2
+    assert parent.data.metrics["best_value"] == pytest.approx(res.best["value"])
+    assert parent.data.tags["best_run"] == res.best["run"]
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["trial"] for c in children) == ["0", "1"]
+    assert {c.info.run_name for c in children} == {r["run"] for r in res.rows}
+    assert all(c.data.tags["study"] == "tr" and c.info.status == "FINISHED" for c in children)
+    res = run_sweep(path, runs, trials=3)  # a resumed study goes on under the same parent run
+    assert len(client.search_runs([exp], "tags.role = 'study'")) == 1
+    assert len(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 3

@@ -13,6 +13,8 @@ Callback written as glue around the engine's own client: `MlflowClient` for MLfl
                  at the end: best/final accuracies, config.toml, summary.json, metrics.csv,
                        curves.png (and the weights with --track-weights); `evaluate` and
                        `robustness` add their figures and files to the same run later
+                 sweeps: the study is a parent run (its settings as params, the best value and
+                       run at the end), each trial a child run in the same experiment
     TensorBoard  RUN/tensorboard/: fastai's per-step train_loss and optimizer hypers, per-epoch
                  valid loss and accuracy raw and EMA; the resolved config as text
 
@@ -24,9 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .client import log_results, resolve_uri
+from .client import close_study_run, log_results, open_study_run, resolve_uri
 
-__all__ = ["create_trackers", "log_results", "resolve_uri"]
+__all__ = ["close_study_run", "create_trackers", "log_results", "open_study_run", "resolve_uri"]
 
 
 def create_trackers(cfg, folder, runs_dir, info: dict) -> list:

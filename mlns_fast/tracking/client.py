@@ -99,6 +99,16 @@ def run_tags(cfg: RunConfig, folder, info: dict) -> dict[str, str]:
     return {**tags, **cfg.track.tags()}
 
 
+STUDY_ROLE = "study"  # the `role` tag of a sweep study's parent run
+
+
+def find_study_run(client, exp_id: str, study: str) -> str | None:
+    """The id of a sweep study's parent run in the experiment, if there is one."""
+    name = study.replace("'", "")  # study names are run-name safe already; no quote can end the filter
+    found = client.search_runs([exp_id], f"tags.study = '{name}' and tags.role = '{STUDY_ROLE}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def open_run(client, cfg: RunConfig, folder, runs_dir, info: dict, uri: str) -> str:
     """The MLflow run id: the resumed run's own where its summary names one in this store, else a new run."""
     from mlflow.entities import Param
@@ -109,7 +119,11 @@ def open_run(client, cfg: RunConfig, folder, runs_dir, info: dict, uri: str) -> 
         client.update_run(run_id, status="RUNNING")
     else:
         exp_id = experiment_id(client, cfg.track.experiment, uri, runs_dir)
-        run_id = client.create_run(exp_id, run_name=folder.name, tags=run_tags(cfg, folder, info)).info.run_id
+        tags = run_tags(cfg, folder, info)
+        parent = find_study_run(client, exp_id, str(info["study"])) if info.get("study") else None
+        if parent:  # a sweep trial: a child of its study's run
+            tags["mlflow.parentRunId"] = parent
+        run_id = client.create_run(exp_id, run_name=folder.name, tags=tags).info.run_id
     params = [Param(k, v) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
@@ -170,3 +184,38 @@ def log_results(folder, prefix: str, figures: dict, files=()) -> None:
     guard(client.log_batch, rec["run_id"], metrics=metrics)
     for f in files:
         guard(client.log_artifact, rec["run_id"], str(f), artifact_path=prefix)
+
+
+def open_study_run(cfg: RunConfig, runs_dir, study: str, params: dict) -> dict | None:
+    """A sweep study's parent MLflow run (its trials become its children): found again when the study
+    resumes, else created, with the sweep's settings as params. Its ids, or None after one warning."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+    uri = resolve_uri(cfg.track.tracking_uri, runs_dir)
+    client, guard = MlflowClient(uri), Guard(f"MLflow tracking at {uri}")
+
+    def _open() -> str:
+        exp_id = experiment_id(client, cfg.track.experiment, uri, runs_dir)
+        run_id = find_study_run(client, exp_id, study)
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(exp_id, run_name=f"study-{study}", tags={"study": study, "role": STUDY_ROLE,
+                                       "mlflow.source.name": "mlns-fast sweep"}).info.run_id
+        client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in list(params.items())[:100]])
+        return run_id
+
+    run_id = guard(_open)
+    return {"tracking_uri": uri, "run_id": run_id} if run_id else None
+
+
+def close_study_run(rec: dict | None, figures: dict, tags: dict, status: str = "FINISHED") -> None:
+    """The study's outcome onto its parent run (best value, trials, the best run), and its end status."""
+    if not rec:
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+    client, guard, ts = MlflowClient(rec["tracking_uri"]), Guard(f"MLflow tracking at {rec['tracking_uri']}"), now_ms()
+    guard(client.log_batch, rec["run_id"], metrics=[m for m in (metric(k, v, ts, 0) for k, v in figures.items()) if m],
+          tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+    guard(client.set_terminated, rec["run_id"], status)
