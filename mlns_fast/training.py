@@ -138,7 +138,8 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
 
 def labels(cfg: RunConfig) -> dict:
     """summary.json keys of the run's `--tag` labels and `--note` (only those given)."""
-    return {**({"tags": cfg.track.tags()} if cfg.track.tag else {}), **({"note": cfg.track.note} if cfg.track.note else {})}
+    tr = cfg.track
+    return {**({"tags": tr.tags()} if tr.tag else {}), **({"note": tr.note} if tr.note else {})}
 
 
 def start_tracking(cfg: RunConfig, run, runs_dir, info: dict) -> list:
