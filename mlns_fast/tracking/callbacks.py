@@ -46,8 +46,9 @@ class MLflowTracker(CompletedEpochs, Reports):
         if not self.guard.on:
             return
         ts, step = now_ms(), self.learn.train_iter
-        self.pending += [metric("step/train_loss", self.learn.smooth_loss, ts, step),
-                         metric("step/lr", self.opt.hypers[-1]["lr"], ts, step)]
+        # the loss stays a device tensor until the flush: reading it here would sync the device every batch
+        self.pending += [("step/train_loss", self.learn.smooth_loss.detach(), ts, step),
+                         ("step/lr", self.opt.hypers[-1]["lr"], ts, step)]
         if len(self.pending) >= 2 * FLUSH_STEPS:
             self.flush()
 
@@ -56,12 +57,12 @@ class MLflowTracker(CompletedEpochs, Reports):
         if vals is not None:
             vals.update(lr=self.opt.hypers[-1]["lr"])
             ts = now_ms()
-            self.pending += [metric(c, vals.get(c), ts, self.epoch) for c in METRIC_COLUMNS if c != "epoch"]
+            self.pending += [(c, vals.get(c), ts, self.epoch) for c in METRIC_COLUMNS if c != "epoch"]
         self.flush()
 
     def flush(self):
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
-        batch = [m for m in self.pending if m is not None]
+        batch = [m for m in (metric(*p) for p in self.pending) if m is not None]
         self.pending = []
         for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
             self.guard(self.client.log_batch, self.run_id, metrics=batch[i:i + MAX_METRICS_PER_BATCH])
@@ -96,6 +97,14 @@ class TensorBoardTracker(TensorBoardCallback):
         super().before_fit()
         if self.run:
             self.writer.add_text("config", "```toml\n" + self.config_toml + "```", self.train_iter)
+
+    def after_batch(self):
+        # fastai's own logs every optimizer hyper; torch's AdamW groups (behind OptimWrapper) hold None ones
+        self.writer.add_scalar("train_loss", self.smooth_loss, self.train_iter)
+        for i, h in enumerate(self.opt.hypers):
+            for k, v in h.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(f"{k}_{i}", v, self.train_iter)
 
     def finish(self, summary: dict, folder) -> None:
         """Nothing left to write: fastai closed the event file after fit."""
