@@ -1,4 +1,5 @@
-"""fastai callbacks: EMA (timm's ModelEmaV3), epoch plan, self-training, guards, the run tracker."""
+"""fastai callbacks: EMA (timm's ModelEmaV3), epoch plan, self-training, guards, training controls (gradient
+accumulation, early stopping), the run tracker."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,8 @@ import torch
 import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.tracker import EarlyStoppingCallback
+from fastai.callback.training import GradientAccumulation
 from fastai.distributed import DistributedTrainer
 from fastai.callback.progress import ProgressCallback
 from fastai.imports import noop  # the one fastai's no_logging sets (fastcore has its own)
@@ -306,6 +309,50 @@ class SignalStop(Callback):
             stop_fit(self.learn, "interrupted", f"{self.caught} at epoch {self.epoch}, batch {self.iter}")
 
 
+class Accumulate(GradientAccumulation):
+    """fastai's GradientAccumulation over `n` batches of `bs` images (it counts images: n_acc = n x bs),
+    starting every epoch clean: a partial accumulation left at the end of an epoch is dropped rather
+    than carried into the next, so an epoch's updates do not depend on the one before it and a run
+    resumed from its epoch checkpoint takes the same steps as one that never stopped."""
+
+    def __init__(self, n: int, bs: int):
+        super().__init__(n_acc=n * bs)
+
+    def before_train(self):
+        self.count = 0
+        self.learn.opt.zero_grad()
+
+
+class EarlyStop(EarlyStoppingCallback, Reports):
+    """fastai's EarlyStoppingCallback on a valid metric (higher is better), remembering why it stopped.
+
+    `history`: the metric's values in the epochs before this fit (a resumed run), replayed through the
+    same rule so patience counts across an interruption. After a stop, `stopped` says why; the run
+    itself ends as finished (its weights saved), with `stop_reason` early-stopped in summary.json."""
+
+    def __init__(self, monitor: str, patience: int, history=()):
+        super().__init__(monitor=monitor, comp=np.greater, patience=patience)
+        self.history, self.stopped = list(history), None
+
+    def summary(self) -> dict:
+        """summary.json's `stop_reason` once it stopped the run (RunTracker collects it)."""
+        return {"stop_reason": self.stopped["stop_reason"]} if self.stopped else {}
+
+    def before_fit(self):
+        super().before_fit()
+        for val in self.history:
+            self.wait = 0 if val is not None and val > self.best else self.wait + 1
+            self.best = max(self.best, val) if val is not None else self.best
+
+    def after_epoch(self):
+        try:
+            super().after_epoch()
+        except CancelFitException:
+            self.stopped = {"stop_reason": "early-stopped", "message": f"{self.monitor} did not improve on "
+                            f"{self.best:.4f} for {self.wait} epochs (stopped after epoch {self.epoch})"}
+            raise
+
+
 class CompletedEpochs(Callback):
     """Base of callbacks that act after an epoch only if it ran to its end: not cancelled or stopped,
     and validated. `completed_metrics()` is then the epoch's metrics by name, else None."""
@@ -394,7 +441,7 @@ class RunTracker(CompletedEpochs):
 
     def _state(self) -> dict:
         learn = self.learn
-        state = {"epoch": self.epoch, "model": unwrap_model(learn.model).state_dict(),
+        state = {"epoch": self.epoch, "train_iter": learn.train_iter, "model": unwrap_model(learn.model).state_dict(),
                  "opt": _plain(learn.opt.state_dict()), "rng_torch": torch.get_rng_state(),
                  "smooth_loss": {"count": learn.recorder.smooth_loss.count, "val": learn.recorder.smooth_loss.val.cpu()}}
         if torch.cuda.is_available():
@@ -408,6 +455,8 @@ class RunTracker(CompletedEpochs):
         if self.ema and "ema" in ckpt:
             self.ema.load_state_dict(ckpt)
         torch.set_rng_state(ckpt["rng_torch"])
+        if isinstance(ckpt.get("train_iter"), int):  # fastai counts steps from 0 every fit: the global step goes on
+            learn.train_iter = ckpt["train_iter"]
         if "rng_cuda" in ckpt and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
         if ckpt.get("smooth_loss"):

@@ -2,7 +2,8 @@
 
 Every CLI flag of `train` / `lr-find` is one field below (its `help` metadata is the flag's help),
 and a TOML experiment file fills the same fields under `[data]`, `[model]`, `[train]` (and
-`[render]` for the synthetic layout, whose glyph source is also a flag). Every field has one home
+`[render]` for the synthetic layout, whose glyph source is also a flag; `[track]` for live tracking,
+tags and notes, which describe a run without deciding its result). Every field has one home
 and one validation (`check_fields`). Every run writes the resolved config beside its results.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ HEADS = ("sum", "digits")
 DATA_MODES = ("real", "synthetic", "mixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
+TRACKERS = ("mlflow", "tensorboard")
 # The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
 N_DIGITS, N_CLASSES = 4, 10
 N_SUMS = N_DIGITS * (N_CLASSES - 1) + 1  # sums 0..36
@@ -136,6 +138,43 @@ class TrainConfig(Checked):
                                 "readings sum to their label with every digit at least this confident train as "
                                 "digit-labelled (0 = off; e.g. 0.9)", 0.0, 1.0, open_hi=True)
     compile: bool = _f(False, "torch.compile the model")
+    # Added after runs were recorded: at their defaults they stay out of the digest (`since`), so the
+    # digests of those runs, and suites matching them, do not change.
+    label_smoothing: float = _f(0.0, "label smoothing of the digit and sum losses (0 = off; e.g. 0.1)", 0.0, 1.0,
+                                open_hi=True, since=True)
+    accum: int = _f(1, "gradient accumulation: optimizer steps every N batches (effective batch N x --bs); "
+                       "fastai's GradientAccumulation", 1, 1024, since=True)
+    early_stop: int = _f(0, "stop when the valid sum accuracy (EMA's when --ema > 0) has not improved for this many "
+                            "epochs (0 = off); the run still finishes, with its weights", 0, 10_000, since=True)
+
+
+@dataclass(frozen=True)
+class TrackConfig(Checked):
+    """Live tracking, tags and notes: what a run reports and how it is labelled, never what it learns
+    (so none of it enters the config digest)."""
+    track: tuple = _f((), "live tracking: mlflow, tensorboard (repeatable or a comma list)", multiple=True,
+                      choices=TRACKERS)
+    tracking_uri: str = _f("", "MLflow tracking URI (server http://..., sqlite:///...); default: $MLFLOW_TRACKING_URI, "
+                               "else sqlite:///RUNS_DIR/mlflow.db")
+    experiment: str = _f("mlns-fast", "MLflow experiment name")
+    track_weights: bool = _f(False, "also upload the final weights to MLflow as artifacts")
+    tag: tuple = _f((), "KEY=VALUE label recorded in summary.json and the trackers (repeatable)", multiple=True)
+    note: str = _f("", "free-text note recorded in summary.json and the trackers")
+
+    def __post_init__(self):
+        # `--track mlflow,tensorboard` and `--track mlflow --track tensorboard` mean the same
+        object.__setattr__(self, "track", tuple(dict.fromkeys(t.strip() for v in self.track for t in v.split(",")
+                                                               if t.strip())))
+        check_fields(self)
+        if not self.experiment.strip():
+            raise ConfigError("--experiment must not be empty")
+        for t in self.tag:
+            if "=" not in t or not t.split("=", 1)[0].strip():
+                raise ConfigError(f"--tag {t!r}: write KEY=VALUE")
+
+    def tags(self) -> dict[str, str]:
+        """The `--tag` labels as a dict (a later KEY wins)."""
+        return {k.strip(): v.strip() for k, v in (t.split("=", 1) for t in self.tag)}
 
 
 @dataclass(frozen=True)
@@ -146,6 +185,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):
         check_name(self.name)
@@ -161,13 +201,19 @@ class RunConfig:
         return {"name": self.name, **{s: _section_dict(getattr(self, s)) for s in SECTIONS}}
 
     def digest(self) -> str:
-        """Hash of everything but the name: two runs with equal digests are the same experiment."""
-        d = self.to_dict()
-        d.pop("name")
+        """Hash of what decides the result (not the name, not `[track]`): two runs with equal digests
+        are the same experiment. Fields marked `since` count only away from their defaults."""
+        d = {s: _section_dict(getattr(self, s)) for s in SECTIONS if s not in UNDIGESTED}
+        for s in d:
+            for f in fields(SECTIONS[s]):
+                if f.metadata.get("since") and d[s][f.name] == f.default:
+                    del d[s][f.name]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "render": RenderConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "render": RenderConfig,
+            "track": TrackConfig}
+UNDIGESTED = ("track",)  # sections that label a run without changing it
 # CLI flag name (underscored) -> section: every data / model / train field, and the render fields
 # marked `flag` (the glyph source); the other render fields are file-only (`[render]`).
 FLAG_SECTIONS = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)
@@ -210,7 +256,11 @@ def check_fields(obj) -> None:
         if value is None and f.default is None:  # an optional setting left unset
             continue
         try:
-            if meta.get("choices") and value not in meta["choices"]:
+            if meta.get("choices") and meta.get("multiple"):
+                bad = [v for v in value if v not in meta["choices"]]
+                if bad:
+                    raise _Invalid(f"must be among {', '.join(map(str, meta['choices']))}; got {bad[0]!r}")
+            elif meta.get("choices") and value not in meta["choices"]:
                 raise _Invalid(f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
             if typ is tuple and not meta.get("multiple"):
                 _check_pair(value, meta)

@@ -182,6 +182,9 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
                    suptitle="most confident mistakes")
     result["files"] = [str(p) for p in sorted(out_dir.glob("*.png"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    from .tracking import log_results  # into the run's MLflow run, where it was tracked
+    log_results(run, f"eval/{out_dir.name}", {k: result[k] for k in FIGURES if k in result},
+                [out_dir / "result.json", *result["files"]])
     return result
 
 
@@ -202,6 +205,9 @@ def mistake_titles(pred: dict, samples: Samples, idx) -> list[str]:
         return f" {''.join(map(str, d[i]))}" if d is not None else ""
     return [f"pred {pred['sum'][i]} ({pred['confidence'][i]:.0%}){digits(pred['digits'], i)}"
             f" | true {samples.sums[i]}{digits(samples.digits, i)}" for i in idx]
+
+
+FIGURES = ("n", "sum_accuracy", "digit_accuracy", "all_digits_accuracy", "ece", "temperature")  # numbers a tracker gets
 
 
 def _slug(s: str) -> str:

@@ -38,28 +38,41 @@ def sum_log_probs(out: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(out.float(), dim=-1)
 
 
-def sum_loss(out, sums, digits=None, known=None):
-    """`sum` head: cross-entropy over the 37 sums. out (B, 37), sums (B,)."""
-    return F.cross_entropy(out.float(), sums)
+def sum_loss(out, sums, digits=None, known=None, label_smoothing: float = 0.0):
+    """`sum` head: cross-entropy over the 37 sums (label-smoothed by `label_smoothing`). out (B, 37), sums (B,)."""
+    return F.cross_entropy(out.float(), sums, label_smoothing=label_smoothing)
 
 
-def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: float = 1.0):
-    """`digits` head: per-digit CE where digits are known, sum-marginal NLL where only the sum is.
+def smoothed_nll(log_probs: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Per-item NLL against the target mixed with the uniform distribution: (1 - eps) * -log p[y]
+    + eps * mean_k -log p[k], torch's `label_smoothing` definition, for log-probs that come from the
+    sum marginal rather than from logits. log_probs (B, K), target (B,) -> (B,)."""
+    nll = -log_probs.gather(1, target[:, None]).squeeze(1)
+    return nll if not eps else (1 - eps) * nll - eps * log_probs.mean(1)
+
+
+def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: float = 1.0,
+               label_smoothing: float = 0.0):
+    """`digits` head: per-digit CE where digits are known, sum-marginal NLL where only the sum is;
+    both label-smoothed by `label_smoothing` (digits over 10 classes, sums over 37).
 
     out (B, 4, 10), sums (B,), digits (B, 4), known (B,) bool. Each item contributes one term;
     the batch mean is taken over all items so the two kinds weigh by their share of the batch.
     """
     B, P, _ = out.shape
-    ce = F.cross_entropy(out.float().flatten(0, 1), digits.flatten(), reduction="none").view(B, P).mean(1)  # (B,)
-    nll = -sum_log_probs_from_digits(out).gather(1, sums[:, None]).squeeze(1)  # (B,)
+    ce = F.cross_entropy(out.float().flatten(0, 1), digits.flatten(), reduction="none",
+                         label_smoothing=label_smoothing).view(B, P).mean(1)  # (B,)
+    nll = smoothed_nll(sum_log_probs_from_digits(out), sums, label_smoothing)  # (B,)
     # both terms for every item, the applicable one picked per item: `if known.any()` or indexing
     # with the mask would read it on the host, a device sync every batch
     return torch.where(known.bool(), digit_weight * ce, sum_weight * nll).mean()
 
 
-def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0):
+def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0, label_smoothing: float = 0.0):
     """The loss function of a head."""
-    return {"sum": sum_loss, "digits": partial(digit_loss, digit_weight=digit_weight, sum_weight=sum_weight)}[head]
+    if head == "sum":
+        return partial(sum_loss, label_smoothing=label_smoothing) if label_smoothing else sum_loss
+    return partial(digit_loss, digit_weight=digit_weight, sum_weight=sum_weight, label_smoothing=label_smoothing)
 
 
 def sum_accuracy(out, sums, *_):

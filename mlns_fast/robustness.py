@@ -145,6 +145,10 @@ def robustness(run, which: str = "best", names: list[str] | None = None, tta: bo
     from .plots import plot_robustness
     result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    from .tracking import log_results  # into the run's MLflow run, where it was tracked
+    figures = {f"{r['set']}/{k}": r[k] for r in rows for k in ("sum_accuracy", "digit_accuracy", "ece") if k in r}
+    figures["mean/sum_accuracy"] = sum(r["sum_accuracy"] for r in rows) / len(rows)
+    log_results(run, f"robustness/{weights}", figures, [out_dir / "result.json", *result["files"]])
     return result
 
 

@@ -25,14 +25,15 @@ from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
-from .callbacks import (DeviceAvgMetric, DivergenceGuard, EMACallback, EpochPlan, EpochTable, LazyProgress, RunTracker,
-                        SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device, scorer)
+from .callbacks import (Accumulate, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
+                        LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device,
+                        scorer)
 from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
 from .data.sources import content_hash
 from .device import default_device, device_name, precision_callbacks, resolve_precision
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
 from .losses import acc, fit_temperature, make_loss
 from .model import check_arch, count_params, create_model
@@ -66,7 +67,10 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     cbs = [EpochPlan(), DivergenceGuard(), *precision_callbacks(precision, device), *extra_cbs]
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
-    learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight),
+    if t.accum > 1:
+        cbs.append(Accumulate(t.accum, cfg.data.bs))
+    learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,
+                                                               t.label_smoothing),
                     opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
     keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
@@ -105,6 +109,7 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     precision = resolve_precision(cfg.train.precision, device)
     check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
+    check_accum(cfg.train.accum, len(dls.train))
     model = create_model(cfg.model, cfg.size)
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
@@ -143,9 +148,13 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
     ema = EMACallback(t.ema, t.ema_warmup) if t.ema > 0 else None
     info = {"params": count_params(p.model), "grid": p.model.grid, "device": device_name(p.device),
             "precision": p.precision, "threads": torch.get_num_threads(), "versions": library_versions(),
-            "git_commit": git_commit(), "data_sources": data_sources(p.dls), **(summary_extra or {})}
+            "git_commit": git_commit(), "data_sources": data_sources(p.dls), **labels(cfg), **(summary_extra or {})}
+    live = start_tracking(cfg, run, Path(run.path).parent, info) if not isinstance(run, NullRun) else []
     tracker, stop = RunTracker(run, cfg, info, ckpt, ema), SignalStop()
-    cbs = [stop, tracker, *([ema] if ema else []), *extra_cbs]
+    cbs = [stop, tracker, *([ema] if ema else []), *live, *extra_cbs]
+    if t.early_stop:
+        monitor = "acc_ema" if ema else "acc"
+        cbs.append(EarlyStop(monitor, t.early_stop, [r.get(monitor) for r in tracker.rows]))
     if t.self_train and cfg.data.data != "synthetic":
         cbs.append(SelfTraining(t.self_train))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
@@ -156,7 +165,7 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
         learn.metrics += ema.metrics()
     tracker.check_checkpoint()  # a checkpoint that does not fit is refused before the status is rewritten
     with stop:  # from the first batch until summary.json says how the run ended
-        return fit(learn, tracker, cfg, stop)
+        return fit(learn, tracker, cfg, stop, live)
 
 
 def data_sources(dls) -> dict:
@@ -169,6 +178,27 @@ def data_sources(dls) -> dict:
             source = s.source.replace("demo:", f"demo-{demo_version()}:", 1) if s.source.startswith("demo:") else s.source
             out[part] = {"source": source, "sha1": content_hash(s), "n": len(s)}
     return out
+
+
+def labels(cfg: RunConfig) -> dict:
+    """summary.json keys of the run's `--tag` labels and `--note` (only those given)."""
+    tr = cfg.track
+    return {**({"tags": tr.tags()} if tr.tag else {}), **({"note": tr.note} if tr.note else {})}
+
+
+def start_tracking(cfg: RunConfig, run, runs_dir, info: dict) -> list:
+    """The live trackers' callbacks (none unless `--track`)."""
+    if not cfg.track.track:
+        return []
+    from .tracking import create_trackers
+    return create_trackers(cfg, run, runs_dir, info)
+
+
+def check_accum(accum: int, batches: int) -> None:
+    """`--accum` must leave at least one optimizer step per epoch (each epoch starts a fresh accumulation)."""
+    if accum > batches:
+        raise ConfigError(f"--accum {accum} exceeds the {batches} batches of an epoch: no optimizer step would be "
+                          f"taken; use at most {batches} (or a smaller --bs)")
 
 
 def resolve_init(cfg: RunConfig, runs_dir) -> RunConfig:
@@ -190,6 +220,9 @@ def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
     then starts again from epoch 1 with its own config, in its own folder)."""
     run = resolve_run(ref, runs_dir)
     cfg, ckpt, status, rows = run.config(), run.load_checkpoint(), run.status(), run.metrics()
+    if status == "finished" and run.summary().get("stop_reason") == "early-stopped":
+        raise RunError(f"{run.path}: finished (early-stopped after {run.summary().get('epochs_done')} epochs); "
+                       f"nothing to resume")
     if status == "finished":
         raise RunError(f"{run.path}: already trained all {cfg.train.epochs} epochs; nothing to resume")
     if ckpt is not None and ckpt["epoch"] + 1 > cfg.train.epochs:
@@ -208,10 +241,11 @@ def resume_point(ref: str, runs_dir) -> tuple[RunDir, dict | None]:
     return run, ckpt
 
 
-def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, stop: SignalStop | None = None) -> dict:
+def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, stop: SignalStop | None = None, live=()) -> dict:
     """Run the one-cycle schedule (from the tracker's start epoch; all epochs done: none, the run is
-    only finished) and record how it ended. A stop signal after the last epoch leaves the run
-    `interrupted` with its final checkpoint: `--resume` then finishes it without training."""
+    only finished) and record how it ended; the live trackers get the run folder's final files last.
+    A stop signal after the last epoch leaves the run `interrupted` with its final checkpoint:
+    `--resume` then finishes it without training."""
     t = cfg.train
     tracker.write_summary("running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
     try:
@@ -222,11 +256,19 @@ def fit(learn: Learner, tracker: RunTracker, cfg: RunConfig, stop: SignalStop | 
             extra["temperature"] = temperatures(learn, tracker.ema, stop)
             if stop is not None and stop.caught:
                 status, message, extra = "interrupted", f"{stop.caught} after the last epoch, while finishing", {}
-        return tracker.finish(status, message, **extra)
+        early = next((cb.stopped for cb in learn.cbs if isinstance(cb, EarlyStop) and cb.stopped), None)
+        if early and status == "finished":
+            message = early["message"]
+        summary = tracker.finish(status, message, **extra)
     except BaseException as e:  # (a second Ctrl-C, whose handler is Python's again, is an interruption too)
-        tracker.write_summary("interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                              message=f"{type(e).__name__}: {e}")
+        summary = tracker.write_summary("interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                                        message=f"{type(e).__name__}: {e}")
+        for cb in live:
+            cb.finish(summary, tracker.folder)
         raise
+    for cb in live:
+        cb.finish(summary, tracker.folder)
+    return summary
 
 
 def temperatures(learn: Learner, ema: EMACallback | None, stop: SignalStop | None = None) -> dict[str, float]:

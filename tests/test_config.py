@@ -117,3 +117,38 @@ def test_every_value_is_checked_in_one_place(tmp_path, text, msg):
     with pytest.raises(ConfigError, match=msg) as e:
         resolve_config(str(f))
     assert "--vjitter" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tracking_tags_and_notes_do_not_change_the_digest(tmp_path):
+    base = resolve_config()
+    labelled = resolve_config(track=("mlflow,tensorboard",), tracking_uri="http://x:5000", experiment="e",
+                              tag=("a=b",), note="why", track_weights=True)
+    assert labelled.track.track == ("mlflow", "tensorboard") and labelled.track.tags() == {"a": "b"}
+    assert labelled.digest() == base.digest()
+    p = tmp_path / "c.toml"
+    p.write_text(write_toml(labelled))  # the [track] section is written and read back
+    assert load_run_config(p) == labelled
+    f = tmp_path / "t.toml"
+    f.write_text('[track]\ntrack = ["tensorboard"]\ntag = ["team=x"]\n')
+    assert resolve_config(str(f)).track.track == ("tensorboard",)
+
+
+def test_new_training_controls_change_the_digest_only_away_from_their_defaults():
+    base = resolve_config().digest()
+    assert resolve_config(label_smoothing=0.0, accum=1, early_stop=0).digest() == base  # old runs keep theirs
+    assert len({base, resolve_config(label_smoothing=0.1).digest(), resolve_config(accum=2).digest(),
+                resolve_config(early_stop=3).digest()}) == 4
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (dict(track=("wandb",)), "--track must be among mlflow, tensorboard"),
+    (dict(tag=("novalue",)), "--tag 'novalue': write KEY=VALUE"),
+    (dict(tag=("=v",)), "KEY=VALUE"),
+    (dict(label_smoothing=1.0), "--label-smoothing"),
+    (dict(accum=0), "--accum"),
+    (dict(early_stop=-1), "--early-stop"),
+    (dict(experiment=" "), "--experiment"),
+])
+def test_bad_tracking_and_control_values(flags, msg):
+    with pytest.raises(ConfigError, match=msg):
+        resolve_config(**flags)

@@ -99,3 +99,32 @@ def test_fit_temperature_recovers_the_scale_that_generated_the_labels():
     from mlns_fast.losses import sum_log_probs
     labels = torch.multinomial(sum_log_probs(digits / 0.5).exp(), 1, generator=g).squeeze(1)
     assert abs(fit_temperature(digits, labels) - 0.5) < 0.08
+
+
+def test_label_smoothing_of_the_sum_marginal_is_torchs_definition():
+    from mlns_fast.losses import smoothed_nll
+    logits, y = torch.randn(7, 37) * 3, torch.randint(0, 37, (7,))
+    for eps in (0.0, 0.1, 0.5):
+        want = torch.nn.functional.cross_entropy(logits, y, label_smoothing=eps, reduction="none")
+        assert torch.allclose(smoothed_nll(torch.log_softmax(logits, -1), y, eps), want, atol=1e-6)
+
+
+def _confident(digits: torch.Tensor, margin: float = 12.0) -> torch.Tensor:
+    """(B, 4, 10) logits that read `digits` with near certainty."""
+    return torch.nn.functional.one_hot(digits, 10).float() * margin
+
+
+def test_label_smoothing_raises_the_loss_of_confident_correct_readings():
+    digits = torch.tensor([[1, 2, 3, 4], [9, 0, 9, 0]])
+    out, sums = _confident(digits), digits.sum(1)
+    for known in (torch.tensor([True, True]), torch.tensor([False, False])):  # digit CE; sum-marginal NLL
+        plain = digit_loss(out, sums, digits, known)
+        smooth = digit_loss(out, sums, digits, known, label_smoothing=0.1)
+        assert plain < 1e-3 and smooth > plain + 0.05, (known, plain, smooth)
+    sum_out = torch.nn.functional.one_hot(sums, 37).float() * 12.0
+    assert make_loss("sum", label_smoothing=0.1)(sum_out, sums) > sum_loss(sum_out, sums) + 0.05
+    # ...and lowers it for a wrong but unsure one (the smoothed target is not all on the label)
+    wrong = torch.zeros(2, 37)
+    wrong[:, 0] = 1.0
+    assert make_loss("sum", label_smoothing=0.5)(wrong, sums) < sum_loss(wrong, sums)
+    assert make_loss("digits", label_smoothing=0.0)(out, sums, digits, known) == digit_loss(out, sums, digits, known)

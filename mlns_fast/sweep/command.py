@@ -40,8 +40,27 @@ def run_sweep(path: str | Path, runs_dir: str | Path = DEFAULT_RUNS_DIR, trials:
     fail_dead_trials(study, runs_dir)
     fail_orphan_folders(study, runs_dir)
     deadline = time.time() + timeout if timeout else None
+    parent = _study_run(sweep, runs_dir)  # the trials' parent MLflow run, with `track = ["mlflow"]` in [defaults]
     interrupted = run_workers(sweep, runs_dir, storage, trials, workers, deadline)
-    return write_results(study, sweep, runs_dir, storage, interrupted)
+    result = write_results(study, sweep, runs_dir, storage, interrupted)
+    if parent:
+        from ..tracking import close_study_run
+        best = result.best or {}
+        close_study_run(parent, {"best_value": best.get("value"), "trials": len(result.rows)},
+                        {"best_run": best.get("run"), "best_trial": best.get("trial")},
+                        "KILLED" if interrupted else "FINISHED")
+    return result
+
+
+def _study_run(sweep: Sweep, runs_dir) -> dict | None:
+    """Open (or, for a resumed study, reopen) the study's MLflow run: the study's settings as params."""
+    if "mlflow" not in sweep.base.track.track:
+        return None
+    from ..tracking import open_study_run
+    s = sweep.study
+    params = {**{f"study.{k}": getattr(s, k) for k in ("metric", "direction", "sampler", "pruner", "seed")},
+              **{f"space.{p.key}": p.describe() for p in sweep.space}}
+    return open_study_run(sweep.base, runs_dir, s.name, params)
 
 
 def _make_study_folder(runs_dir, name: str) -> None:
