@@ -147,10 +147,10 @@ def test_checkpoint_that_loads_but_does_not_fit(capsys, tmp_path, tiny_cfg, case
     elif case == "short_rng":
         ckpt["rng_torch"] = torch.zeros(3, dtype=torch.uint8)
     elif case == "empty_opt":
-        ckpt["opt"] = {"state": [], "hypers": []}
+        ckpt["opt"] = {"state": {}, "param_groups": []}  # torch's optimizer state, of no parameter group
     elif case == "opt_shapes":
-        ckpt["opt"]["state"] = [{k: (torch.zeros(2, 2) if isinstance(v, torch.Tensor) and v.dim() else v)
-                                 for k, v in st_.items()} for st_ in ckpt["opt"]["state"]]
+        ckpt["opt"]["state"] = {i: {k: (torch.zeros(2, 2) if isinstance(v, torch.Tensor) and v.dim() else v)
+                                    for k, v in st_.items()} for i, st_ in ckpt["opt"]["state"].items()}
     else:
         ckpt["ema"] = {k: v[..., :1] if v.dim() else v for k, v in ckpt["ema"].items()}
     torch.save(ckpt, run.checkpoint_path)
