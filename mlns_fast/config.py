@@ -343,6 +343,21 @@ def nesting_depth(obj) -> int:
     return depth - 1
 
 
+def parse_bounded(parse, text: str, where, kind: str, error=ConfigError):
+    """`parse(text)` (tomllib.loads, json.loads) nested at most MAX_DEPTH levels, else one `error` naming
+    `where`: both parsers recurse per level, so a hand-edited `[[[[...` is a RecursionError in them or
+    in the code that walks their result."""
+    try:
+        obj = parse(text)
+    except RecursionError:
+        raise error(f"{where}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise error(f"{where}: not valid {kind} ({e})") from None
+    if nesting_depth(obj) > MAX_DEPTH:
+        raise error(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
 def read_toml(path: str | Path) -> dict:
     """A TOML file's content: at most MAX_TOML_BYTES and MAX_DEPTH levels, else one ConfigError naming it."""
     p = Path(path)
@@ -351,16 +366,12 @@ def read_toml(path: str | Path) -> dict:
     try:
         if p.stat().st_size > MAX_TOML_BYTES:
             raise ConfigError(f"{p}: {p.stat().st_size:,} bytes, over the {MAX_TOML_BYTES:,} a config file may hold")
-        d = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
-    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
-        raise ConfigError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
     except OSError as e:
         raise ConfigError(f"{p}: unreadable ({e.strerror or type(e).__name__})") from None
-    if nesting_depth(d) > MAX_DEPTH:
-        raise ConfigError(f"{p}: nested more than {MAX_DEPTH} levels deep")
-    return d
+    return parse_bounded(tomllib.loads, text, p, "TOML")
 
 
 def config_from_dict(d: dict, where: str, base: RunConfig | None = None) -> RunConfig:

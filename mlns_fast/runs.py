@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MAX_DEPTH, RunConfig, load_run_config, nesting_depth, write_toml
+from .config import RunConfig, load_run_config, parse_bounded, write_toml
 from .errors import ConfigError, MlnsError, OutputError, RunError
 from .files import atomic_path, atomic_torch_save, atomic_write, csv_text, inside
 from .procs import is_alive, this_process
@@ -380,16 +380,7 @@ def _read_text(p: Path, limit: int) -> str:
 def _read_json(p: Path, limit: int):
     """A run file's JSON, at most MAX_DEPTH levels deep (a hand-edited `[[[[...` is refused, not a
     RecursionError in the parser or in the code that walks it)."""
-    text = _read_text(p, limit)
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise RunError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
-    except ValueError as e:
-        raise RunError(f"{p}: not valid JSON ({e})") from None
-    if nesting_depth(obj) > MAX_DEPTH:
-        raise RunError(f"{p}: nested more than {MAX_DEPTH} levels deep")
-    return obj
+    return parse_bounded(json.loads, _read_text(p, limit), p, "JSON", RunError)
 
 
 _TEXT_KEYS = ("name", "run", "arch", "grid", "head", "data", "study", "message", "started", "device", "precision",

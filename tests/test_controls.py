@@ -18,14 +18,7 @@ from mlns_fast.training import train
 from .conftest import flag_args, run_cli, tiny_flags
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy runs on one thread each: on oversubscribed cores two-thread OpenMP runs of tiny models
-    crawl (tests/test_sweep.py measured 95 s vs 5 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _learner_with_acc(values):

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from fastai.callback.core import Callback
 
 from mlns_fast.cli import main
 from mlns_fast.errors import RunError
@@ -18,7 +17,7 @@ from mlns_fast.procs import this_process
 from mlns_fast.runs import RunDir, list_runs, resolve_run
 from mlns_fast.training import train
 
-from .conftest import assert_user_error, dead_pid, flag_args, run_cli, tiny_flags
+from .conftest import SigintAfter, assert_user_error, dead_pid, flag_args, run_cli, tiny_flags
 
 
 @pytest.fixture(scope="module")
@@ -154,19 +153,6 @@ def test_second_of_two_same_named_runs_is_reachable(tmp_path, tiny_cfg):
     assert resolve_run("same", tmp_path) == b and resolve_run(a.name, tmp_path) == a
 
 
-class SigintAfter(Callback):
-    """SIGINT after epoch `n` ends (n = -1: during the first epoch, after its first batch)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def after_batch(self):
-        if self.n < 0 and self.training and self.iter == 0 and self.epoch == 0:
-            signal.raise_signal(signal.SIGINT)
-
-    def after_epoch(self):
-        if self.epoch == self.n:
-            signal.raise_signal(signal.SIGINT)
 
 
 def _metrics(run_path):

@@ -127,7 +127,7 @@ def test_eval_folder_symlinked_elsewhere_is_not_written_through(capsys, runs, tm
 
 
 def _interrupted_run(tmp_path, tiny_cfg):
-    from .test_reliability import SigintAfter
+    from .conftest import SigintAfter
     s = train(tiny_cfg(epochs=3), tmp_path, quiet=True, extra_cbs=[SigintAfter(0)])
     return RunDir(tmp_path / s["run"])
 

@@ -14,24 +14,16 @@ import time
 import urllib.request
 
 import pytest
-import torch
 from fastai.callback.core import Callback
 
 from mlns_fast.callbacks import RunTracker
 from mlns_fast.runs import RunDir
 from mlns_fast.training import train
 
-from .conftest import flag_args, run_cli, tiny_flags
+from .conftest import SigintAfter, flag_args, run_cli, tiny_flags
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Toy runs on one thread each: on oversubscribed cores two-thread OpenMP runs of tiny models
-    crawl (tests/test_sweep.py measured 95 s vs 5 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SERVER_START_S = 120  # bounded wait for the server's /health (it answers in ~8 s on 2 idle cores)
@@ -201,13 +193,6 @@ def test_an_unreachable_server_at_the_start_is_one_warning(tiny_data, tmp_path, 
     assert s["status"] == "finished" and "mlflow" not in s
 
 
-class SigintAfter(Callback):
-    def __init__(self, n):
-        self.n = n
-
-    def after_epoch(self):
-        if self.epoch == self.n:
-            signal.raise_signal(signal.SIGINT)
 
 
 def test_default_local_store_and_a_resumed_run_continue_one_mlflow_run(tiny_cfg, tmp_path, monkeypatch):

@@ -10,6 +10,8 @@ from mlns_fast.evaluation import load_trained, predict_arrays, predict_outputs
 from mlns_fast.runs import RunDir, list_runs
 from mlns_fast.training import train
 
+from .conftest import SigintAfter
+
 TIMING_COLUMNS = ("seconds",)  # wall-clock: the only metrics.csv columns that differ between identical runs
 
 
@@ -66,15 +68,6 @@ def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path):
     assert _metrics(tmp_path / "a" / a["run"]) == _metrics(tmp_path / "b" / b["run"])
 
 
-class SigintAfter(Callback):
-    """Sends this process SIGINT at the end of epoch `n` (as Ctrl-C would)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def after_epoch(self):
-        if self.epoch == self.n:
-            signal.raise_signal(signal.SIGINT)
 
 
 def test_interrupt_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
