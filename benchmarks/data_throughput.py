@@ -1,15 +1,18 @@
 """Data speed per worker, stage by stage, on the default mix (75 % synthetic, augmented real images).
 
-    python benchmarks/data_throughput.py --batches 20 --workers 0 1 2
+    python benchmarks/data_throughput.py --batches 20 --workers 0 1 2 --synth-pool 0 100000
 
 Stages, each on one core (one thread: what a DataLoader worker gets), in images/s:
   render       the synthetic renderer alone (the run's layout and glyphs)
+  pool         a synthetic item drawn from a pre-rendered pool (--synth-pool N > 0): index and roll
   augment      albumentations on real images alone
   items        `Items[key]` over the training plan: render or augment, plus the item tensors
   collate      the loader's collation of those items into a batch
   loader W=w   the whole training DataLoader with w workers, batches delivered in this process,
                including the batch transform (uint8 -> float on the device), no model attached
-Per-worker figures are the loader's img/s divided by w (w >= 1).
+Per-worker figures are the loader's img/s divided by w (w >= 1). Each --synth-pool value repeats
+the table (0 = render every synthetic image fresh, the default; N = draw from a pool of N, built
+first, or read from the cache, before the timing).
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ def stage_rates(cfg, n_batches: int) -> dict[str, float]:
     synth = [k for k in keys if k[0] == SYNTH]
     real = [k for k in keys if k[0] == REAL]
     out = {"render": rate(lambda k: items.renderer(k[1], k[2]), synth)}
+    if items.pool is not None:
+        out["pool"] = rate(lambda k: items.pool.item(k[1], k[2]), synth)
     if items.aug is not None:
         out["augment"] = rate(lambda k: items.aug(image=items.real.images[k[2]]), real)
     batch = [items[k] for k in keys[: dl.bs]]
@@ -72,19 +77,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--synth-pool", type=int, nargs="+", default=[0])
     a = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    cfg = resolve_config(bs=128)  # the default recipe: mixed data, train layout, augmentation on
     print(f"machine: {machine()}")
-    print(f"default mix: data={cfg.data.data}, mix={cfg.data.mix}, glyphs={cfg.render.glyphs}, "
-          f"elastic={cfg.render.elastic}, augment={cfg.data.augment}, bs={cfg.data.bs}")
-    for name, r in stage_rates(cfg, a.batches).items():
-        print(f"{name:12s}: {r:8.0f} img/s per core")
-    for w in a.workers:
-        r = loader_rate(resolve_config(bs=128, workers=w), a.batches)
-        per = f", {r / w:7.0f} per worker" if w else " (in this process)"
-        print(f"loader W={w}  : {r:8.0f} img/s{per}")
+    for pool in a.synth_pool:
+        cfg = resolve_config(bs=128, synth_pool=pool)  # the default recipe: mixed data, train layout, augmentation on
+        t0 = time.perf_counter()
+        build_dataloaders(cfg)  # builds the pool (all cores) or reads it from the cache
+        print(f"default mix: data={cfg.data.data}, mix={cfg.data.mix}, glyphs={cfg.render.glyphs}, "
+              f"elastic={cfg.render.elastic}, augment={cfg.data.augment}, bs={cfg.data.bs}, synth_pool={pool}"
+              + (f" (ready in {time.perf_counter() - t0:.1f} s)" if pool else ""))
+        for name, r in stage_rates(cfg, a.batches).items():
+            print(f"{name:12s}: {r:8.0f} img/s per core")
+        for w in a.workers:
+            r = loader_rate(resolve_config(bs=128, workers=w, synth_pool=pool), a.batches)
+            per = f", {r / w:7.0f} per worker" if w else " (in this process)"
+            print(f"loader W={w}  : {r:8.0f} img/s{per}")
 
 
 if __name__ == "__main__":

@@ -31,21 +31,21 @@ from mlns_fast.training import build_learner  # noqa: E402
 class TimeBatches(Callback):
     order = 100
 
-    def __init__(self, timer, n):
-        self.timer, self.n = timer, n
+    def __init__(self, timer):
+        self.timer = timer
 
     def after_batch(self):
         if self.training:
             self.timer.step(len(self.learn.xb[0]))
-            if self.timer.n >= self.n:
+            if self.timer.done:
                 raise CancelFitException()
 
 
 def learner_rate(cfg, device, n, warmup):
     torch.manual_seed(0)
-    timer = Timer(warmup)
+    timer = Timer(warmup, warmup + n)
     learn = build_learner(cfg, build_dataloaders(cfg, device=device), create_model(cfg.model, cfg.size), device,
-                          resolve_precision(cfg.train.precision, device), quiet=True, extra_cbs=[TimeBatches(timer, n)])
+                          resolve_precision(cfg.train.precision, device), quiet=True, extra_cbs=[TimeBatches(timer)])
     learn.fit(100, lr=cfg.train.lr)
     return timer.rate
 
@@ -61,9 +61,9 @@ def plain_rate(cfg, device, n, warmup):
     precision = resolve_precision(cfg.train.precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    timer = Timer(warmup)
+    timer = Timer(warmup, warmup + n)
     model.train()
-    while timer.n < n:
+    while not timer.done:
         for x, *y in dls.train:
             with autocast():
                 out = model(x)
@@ -72,7 +72,7 @@ def plain_rate(cfg, device, n, warmup):
             loss.backward()
             opt.step()
             timer.step(len(x))
-            if timer.n >= n:
+            if timer.done:
                 break
     return timer.rate
 
@@ -86,13 +86,14 @@ def main():
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--synth-pool", type=int, default=0, help="draw synthetic images from a pre-rendered pool of N")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = resolve_config(arch=a.arch, bs=a.bs, precision=a.precision, channels_last=a.channels_last,
-                         workers=a.workers, ema=0.0)
+                         workers=a.workers, ema=0.0, synth_pool=a.synth_pool)
     print(f"machine: {machine()}")
     print(f"arch {a.arch}, bs {a.bs}, precision {resolve_precision(a.precision, device)}, "
-          f"channels_last {a.channels_last}, workers {a.workers}, {a.batches} batches after {a.warmup} warm-up")
+          f"channels_last {a.channels_last}, workers {a.workers}, synth_pool {a.synth_pool}, {a.batches} batches after {a.warmup} warm-up")
     plain = plain_rate(cfg, device, a.batches, a.warmup)
     learner = learner_rate(cfg, device, a.batches, a.warmup)
     print(f"plain PyTorch loop : {plain:8.1f} img/s")

@@ -86,6 +86,11 @@ class DataConfig(Checked):
                           open_lo=True, open_hi=True)
     mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic", 0.0, 1.0, open_hi=True)
     synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch", 1, 10_000_000)
+    synth_pool: int = _f(0, "pre-render this many synthetic images once, on every core (cached on disk by layout, "
+                            "bank, seed and size: later runs of the same data reuse them), and draw each epoch's "
+                            "synthetic images from them in a fresh order, each moved to a fresh place; 0 = render "
+                            "every image fresh. For loaders that cannot render as fast as a GPU trains "
+                            "(benchmarks/README.md)", 0, 10_000_000, since=True)
     bs: int = _f(128, "batch size", 1, 65536)
     workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
                           "up to 8 beside a GPU)", -1, 64)
@@ -146,6 +151,8 @@ class TrainConfig(Checked):
                        "fastai's GradientAccumulation", 1, 1024, since=True)
     early_stop: int = _f(0, "stop when the valid sum accuracy (EMA's when --ema > 0) has not improved for this many "
                             "epochs (0 = off); the run still finishes, with its weights", 0, 10_000, since=True)
+    deterministic: bool = _f(False, "bit-identical results on a GPU as well (cuDNN's and torch's deterministic kernels, "
+                                    "slower); a CPU run is deterministic without it", since=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import platform
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.torch_core import to_float
+from fastai.torch_core import set_seed, to_float
 
 from .errors import ConfigError
 
@@ -42,6 +42,19 @@ def default_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (fastai's `set_seed`) and choose the kernels: with `deterministic`,
+    cuDNN's and torch's deterministic ones, so a GPU run repeats bit for bit (a CPU run does anyway).
+    Set both ways on every call: the flags are process-wide, and a suite or sweep runs many configs in
+    one process. cuBLAS reads its workspace setting when it starts, so it is set here before the
+    first GPU matmul of the process (an earlier one keeps the old workspace; torch then warns)."""
+    set_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -21,7 +21,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelValidExcept
 from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.torch_core import num_distrib, rank_distrib
 from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
@@ -32,7 +32,7 @@ from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
 from .data.sources import content_hash
-from .device import default_device, device_name, precision_callbacks, resolve_precision
+from .device import default_device, device_name, precision_callbacks, resolve_precision, seed_everything
 from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
 from .losses import acc, fit_temperature, make_loss
@@ -105,10 +105,10 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     errors (arch, data, weights, options) are raised here, before any run folder exists."""
     device = torch.device(device) if device else default_device()
     cfg = resolve_init(cfg, runs_dir)
-    set_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
     precision = resolve_precision(cfg.train.precision, device)
     check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
-    dls = build_dataloaders(cfg, device=device, rank=rank, world=world)
+    dls = build_dataloaders(cfg, device=device, rank=rank, world=world, progress=rank == 0 and sys.stderr.isatty())
     check_accum(cfg.train.accum, len(dls.train))
     model = create_model(cfg.model, cfg.size)
     if cfg.train.compile:

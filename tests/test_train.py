@@ -63,8 +63,9 @@ def test_saved_weights_reload_to_the_trained_network(tiny_cfg, tmp_path):
 
 
 def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path):
-    a = train(tiny_cfg(workers=1, augment=True), tmp_path / "a", quiet=True)
-    b = train(tiny_cfg(workers=1, augment=True), tmp_path / "b", quiet=True)
+    # deterministic: on a GPU too (a no-op for the CPU kernels CI runs)
+    a = train(tiny_cfg(workers=1, augment=True, deterministic=True), tmp_path / "a", quiet=True)
+    b = train(tiny_cfg(workers=1, augment=True, deterministic=True), tmp_path / "b", quiet=True)
     assert _metrics(tmp_path / "a" / a["run"]) == _metrics(tmp_path / "b" / b["run"])
 
 
@@ -72,7 +73,7 @@ def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path):
 
 def test_interrupt_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN when run in the background
-    cfg = tiny_cfg(epochs=3)
+    cfg = tiny_cfg(epochs=3, deterministic=True)
     full = train(cfg, tmp_path / "full", quiet=True)
     cut = train(cfg, tmp_path / "cut", quiet=True, extra_cbs=[SigintAfter(0)])
     assert cut["status"] == "interrupted" and "SIGINT" in cut["message"]
@@ -272,3 +273,11 @@ def test_data_sources_name_the_demo_by_version_and_hash_the_content(tiny_data):
     assert got["valid"]["source"] == f"demo-{demo_version()}:valid"
     assert data_sources(dls(edited, demo))["train"]["sha1"] != got["train"]["sha1"]
     assert "train" not in data_sources(dls(None, demo))  # synthetic only
+
+
+def test_deterministic_sets_the_process_kernels_both_ways(tiny_cfg, tmp_path):
+    from mlns_fast.training import prepare
+    prepare(tiny_cfg(deterministic=True), "cpu", tmp_path)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    prepare(tiny_cfg(), "cpu", tmp_path)  # the next run in the same process (a suite, a sweep) gets the default back
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic

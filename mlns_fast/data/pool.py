@@ -1,0 +1,163 @@
+"""A pool of pre-rendered synthetic images, cached on disk and drawn from afresh each epoch.
+
+Rendering costs ~85 % of a synthetic item (benchmarks/README.md): beside a GPU, the loader
+workers cannot render as fast as the model trains. `--synth-pool N` renders N images once, on
+every core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed
+and N, so a later run of the same data reuses the files: an lr sweep or an arch comparison
+renders nothing), and each epoch draws its synthetic images from the pool:
+
+  item (epoch, j) -> pool image perm(seed, epoch, j // N)[j % N], rolled by a fresh (dx, dy)
+
+The roll moves the whole row to a fresh place inside the canvas (its ink never leaves it; noise,
+if any, wraps with it), as the renderer's x offset and vertical jitter place it; it is a pure
+function of (seed, epoch, j), so the same seed gives the same batches in any worker. Pool image i
+is the renderer's image (0, i): the fresh stream's first epoch.
+
+The arrays are memory-mapped: forked loader workers share one copy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .demo import cache_root
+from .render import RENDER_VERSION, Renderer
+
+log = logging.getLogger(__name__)
+_M64 = (1 << 64) - 1
+
+
+@dataclass
+class Pool:
+    """Pre-rendered images with their digits and the bounding box of all their ink."""
+    images: np.ndarray  # (N, H, W) uint8, memory-mapped
+    digits: np.ndarray  # (N, 4) int64
+    ink: np.ndarray  # (N, 4) int64: x0, y0, x1, y1 over every glyph box
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def item(self, epoch: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Synthetic image j of `epoch`: a pool image in this epoch's order, rolled afresh."""
+        n = len(self.images)
+        i = int(_order(self.seed, epoch, j // n, n)[j % n])
+        x0, y0, x1, y1 = (int(v) for v in self.ink[i])
+        _, h, w = self.images.shape
+        r = _mix(self.seed, epoch, j)
+        dx = -x0 + r % (w - x1 + x0 + 1)
+        dy = -y0 + (r >> 32) % (h - y1 + y0 + 1)
+        return np.roll(self.images[i], (dy, dx), axis=(0, 1)), self.digits[i]
+
+
+@lru_cache(maxsize=4)
+def _order(seed: int, epoch: int, lap: int, n: int) -> np.ndarray:
+    """The pool's order in one epoch (and lap through it, when an epoch takes more than N images)."""
+    return np.random.default_rng([seed, epoch, lap, 17]).permutation(n)
+
+
+def _mix(*values: int) -> int:
+    """A 64-bit hash of small non-negative ints (splitmix64 steps). Hand-written: a numpy Generator
+    per item costs ~20 us, more than the roll it would draw for."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ v) * 0xBF58476D1CE4E5B9 & _M64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _M64
+        h ^= h >> 31
+    return h
+
+
+def pool_key(renderer: Renderer, n: int) -> str:
+    """What the pool's pixels depend on: layout, glyphs (hashed), seed, N, the renderer's version."""
+    h = hashlib.sha1(json.dumps([asdict(renderer.cfg), renderer.seed, n, RENDER_VERSION], sort_keys=True,
+                                default=str).encode())
+    for pool in (renderer.hand, renderer.fonts):
+        for glyphs in pool or ():
+            for g in glyphs:
+                h.update(np.asarray(g.shape, np.int64).tobytes())
+                h.update(g.tobytes())
+    return h.hexdigest()[:16]
+
+
+_RENDERER: Renderer | None = None  # the renderer a forked pool process inherits
+
+
+def _render_range(span: tuple[int, int]):
+    lo, hi = span
+    out = [_RENDERER(0, i) for i in range(lo, hi)]
+    boxes = np.stack([o.boxes for o in out])
+    ink = np.concatenate([boxes[:, :, :2].min(1), boxes[:, :, 2:].max(1)], axis=1)
+    return lo, np.stack([o.image for o in out]), np.stack([o.digits for o in out]), ink
+
+
+def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: bool) -> None:
+    """Render images 0..n-1 into images.npy / digits.npy / ink.npy in `folder`, on `processes` forked processes."""
+    global _RENDERER
+    h, w = renderer.cfg.height, renderer.cfg.width
+    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (n, h, w))
+    digits = np.zeros((n, 4), np.int64)
+    ink = np.zeros((n, 4), np.int64)
+    chunk = 2048
+    spans = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    _RENDERER = renderer
+    ctx = multiprocessing.get_context("fork") if processes > 1 and os.name == "posix" else None
+    try:
+        with (ctx.Pool(processes) if ctx else _Serial()) as workers:
+            done = workers.imap_unordered(_render_range, spans)
+            if progress:
+                from rich.progress import track
+                done = track(done, total=len(spans), description=f"rendering a pool of {n:,} images",
+                             transient=True)
+            for lo, im, dg, bx in done:
+                images[lo:lo + len(im)], digits[lo:lo + len(im)], ink[lo:lo + len(im)] = im, dg, bx
+    finally:
+        _RENDERER = None
+    images.flush()
+    del images
+    np.save(folder / "digits.npy", digits)
+    np.save(folder / "ink.npy", ink)
+
+
+class _Serial:
+    """`multiprocessing.Pool`'s imap_unordered in this process (one core, or no fork)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, fn, it):
+        return map(fn, it)
+
+
+def synthetic_pool(renderer: Renderer, n: int, progress: bool = False, processes: int | None = None) -> Pool:
+    """The pool of `n` images of `renderer`, from the cache, or rendered now (on every core) and cached.
+
+    Built in a temp folder and renamed: a stopped build leaves no half pool, and two runs building
+    the same pool at once both end with a whole one."""
+    final = cache_root() / f"pool-{pool_key(renderer, n)}"
+    if not (final / "ink.npy").is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".pool-", dir=final.parent))
+        log.info("rendering a synthetic pool of %d images into %s", n, final)
+        try:
+            _build(renderer, n, tmp, processes or os.cpu_count() or 1, progress)
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "ink.npy").is_file():  # not a lost race with another process
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Pool(np.load(final / "images.npy", mmap_mode="r"), np.load(final / "digits.npy"),
+                np.load(final / "ink.npy"), renderer.seed)

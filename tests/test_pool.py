@@ -1,0 +1,105 @@
+"""The pre-rendered synthetic pool (`--synth-pool`): cached, reused, drawn afresh each epoch, deterministic."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mlns_fast.config import layout_config
+from mlns_fast.data import pool as pool_mod
+from mlns_fast.data.demo import cache_root
+from mlns_fast.data.loaders import SYNTH, build_dataloaders
+from mlns_fast.data.pool import synthetic_pool
+from mlns_fast.data.render import create_renderer
+
+
+def _clean_renderer(seed=3):
+    """The training layout without canvas noise, so ink is exactly the non-zero pixels."""
+    return create_renderer(replace(layout_config("train"), noise_p=0.0), seed)
+
+
+def test_pool_holds_the_renderers_first_epoch_and_is_reused(monkeypatch):
+    r = _clean_renderer()
+    p = synthetic_pool(r, 40, processes=2)
+    assert p.images.shape == (40, 40, 168) and p.images.dtype == np.uint8 and isinstance(p.images, np.memmap)
+    for i in (0, 17, 39):
+        ref = r(0, i)
+        assert np.array_equal(p.images[i], ref.image) and np.array_equal(p.digits[i], ref.digits)
+        assert tuple(p.ink[i]) == (ref.boxes[:, 0].min(), ref.boxes[:, 1].min(), ref.boxes[:, 2].max(),
+                                   ref.boxes[:, 3].max())
+    # a second run of the same data renders nothing: it reads the cached files
+    monkeypatch.setattr(pool_mod, "_build", lambda *a, **k: pytest.fail("rebuilt a cached pool"))
+    again = synthetic_pool(_clean_renderer(), 40)
+    assert np.array_equal(again.images, p.images)
+    # another seed or size is another pool
+    assert pool_mod.pool_key(_clean_renderer(seed=4), 40) != pool_mod.pool_key(r, 40)
+    assert pool_mod.pool_key(r, 41) != pool_mod.pool_key(r, 40)
+
+
+def test_items_are_fresh_each_epoch_keep_their_ink_and_labels():
+    r = _clean_renderer()
+    p = synthetic_pool(r, 30, processes=1)
+    seen = {}
+    for epoch in range(3):
+        for j in range(60):  # two laps through the pool in each epoch
+            img, digits = p.item(epoch, j)
+            ys, xs = np.nonzero(img)
+            # the roll never wraps ink: its bounding box keeps the rendered width and height
+            src = [i for i in range(30) if np.array_equal(p.digits[i], digits)
+                   and img.sum(dtype=np.int64) == p.images[i].sum(dtype=np.int64)]
+            assert src, "an item that is no pool image"
+            x0, y0, x1, y1 = p.ink[src[0]]
+            assert xs.max() - xs.min() <= x1 - x0 and ys.max() - ys.min() <= y1 - y0
+            seen.setdefault(src[0], set()).add((int(xs.min()), int(ys.min())))
+    assert len(seen) == 30  # every pool image is drawn
+    assert sum(len(v) > 1 for v in seen.values()) > 20  # and mostly moved to new places
+    # a pure function of (seed, epoch, j)
+    a, b = p.item(2, 45), synthetic_pool(r, 30).item(2, 45)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_an_epoch_draws_each_pool_image_once_per_lap():
+    p = synthetic_pool(_clean_renderer(), 25, processes=1)
+    order = [pool_mod._order(p.seed, 1, 0, 25)[j] for j in range(25)]
+    assert sorted(order) == list(range(25))
+    assert list(pool_mod._order(p.seed, 2, 0, 25)) != order
+
+
+def test_a_stopped_build_leaves_no_pool(monkeypatch):
+    calls = []
+
+    def render_then_stop(span):
+        calls.append(span)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(span)
+
+    real = pool_mod._render_range
+    monkeypatch.setattr(pool_mod, "_render_range", render_then_stop)
+    r = create_renderer(layout_config("train"), 11)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_pool(r, 5000, processes=1)
+    assert not (cache_root() / f"pool-{pool_mod.pool_key(r, 5000)}").exists()
+    assert not list(cache_root().glob(".pool-*"))
+
+
+def test_loaders_with_a_pool_are_deterministic_and_labelled(tiny_cfg):
+    cfg = tiny_cfg(synth_pool=64, augment=True)
+    a = build_dataloaders(cfg).train
+    b = build_dataloaders(tiny_cfg(synth_pool=64, augment=True, workers=1)).train
+    for ba, bb in zip(a, b):
+        for ta, tb in zip(ba, bb):
+            assert torch.equal(ta, tb)
+    x, s, d, k = next(iter(a))
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert (d[k].sum(1) == s[k]).all() and k.float().mean().item() == 0.5
+    syn = [key for key in a._plan() if key[0] == SYNTH]
+    pool = a.dataset.pool
+    for key in syn[:8]:
+        img, digits = pool.item(key[1], key[2])
+        xi, si, di, ki = a.dataset[key]
+        assert torch.equal(xi[0], torch.from_numpy(img)) and int(si) == int(digits.sum()) and bool(ki)
+    a.epoch = 1
+    first = [a.dataset[key][0] for key in syn[:4]]
+    later = [a.dataset[key][0] for key in [k for k in a._plan() if k[0] == SYNTH][:4]]
+    assert any(not torch.equal(f, g) for f, g in zip(first, later))  # a new epoch, new images
