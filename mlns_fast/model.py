@@ -143,15 +143,16 @@ class DigitReader(nn.Module):
     the columns with its own learned score and classifies what it pooled into 10 digits.
     """
 
-    def __init__(self, c: int, drop: float, width: int, hidden: int = 128):
+    def __init__(self, c: int, drop: float, width: int, hidden: int = 128, rows: int = 0):
         super().__init__()
-        self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
+        self.rows = rows  # 0: a column's rows averaged; else that many rows stacked as channels
+        self.rnn = nn.GRU(c * max(rows, 1), hidden, batch_first=True, bidirectional=True)
         self.score = nn.Linear(2 * hidden, N_DIGITS)
         self.drop = nn.Dropout(drop)
         self.cls = nn.Linear(2 * hidden, N_CLASSES)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
-        cols = f.float().mean(2).transpose(1, 2)  # (B, w, C)
+        cols = (f.float().flatten(1, 2) if self.rows else f.float().mean(2)).transpose(1, 2)  # (B, w, C or C*h)
         seq, _ = self.rnn(cols)  # (B, w, 2H)
         attn = self.score(seq).softmax(1)  # (B, w, 4): per slot, a distribution over columns
         slots = torch.einsum("bwk,bwh->bkh", attn, seq)  # (B, 4, 2H)
@@ -164,7 +165,7 @@ HEADS = {"sum": SumHead, "digits": DigitReader}
 class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
-    def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int]):
+    def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean"):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
@@ -175,7 +176,8 @@ class MlnsNet(nn.Module):
             f = self.features(x)
             backbone.train(was)
         self.grid = f"{f.shape[-2]}x{f.shape[-1]}"  # the feature map the head reads (rows x columns)
-        self.head = HEADS[head](f.shape[1], drop, f.shape[-1])
+        rows = {"rows": f.shape[-2]} if head == "digits" and columns == "stack" else {}
+        self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:  # token models: the patch grid (B, C, h, w), prefix tokens dropped, final norm applied
@@ -192,7 +194,7 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.backbone_weights:
         load_backbone_weights(backbone, cfg.backbone_weights)
-    model = MlnsNet(backbone, cfg.head, cfg.drop, size)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

@@ -21,7 +21,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .config import LAYOUTS, RenderConfig
+from .config import LAYOUTS, RenderConfig, spec_dict
 from .data.demo import cache_root, demo_split
 from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
@@ -37,7 +37,7 @@ N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 9
 # so that its sets stay the same when the demo stand-in changes; each set pushes one range out of it.
 BASE = RenderConfig(glyph_height=(0.5, 0.95), aspect=(0.85, 1.2), rotation=(-10.0, 10.0), shear=(-0.2, 0.2),
                     stroke=(0, 1), elastic=0.0, gap=(-0.3, 1.3), blur_p=0.0, noise_p=0.0, contrast=(1.0, 1.0),
-                    coherence=0.0)
+                    coherence=0.0, crowded=0.0)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def render_set(spec: ShiftSet, n: int | None = None) -> Samples:
 
 
 def _version() -> str:
-    spec = json.dumps([[asdict(s) for s in BATTERY], N_IMAGES, RENDER_VERSION], sort_keys=True, default=str)
+    spec = json.dumps([[{**asdict(s), "render": spec_dict(s.render)} for s in BATTERY], N_IMAGES, RENDER_VERSION],
+                      sort_keys=True, default=str)
     return hashlib.sha1(spec.encode()).hexdigest()[:10]
 
 

@@ -152,3 +152,29 @@ def test_new_training_controls_change_the_digest_only_away_from_their_defaults()
 def test_bad_tracking_and_control_values(flags, msg):
     with pytest.raises(ConfigError, match=msg):
         resolve_config(**flags)
+
+
+def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
+    """`[render] crowded` became 0.25 after runs were recorded at 0.0: a run's config.toml without it
+    reads back as 0.0 (what that run trained on), its digest stays the one it had, and a user's
+    config file without it gets today's default."""
+    old = resolve_config(str(_toml(tmp_path / "f.toml", "[render]\ncrowded = 0.0\n")))
+    text = "\n".join(line for line in write_toml(old).splitlines() if not line.startswith("crowded"))
+    run_file = _toml(tmp_path / "config.toml", text)
+    assert load_run_config(run_file).render.crowded == 0.0 and load_run_config(run_file) == old
+    assert old.digest() != RunConfig().digest()
+    assert resolve_config(str(run_file)).render.crowded == 0.25  # a user's file: the default
+    # the digest of a run without the field is computed as before the field existed
+    import hashlib, json
+    d = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
+         for s, sec in old.to_dict().items() if s not in ("track", "name") and isinstance(sec, dict)}
+    for sec, names in (("render", ["crowded"]), ("data", ["synth_pool"]), ("model", ["columns"]),
+                       ("train", ["label_smoothing", "accum", "early_stop", "deterministic"])):
+        for n in names:
+            d[sec].pop(n)
+    assert old.digest() == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _toml(path, text):
+    path.write_text(text)
+    return path

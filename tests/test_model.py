@@ -138,3 +138,19 @@ def test_feature_maps_suit_the_reader():
 def test_output_stride_errors(arch, stride, msg):
     with pytest.raises(ModelError, match=msg):
         create_model(ModelConfig(arch=arch, output_stride=stride), IMAGE_SIZE)
+
+
+def test_stacked_columns_keep_each_rows_features():
+    """--columns stack: the reader's GRU takes a column's rows side by side (C x h inputs), so two
+    inks in different rows of one column no longer average into one; mean is the default."""
+    mean = create_model(ModelConfig(), IMAGE_SIZE).eval()
+    stack = create_model(ModelConfig(columns="stack"), IMAGE_SIZE).eval()
+    c = mean.backbone.num_features
+    assert mean.head.rnn.input_size == c and stack.head.rnn.input_size == c * 5  # the CNN's 5 x 21 map
+    x = torch.rand(3, 1, 40, 168)
+    assert stack(x).shape == (3, 4, 10)
+    # swapping two rows of the feature map changes what the stacked reader reads, not the mean reader
+    f = torch.rand(3, c, 5, 21)  # a feature map with rows that differ
+    swapped = f[:, :, [1, 0, 2, 3, 4]]
+    assert torch.allclose(mean.head(f), mean.head(swapped), atol=1e-6)
+    assert (stack.head(f) - stack.head(swapped)).abs().max() > 1e-3

@@ -77,8 +77,8 @@ def test_coherent_images_share_one_size(bank):
     """coherence=1: every image draws one size for its four digits (each within a quarter of the range);
     coherence=0: each digit its own. Same ranges, so the spread across images stays comparable."""
     def spreads(coherence):
-        cfg = replace(RenderConfig(), coherence=coherence, rotation=(0.0, 0.0), shear=(0.0, 0.0), elastic=0.0,
-                      stroke=(0, 0), gap=(1.0, 1.0))
+        cfg = replace(RenderConfig(), coherence=coherence, crowded=0.0, rotation=(0.0, 0.0), shear=(0.0, 0.0),
+                      elastic=0.0, stroke=(0, 0), gap=(1.0, 1.0))
         r = Renderer(cfg, bank, seed=2)
         heights = np.array([r(i).boxes[:, 3] - r(i).boxes[:, 1] for i in range(150)], float)
         return heights.std(1).mean(), heights.mean(1).std()
@@ -97,3 +97,25 @@ def test_render_npz_roundtrip(tmp_path):
     secs = render_npz(40, tmp_path / "s.npz", "train", "mixed", seed=1)
     s = load_npz(tmp_path / "s.npz")
     assert len(s) == 40 and s.digits is not None and (s.digits.sum(1) == s.sums).all() and secs > 0
+
+
+def test_crowded_images_are_small_and_overlap_within_the_ranges(bank):
+    """crowded=1 (every image coherent): sizes from the low third of glyph_height, gaps from its
+    overlapping part; crowded=0 draws no extra number, so default renders keep their pixels."""
+    base = replace(RenderConfig(), coherence=1.0, crowded=0.0, rotation=(0.0, 0.0), shear=(0.0, 0.0), elastic=0.0,
+                   stroke=(0, 0))
+    plain, crowded = Renderer(base, bank, seed=4), Renderer(replace(base, crowded=1.0), bank, seed=4)
+    h = lambda r: np.array([(r(i).boxes[:, 3] - r(i).boxes[:, 1]).mean() for i in range(120)])  # noqa: E731
+    hp, hc = h(plain), h(crowded)
+    lo, hi = base.glyph_height
+    assert hc.mean() < 0.7 * hp.mean()  # theory: a mean draw of 1/6 of the range instead of 1/2 (0.63x)
+    assert hc.max() <= (lo + (hi - lo) / 3) * base.height + 2  # inside the low third of the range
+    overlapping = [(crowded(i).boxes[1:, 0] < crowded(i).boxes[:-1, 2]).mean() for i in range(120)]
+    assert np.mean(overlapping) > 0.9  # every gap < 0 (rounding to pixels can make one touch instead)
+    # crowded draws its number only when on: at 0 the renders are those from before the knob existed
+    zero = Renderer(replace(RenderConfig(), crowded=0.0), bank, seed=4)
+    assert any(not np.array_equal(zero(i).image, Renderer(RenderConfig(), bank, seed=4)(i).image) for i in range(40))
+    coherent_free = Renderer(replace(RenderConfig(), crowded=0.0, coherence=0.0), bank, seed=4)
+    assert all(np.array_equal(coherent_free(i).image,
+                              Renderer(replace(RenderConfig(), crowded=1.0, coherence=0.0), bank, seed=4)(i).image)
+               for i in range(20))  # no coherent image, nothing crowded, not one random number more

@@ -17,12 +17,11 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..config import LAYOUTS
+from ..config import LAYOUTS, spec_dict
 from ..errors import DataError
 from .render import RENDER_VERSION, create_renderer, render_samples
 from .sources import Samples, load_npy_pair
@@ -34,7 +33,7 @@ SPLITS = {"train": (0, 10_000, "real", 1001), "valid": (1, 2_000, "valid", 1002)
 
 
 def _version() -> str:
-    spec = json.dumps([asdict(LAYOUTS["course"]), SPLITS, RENDER_VERSION], sort_keys=True)
+    spec = json.dumps([spec_dict(LAYOUTS["course"]), SPLITS, RENDER_VERSION], sort_keys=True)
     return hashlib.sha1(spec.encode()).hexdigest()[:10]
 
 

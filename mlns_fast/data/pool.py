@@ -8,8 +8,8 @@ renders nothing), and each epoch draws its synthetic images from the pool:
 
   item (epoch, j) -> pool image perm(seed, epoch, j // N)[j % N], rolled by a fresh (dx, dy)
 
-The roll moves the whole row to a fresh place inside the canvas (its ink never leaves it; noise,
-if any, wraps with it), as the renderer's x offset and vertical jitter place it; it is a pure
+The roll moves the whole row to a fresh place inside the canvas (its glyphs never leave it; noise,
+and a blur's faint halo past the glyph boxes, may wrap with it), as the renderer's x offset and vertical jitter place it; it is a pure
 function of (seed, epoch, j), so the same seed gives the same batches in any worker. Pool image i
 is the renderer's image (0, i): the fresh stream's first epoch.
 
@@ -24,12 +24,13 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ..config import spec_dict
 from .demo import cache_root
 from .render import RENDER_VERSION, Renderer
 
@@ -79,7 +80,7 @@ def _mix(*values: int) -> int:
 
 def pool_key(renderer: Renderer, n: int) -> str:
     """What the pool's pixels depend on: layout, glyphs (hashed), seed, N, the renderer's version."""
-    h = hashlib.sha1(json.dumps([asdict(renderer.cfg), renderer.seed, n, RENDER_VERSION], sort_keys=True,
+    h = hashlib.sha1(json.dumps([spec_dict(renderer.cfg), renderer.seed, n, RENDER_VERSION], sort_keys=True,
                                 default=str).encode())
     for pool in (renderer.hand, renderer.fonts):
         for glyphs in pool or ():

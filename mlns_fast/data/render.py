@@ -92,6 +92,10 @@ class Renderer:
             shared = rng.random(2)
             u[2:9 * n:9] = 0.75 * shared[0] + 0.25 * u[2:9 * n:9]  # glyph heights
             u[9 * n:10 * n - 1] = 0.75 * shared[1] + 0.25 * u[9 * n:10 * n - 1]  # gaps
+            if c.crowded > 0 and rng.random() < c.crowded:  # drawn only when on: default renders keep their pixels
+                u[2:9 * n:9] /= 3  # sizes from the smallest third of the range
+                width = c.gap[1] - c.gap[0]  # gaps from the part of the range below 0 (its low end if none)
+                u[9 * n:10 * n - 1] *= max(0.0, -c.gap[0]) / width if width > 0 else 1.0
         plans = [self._plan(int(d), u[9 * i: 9 * i + 7]) for i, d in enumerate(digits)]
         widths = np.array([p[2] for p in plans])
         gaps = _span(c.gap, u[9 * n: 10 * n - 1])
