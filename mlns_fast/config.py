@@ -113,6 +113,8 @@ class ModelConfig(Checked):
     backbone_weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
     init: str = _f("", "start from another run's best weights (RUN: folder, name or latest; or its .safetensors): "
                        "the backbone always, the head where shapes match")
+    pyramid: bool = _f(False, "built-in CNNs: the head reads a two-level feature pyramid, the last stage upsampled "
+                              "onto the one before it (10 x 42 cells for mlns_cnn instead of 5 x 21)", since=True)
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)

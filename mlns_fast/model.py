@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import N_CLASSES, N_DIGITS, N_SUMS, ModelConfig
@@ -36,6 +37,16 @@ class SmallCNN(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the last map at a finer stride than the output, the output): a two-level pyramid."""
+        fine = None
+        for layer in self.features:
+            y = layer(x)
+            if y.shape[-1] < x.shape[-1]:  # this layer lowers the resolution: its input is the finer level
+                fine = x
+            x = y
+        return fine, x
 
 
 def convnet4() -> SmallCNN:
@@ -165,14 +176,21 @@ HEADS = {"sum": SumHead, "digits": DigitReader}
 class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
-    def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean"):
+    def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
+                 pyramid: bool = False):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
+        self.lateral = None
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
             backbone.eval()  # no BatchNorm statistics from the dummy batch
             x = torch.zeros(2, 1, *size).to(next(backbone.parameters()))
             self.tokens = backbone.forward_features(x).ndim == 3
+            if pyramid:
+                if not hasattr(backbone, "forward_pyramid"):
+                    raise ModelError("--pyramid: built-in CNNs only (mlns_cnn, convnet4)")
+                fine, coarse = backbone.forward_pyramid(x)
+                self.lateral = nn.Conv2d(fine.shape[1], coarse.shape[1], 1)  # fine channels onto the coarse ones
             f = self.features(x)
             backbone.train(was)
         self.grid = f"{f.shape[-2]}x{f.shape[-1]}"  # the feature map the head reads (rows x columns)
@@ -180,6 +198,9 @@ class MlnsNet(nn.Module):
         self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lateral is not None:  # the coarse map upsampled onto the finer one: FPN's top-down merge
+            fine, coarse = self.backbone.forward_pyramid(x)
+            return F.interpolate(coarse, size=fine.shape[-2:], mode="nearest") + self.lateral(fine)
         if self.tokens:  # token models: the patch grid (B, C, h, w), prefix tokens dropped, final norm applied
             return self.backbone.forward_intermediates(x, indices=1, intermediates_only=True, norm=True)[-1]
         return self.backbone.forward_features(x)  # (B, C, h, w)
@@ -194,7 +215,7 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.backbone_weights:
         load_backbone_weights(backbone, cfg.backbone_weights)
-    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

@@ -154,3 +154,20 @@ def test_stacked_columns_keep_each_rows_features():
     swapped = f[:, :, [1, 0, 2, 3, 4]]
     assert torch.allclose(mean.head(f), mean.head(swapped), atol=1e-6)
     assert (stack.head(f) - stack.head(swapped)).abs().max() > 1e-3
+
+
+def test_pyramid_reads_a_finer_map_and_is_refused_for_timm():
+    """--pyramid: the last stage upsampled onto the stage before it (FPN's top-down merge), so the
+    reader gets 10 x 42 cells from mlns_cnn instead of 5 x 21; the fine level reaches the output."""
+    m = create_model(ModelConfig(pyramid=True), IMAGE_SIZE).eval()
+    assert m.grid == "10x42" and m.head.rnn.input_size == m.backbone.num_features
+    x = torch.rand(2, 1, 40, 168)
+    assert m(x).shape == (2, 4, 10)
+    fine, coarse = m.backbone.forward_pyramid(x)
+    assert fine.shape[-2:] == (10, 42) and coarse.shape[-2:] == (5, 21)
+    torch.nn.init.zeros_(m.lateral.weight)
+    torch.nn.init.zeros_(m.lateral.bias)  # without the fine level the map is the coarse one, upsampled
+    assert torch.equal(m.features(x)[:, :, ::2, ::2], coarse)
+    assert create_model(ModelConfig(arch="convnet4", pyramid=True), IMAGE_SIZE).grid == "5x21"
+    with pytest.raises(ModelError, match="--pyramid: built-in CNNs only"):
+        create_model(ModelConfig(arch="resnet18", pyramid=True), IMAGE_SIZE)
