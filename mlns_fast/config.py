@@ -231,7 +231,6 @@ class RunConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "render": RenderConfig,
             "track": TrackConfig}
-_FIELDS = {cls: {f.name: f for f in fields(cls)} for cls in SECTIONS.values()}
 UNDIGESTED = ("track",)  # sections that label a run without changing it
 # CLI flag name (underscored) -> section: every data / model / train field, and the render fields
 # marked `flag` (the glyph source); the other render fields are file-only (`[render]`).
@@ -252,9 +251,9 @@ def spec_dict(obj) -> dict:
     """A config section as a dict without the `since` fields that keep their earlier value: what a
     cache key (the demo set's, the battery's, a pool's) hashes, so a new field that changes nothing
     for those renders does not rename their caches."""
-    spec = _FIELDS[type(obj)]
-    return {k: v for k, v in _section_dict(obj).items()
-            if not (spec[k].metadata.get("since") and v == before(spec[k]))}
+    values = _section_dict(obj)
+    return {f.name: values[f.name] for f in fields(obj)
+            if not (f.metadata.get("since") and values[f.name] == before(f))}
 
 
 def flag_label(cls, name: str) -> str:

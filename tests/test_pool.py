@@ -104,3 +104,24 @@ def test_loaders_with_a_pool_are_deterministic_and_labelled(tiny_cfg):
     first = [a.dataset[key][0] for key in syn[:4]]
     later = [a.dataset[key][0] for key in [k for k in a._plan() if k[0] == SYNTH][:4]]
     assert any(not torch.equal(f, g) for f, g in zip(first, later))  # a new epoch, new images
+
+
+@pytest.mark.parametrize("damage", ["truncate", "digits", "ink", "missing"])
+def test_an_altered_cached_pool_is_rendered_again(damage):
+    """The cache is a file anyone can edit: a pool that does not read back whole is rebuilt, never used."""
+    r = _clean_renderer(seed=21)
+    first = synthetic_pool(r, 30, processes=1)
+    folder = cache_root() / f"pool-{pool_mod.pool_key(r, 30)}"
+    reference = np.array(first.images)
+    del first
+    if damage == "truncate":
+        (folder / "images.npy").write_bytes((folder / "images.npy").read_bytes()[:5000])
+    elif damage == "digits":
+        np.save(folder / "digits.npy", np.full((30, 4), 12))
+    elif damage == "ink":
+        np.save(folder / "ink.npy", np.tile([0, 0, 500, 40], (30, 1)))
+    else:
+        (folder / "ink.npy").unlink()
+    again = synthetic_pool(_clean_renderer(seed=21), 30, processes=1)
+    assert np.array_equal(np.asarray(again.images), reference) and again.digits.max() <= 9
+    assert again.ink[:, 2].max() <= 168

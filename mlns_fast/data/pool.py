@@ -17,12 +17,14 @@ The arrays are memory-mapped: forked loader workers share one copy.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import spec_dict
+from ..errors import DataError
 from .demo import cache_root
 from .render import RENDER_VERSION, Renderer
 
@@ -111,10 +114,16 @@ def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: b
     chunk = 2048
     spans = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
     _RENDERER = renderer
-    ctx = multiprocessing.get_context("fork") if processes > 1 and os.name == "posix" else None
     try:
-        with (ctx.Pool(processes) if ctx else _Serial()) as workers:
-            done = workers.imap_unordered(_render_range, spans)
+        with contextlib.ExitStack() as stack:
+            if processes > 1 and os.name == "posix":  # forked: each process inherits the renderer
+                # Ctrl-C is this process's to handle (the pool's processes would print a traceback each);
+                # SIGTERM stays theirs: it is how the pool ends them
+                workers = stack.enter_context(multiprocessing.get_context("fork").Pool(
+                    processes, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)))
+                done = workers.imap_unordered(_render_range, spans)
+            else:
+                done = map(_render_range, spans)
             if progress:
                 from rich.progress import track
                 done = track(done, total=len(spans), description=f"rendering a pool of {n:,} images",
@@ -129,17 +138,23 @@ def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: b
     np.save(folder / "ink.npy", ink)
 
 
-class _Serial:
-    """`multiprocessing.Pool`'s imap_unordered in this process (one core, or no fork)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap_unordered(self, fn, it):
-        return map(fn, it)
+def _read(folder: Path, renderer: Renderer, n: int) -> Pool | None:
+    """The cached pool in `folder` if it is whole and fits (a cache is a file anyone can edit or
+    truncate: checked like any input), else None."""
+    h, w = renderer.cfg.height, renderer.cfg.width
+    try:
+        images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
+        digits = np.load(folder / "digits.npy", allow_pickle=False)
+        ink = np.load(folder / "ink.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if (images.shape != (n, h, w) or images.dtype != np.uint8 or digits.shape != (n, 4) or ink.shape != (n, 4)
+            or not np.issubdtype(digits.dtype, np.integer) or not np.issubdtype(ink.dtype, np.integer)):
+        return None
+    if n and (digits.min() < 0 or digits.max() > 9 or (ink[:, :2] < 0).any() or (ink[:, 2] > w).any()
+              or (ink[:, 3] > h).any() or (ink[:, 2:] <= ink[:, :2]).any()):
+        return None
+    return Pool(images, digits.astype(np.int64), ink.astype(np.int64), renderer.seed)
 
 
 def synthetic_pool(renderer: Renderer, n: int, progress: bool = False, processes: int | None = None) -> Pool:
@@ -148,17 +163,24 @@ def synthetic_pool(renderer: Renderer, n: int, progress: bool = False, processes
     Built in a temp folder and renamed: a stopped build leaves no half pool, and two runs building
     the same pool at once both end with a whole one."""
     final = cache_root() / f"pool-{pool_key(renderer, n)}"
-    if not (final / "ink.npy").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".pool-", dir=final.parent))
-        log.info("rendering a synthetic pool of %d images into %s", n, final)
-        try:
-            _build(renderer, n, tmp, processes or os.cpu_count() or 1, progress)
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "ink.npy").is_file():  # not a lost race with another process
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return Pool(np.load(final / "images.npy", mmap_mode="r"), np.load(final / "digits.npy"),
-                np.load(final / "ink.npy"), renderer.seed)
+    if final.exists():
+        pool = _read(final, renderer, n)
+        if pool is not None:
+            return pool
+        log.warning("%s: an incomplete or altered synthetic pool; rendering it again", final)
+        shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pool-", dir=final.parent))
+    log.info("rendering a synthetic pool of %d images into %s", n, final)
+    try:
+        _build(renderer, n, tmp, processes or os.cpu_count() or 1, progress)
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    pool = _read(final, renderer, n)
+    if pool is None:
+        raise DataError(f"{final}: the synthetic pool just rendered does not read back")
+    return pool
