@@ -68,6 +68,12 @@ class RenderConfig(Checked):
                               "size drawn from the smallest third of glyph_height and its gap from the overlapping "
                               "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
                               "issue 20)", 0.0, 1.0, since=True, before=0.0)
+    rescan: float = _f(0.0, "probability that a glyph is re-sampled at a low resolution (its ink drawn down to "
+                            "rescan_px pixels tall, then back up, linear or cubic): the soft, blocky strokes of "
+                            "coarse scans and other hands' small-format digits (measured: RESULTS.md, issue 20)",
+                       0.0, 1.0, since=True, before=0.0)
+    rescan_px: tuple = _f((7.0, 14.0), "ink height in pixels a re-sampled glyph is drawn down to (see rescan)",
+                          3.0, 64.0, since=True)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
     blur_p: float = _f(0.3, "probability of a Gaussian blur", 0.0, 1.0)
     blur_sigma: tuple = _f((0.3, 2.0), "blur sigma range in pixels", 0.01, 10.0)
@@ -113,8 +119,13 @@ class ModelConfig(Checked):
     backbone_weights: str = _f("", "local pretrained backbone weights (.safetensors / .pt / .pth); never downloaded")
     init: str = _f("", "start from another run's best weights (RUN: folder, name or latest; or its .safetensors): "
                        "the backbone always, the head where shapes match")
-    pyramid: bool = _f(False, "built-in CNNs: the head reads a two-level feature pyramid, the last stage upsampled "
-                              "onto the one before it (10 x 42 cells for mlns_cnn instead of 5 x 21)", since=True)
+    pyramid: bool = _f(False, "the head reads a two-level feature pyramid: the last stage upsampled onto the last "
+                              "finer one plus a 1x1 lateral conv (mlns_cnn 10 x 42 cells instead of 5 x 21; timm CNNs "
+                              "through forward_intermediates, resnets 5 x 21 instead of 3 x 11)", since=True)
+    zoom: float = _f(1.0, "enlarge each image (up to this factor; 1 = off) so that its ink fills the canvas before "
+                          "the backbone, as OCR normalises a line's size: small and crowded digits read at the scale "
+                          "of large ones; part of the network (evaluate, predict and export apply it too)",
+                     1.0, 8.0, since=True)
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
@@ -221,11 +232,7 @@ class RunConfig:
         """Hash of what decides the result (not the name, not `[track]`): two runs with equal digests
         are the same experiment. Fields marked `since` count only away from the value the runs before
         them had (`before`, else the default)."""
-        d = {s: _section_dict(getattr(self, s)) for s in SECTIONS if s not in UNDIGESTED}
-        for s in d:
-            for f in fields(SECTIONS[s]):
-                if f.metadata.get("since") and d[s][f.name] == before(f):
-                    del d[s][f.name]
+        d = {s: spec_dict(getattr(self, s)) for s in SECTIONS if s not in UNDIGESTED}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -253,7 +260,7 @@ def spec_dict(obj) -> dict:
     for those renders does not rename their caches."""
     values = _section_dict(obj)
     return {f.name: values[f.name] for f in fields(obj)
-            if not (f.metadata.get("since") and values[f.name] == before(f))}
+            if not (f.metadata.get("since") and getattr(obj, f.name) == before(f))}  # tuples as tuples
 
 
 def flag_label(cls, name: str) -> str:

@@ -134,6 +134,54 @@ def _create_fitted(arch: str, pretrained: bool, size: tuple[int, int] | None, ou
     return model
 
 
+class InkFit(nn.Module):
+    """Enlarges each image so that its ink fills the canvas, as OCR normalises a text line's size
+    before reading it: small or crowded digits reach the reader at the scale of large ones, with the
+    columns of the feature map to tell them apart.
+
+    The ink's box is found on the 3x3-averaged image (isolated noise pixels fall below the threshold)
+    at `REL` of its brightest value; the box plus a margin is scaled to fill the canvas by up to
+    `zoom` (never shrunk), the width by at most `STRETCH` times the height's factor (and the other
+    way round), centred. A blank image passes through unchanged. Hand-written because neither torch
+    nor timm normalises by content; plain tensor ops and grid_sample keep it in ONNX (opset 16+)."""
+
+    REL, MARGIN, STRETCH = 0.3, 2.0, 2.0
+
+    def __init__(self, zoom: float, size: tuple[int, int]):
+        super().__init__()
+        self.zoom = float(zoom)
+        H, W = size
+        # pixel centres in grid_sample's normalised coordinates (align_corners=False)
+        self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
+        self.register_buffer("gx", (torch.arange(W) + 0.5) * 2 / W - 1, persistent=False)
+
+    @staticmethod
+    def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and one-past-last index of a (B, n) 0/1 mask; the whole range where it is empty."""
+        n = mask.shape[1]
+        i = torch.arange(n, device=mask.device, dtype=mask.dtype)
+        lo = n - (mask * (n - i)).amax(1)  # float maxima only: ONNX has no reduction over booleans
+        hi = (mask * (i + 1)).amax(1)
+        empty = hi <= lo
+        return torch.where(empty, torch.zeros_like(lo), lo), torch.where(empty, torch.full_like(hi, n), hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) in 0..1
+        H, W = x.shape[-2:]
+        f = x.float()
+        s = F.avg_pool2d(f, 3, 1, 1)
+        ink = (s > self.REL * s.amax((2, 3), keepdim=True).clamp_min(1e-3)).float()
+        x0, x1 = self._extent(ink.amax(2).flatten(1))
+        y0, y1 = self._extent(ink.amax(3).flatten(1))
+        zx = (W / (x1 - x0 + 2 * self.MARGIN)).clamp(1.0, self.zoom)
+        zy = (H / (y1 - y0 + 2 * self.MARGIN)).clamp(1.0, self.zoom)
+        zx, zy = torch.minimum(zx, zy * self.STRETCH), torch.minimum(zy, zx * self.STRETCH)
+        cx, cy = (x0 + x1) / W - 1, (y0 + y1) / H - 1  # the box's centre, normalised
+        gx = (cx[:, None] + self.gx / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
+        gy = (cy[:, None] + self.gy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
+        out = F.grid_sample(f, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.to(x.dtype)
+
+
 class SumHead(nn.Module):
     """37-way sum classifier over the left-to-right feature columns (height averaged, width kept)."""
 
@@ -173,23 +221,40 @@ class DigitReader(nn.Module):
 HEADS = {"sum": SumHead, "digits": DigitReader}
 
 
+def _pyramid_levels(backbone: nn.Module, x: torch.Tensor) -> list[int] | None:
+    """The two stages a pyramid merges: None for a built-in CNN (`forward_pyramid`); for a timm model,
+    its last stage and the last one before it at a finer grid (resnet at output stride 16: the stride-8
+    stage, 5 x 21 cells at 40 x 168 instead of 3 x 11). Token models have one grid: refused."""
+    if hasattr(backbone, "forward_pyramid"):
+        return None
+    if getattr(backbone, "patch_embed", None) is not None or not hasattr(backbone, "forward_intermediates"):
+        raise ModelError(f"--pyramid: {type(backbone).__name__} has no finer stage to merge (token models and "
+                         "backbones without timm's forward_intermediates)")
+    maps = backbone.forward_intermediates(x, indices=len(backbone.feature_info), intermediates_only=True)
+    last = len(maps) - 1
+    finer = [i for i, m in enumerate(maps) if m.shape[-1] > maps[last].shape[-1]]
+    if not finer:
+        raise ModelError(f"--pyramid: every stage of {type(backbone).__name__} has the same grid")
+    return [finer[-1], last]
+
+
 class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
     def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
-                 pyramid: bool = False):
+                 pyramid: bool = False, zoom: float = 1.0):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
-        self.lateral = None
+        self.fit = InkFit(zoom, size) if zoom > 1 else None
+        self.lateral, self.levels = None, None
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
             backbone.eval()  # no BatchNorm statistics from the dummy batch
             x = torch.zeros(2, 1, *size).to(next(backbone.parameters()))
             self.tokens = backbone.forward_features(x).ndim == 3
             if pyramid:
-                if not hasattr(backbone, "forward_pyramid"):
-                    raise ModelError("--pyramid: built-in CNNs only (mlns_cnn, convnet4)")
-                fine, coarse = backbone.forward_pyramid(x)
+                self.levels = _pyramid_levels(backbone, x)
+                fine, coarse = self.pyramid(x)
                 self.lateral = nn.Conv2d(fine.shape[1], coarse.shape[1], 1)  # fine channels onto the coarse ones
             f = self.features(x)
             backbone.train(was)
@@ -197,15 +262,25 @@ class MlnsNet(nn.Module):
         rows = {"rows": f.shape[-2]} if head == "digits" and columns == "stack" else {}
         self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
 
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a finer level, the last level) of the backbone: built-in CNNs know theirs; a timm model hands
+        out the two stages `levels` picked through its `forward_intermediates`."""
+        if self.levels is None:
+            return self.backbone.forward_pyramid(x)
+        fine, coarse = self.backbone.forward_intermediates(x, indices=self.levels, intermediates_only=True)
+        return fine, coarse
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.lateral is not None:  # the coarse map upsampled onto the finer one: FPN's top-down merge
-            fine, coarse = self.backbone.forward_pyramid(x)
+            fine, coarse = self.pyramid(x)
             return F.interpolate(coarse, size=fine.shape[-2:], mode="nearest") + self.lateral(fine)
         if self.tokens:  # token models: the patch grid (B, C, h, w), prefix tokens dropped, final norm applied
             return self.backbone.forward_intermediates(x, indices=1, intermediates_only=True, norm=True)[-1]
         return self.backbone.forward_features(x)  # (B, C, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
+        if self.fit is not None:
+            x = self.fit(x)
         return self.head(self.features(x))
 
 
@@ -215,7 +290,7 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.backbone_weights:
         load_backbone_weights(backbone, cfg.backbone_weights)
-    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

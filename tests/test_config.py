@@ -178,6 +178,16 @@ def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
     assert old.digest() == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def test_cache_keys_ignore_new_fields_that_change_nothing():
+    """A cache key (`spec_dict`) leaves out a `since` field at its earlier value -- a pair too, which a
+    section dict holds as a list -- and keeps it once it changes what is rendered."""
+    from mlns_fast.config import RenderConfig, spec_dict
+    plain = spec_dict(RenderConfig())
+    assert "rescan" not in plain and "rescan_px" not in plain and "glyph_height" in plain
+    assert spec_dict(RenderConfig(rescan_px=(5.0, 9.0)))["rescan_px"] == [5.0, 9.0]
+    assert spec_dict(RenderConfig(rescan=0.3))["rescan"] == 0.3
+
+
 def _toml(path, text):
     path.write_text(text)
     return path

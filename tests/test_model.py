@@ -1,5 +1,7 @@
 import pickle
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -156,7 +158,7 @@ def test_stacked_columns_keep_each_rows_features():
     assert (stack.head(f) - stack.head(swapped)).abs().max() > 1e-3
 
 
-def test_pyramid_reads_a_finer_map_and_is_refused_for_timm():
+def test_pyramid_reads_a_finer_map():
     """--pyramid: the last stage upsampled onto the stage before it (FPN's top-down merge), so the
     reader gets 10 x 42 cells from mlns_cnn instead of 5 x 21; the fine level reaches the output."""
     m = create_model(ModelConfig(pyramid=True), IMAGE_SIZE).eval()
@@ -169,5 +171,73 @@ def test_pyramid_reads_a_finer_map_and_is_refused_for_timm():
     torch.nn.init.zeros_(m.lateral.bias)  # without the fine level the map is the coarse one, upsampled
     assert torch.equal(m.features(x)[:, :, ::2, ::2], coarse)
     assert create_model(ModelConfig(arch="convnet4", pyramid=True), IMAGE_SIZE).grid == "5x21"
-    with pytest.raises(ModelError, match="--pyramid: built-in CNNs only"):
-        create_model(ModelConfig(arch="resnet18", pyramid=True), IMAGE_SIZE)
+
+
+def test_pyramid_for_timm_merges_the_stride_8_stage():
+    """A timm CNN's pyramid: its last stage (3 x 11 at output stride 16) upsampled onto the last finer
+    stage, through timm's forward_intermediates: resnet18 reads 5 x 21 cells; token models are refused."""
+    m = create_model(ModelConfig(arch="resnet18", pyramid=True), IMAGE_SIZE).eval()
+    assert m.grid == "5x21" and m.levels == [2, 4] and m.head.rnn.input_size == 512
+    assert create_model(ModelConfig(arch="resnet18"), IMAGE_SIZE).grid == "3x11"
+    x = torch.rand(2, 1, 40, 168)
+    assert m(x).shape == (2, 4, 10)
+    fine, coarse = m.pyramid(x)
+    assert fine.shape[1:] == (128, 5, 21) and torch.allclose(coarse, m.backbone.forward_features(x), atol=1e-5)
+    m.lateral.weight.grad = None
+    m(x).sum().backward()
+    assert m.lateral.weight.grad.abs().sum() > 0  # the stride-8 stage reaches the output
+    with pytest.raises(ModelError, match="--pyramid: .*no finer stage"):
+        create_model(ModelConfig(arch="vit_tiny_patch16_224", pyramid=True), IMAGE_SIZE)
+
+
+def _ink_box(img: torch.Tensor, t: float = 0.5) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(img > t, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_ink_fit_enlarges_small_ink_to_fill_the_canvas():
+    """--zoom: a small row of ink is scaled up (bounded by zoom and by the stretch limit) and centred;
+    an image whose ink already fills the canvas, and a blank one, pass through unchanged."""
+    from mlns_fast.model import InkFit
+    fit = InkFit(3.0, (40, 168))
+    x = torch.zeros(3, 1, 40, 168)
+    x[0, 0, 5:17, 10:50] = 1.0  # 12 x 40 px of ink in the top-left corner
+    x[1, 0, :, :] = torch.rand(40, 168)  # ink everywhere
+    y = fit(x)
+    x0, y0, x1, y1 = _ink_box(y[0, 0])
+    assert 24 <= y1 - y0 <= 36 and 110 <= x1 - x0 <= 122  # height: 40 / (12 + smoothing + margins) ~ 2.2x; width 3x
+    assert abs((x0 + x1) / 2 - 84) <= 2 and abs((y0 + y1) / 2 - 20) <= 2  # centred
+    assert torch.allclose(y[1], x[1], atol=1e-5) and torch.equal(y[2], x[2])
+    wide = torch.zeros(1, 1, 40, 168)
+    wide[0, 0, 16:24, 20:60] = 1.0  # 8 x 40: height could take 3x, width only 168/44: capped by the stretch limit
+    bx0, by0, bx1, by1 = _ink_box(fit(wide)[0, 0])
+    assert (by1 - by0) / 8 <= 3.05 and (bx1 - bx0) / 40 <= 3.05
+
+
+def test_ink_fit_ignores_isolated_noise_and_faint_ink_is_found():
+    from mlns_fast.model import InkFit
+    fit = InkFit(2.0, (40, 168))
+    x = torch.zeros(2, 1, 40, 168)
+    x[:, 0, 14:26, 70:100] = torch.tensor([1.0, 0.3])[:, None, None]  # bright and faint ink
+    x[:, 0, 0, 0] = x[:, 0, 39, 167] = 0.9  # two hot pixels in the corners (noise)
+    y = fit(x)
+    for i in range(2):
+        bx0, by0, bx1, by1 = _ink_box(y[i, 0], 0.15)
+        assert by1 - by0 >= 20 and bx1 - bx0 >= 50  # enlarged about 2x: the corners did not count as ink
+
+
+def test_zoom_is_part_of_the_network_and_exports(tmp_path):
+    """--zoom lives in the model: the same network with and without it differs only by the enlargement,
+    and the ONNX graph computes what torch does."""
+    import onnxruntime as ort
+    m = create_model(ModelConfig(zoom=2.5), IMAGE_SIZE).eval()
+    x = torch.zeros(2, 1, 40, 168)
+    x[0, 0, 15:25, 60:100] = 1.0
+    x[1, 0, 5:35, 10:150] = torch.rand(30, 140)
+    with torch.no_grad():
+        want = m(x).numpy()
+        assert not torch.allclose(m(x), m.head(m.features(x)))  # the small row was enlarged first
+    torch.onnx.export(m, (x,), str(tmp_path / "m.onnx"), input_names=["image"], output_names=["out"], opset_version=17,
+                      dynamic_axes={"image": {0: "batch"}}, dynamo=False)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-3

@@ -110,6 +110,8 @@ class Renderer:
             if c.elastic > 0:
                 glyph = _elastic(glyph, c.elastic, rng)
             patch = _stroke(self._warp(glyph, [v * shrink for v in m]), stroke)
+            if c.rescan > 0 and rng.random() < c.rescan:  # drawn only when on: default renders keep their pixels
+                patch = _rescan(patch, _span(c.rescan_px, rng.random()), rng.random() < 0.5)
             ph, pw = patch.shape
             y0 = int(round((H - ph) * (0.5 + c.vjitter * (u[9 * i + 7] - 0.5))))
             x0 = min(max(int(round(x[i])), 0), W - pw)
@@ -202,6 +204,17 @@ def _fit_width(widths: np.ndarray, gaps: np.ndarray, W: float) -> tuple[float, n
     gaps = np.minimum(gaps, 0)
     shrink = (W - 1) / (widths.sum() + gaps.sum())
     return shrink, gaps * shrink
+
+
+def _rescan(patch: np.ndarray, px: float, cubic: bool) -> np.ndarray:
+    """The patch drawn down to `px` pixels tall (area-averaged, as a coarse scanner or camera does) and
+    back up to its size, by linear or cubic interpolation; a patch already that small is left alone."""
+    ph, pw = patch.shape
+    f = px / ph
+    if f >= 1.0:
+        return patch
+    small = cv2.resize(patch, (max(1, round(pw * f)), max(1, round(ph * f))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (pw, ph), interpolation=cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR)
 
 
 _KERNELS = {n: np.ones((n, n), np.uint8) for n in (2, 3, 4)}
