@@ -68,7 +68,7 @@ class RenderConfig(Checked):
                               "size drawn from the smallest third of glyph_height and its gap from the overlapping "
                               "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
                               "issue 20)", 0.0, 1.0, since=True, before=0.0)
-    rescan: float = _f(0.0, "probability that a glyph is re-sampled at a low resolution (its ink drawn down to "
+    rescan: float = _f(0.3, "probability that a glyph is re-sampled at a low resolution (its ink drawn down to "
                             "rescan_px pixels tall, then back up, linear or cubic): the soft, blocky strokes of "
                             "coarse scans and other hands' small-format digits (measured: RESULTS.md, issue 20)",
                        0.0, 1.0, since=True, before=0.0)
@@ -122,10 +122,10 @@ class ModelConfig(Checked):
     pyramid: bool = _f(False, "the head reads a two-level feature pyramid: the last stage upsampled onto the last "
                               "finer one plus a 1x1 lateral conv (mlns_cnn 10 x 42 cells instead of 5 x 21; timm CNNs "
                               "through forward_intermediates, resnets 5 x 21 instead of 3 x 11)", since=True)
-    zoom: float = _f(1.0, "enlarge each image (up to this factor; 1 = off) so that its ink fills the canvas before "
+    zoom: float = _f(3.0, "enlarge each image (up to this factor; 1 = off) so that its ink fills the canvas before "
                           "the backbone, as OCR normalises a line's size: small and crowded digits read at the scale "
-                          "of large ones; part of the network (evaluate, predict and export apply it too)",
-                     1.0, 8.0, since=True)
+                          "of large ones; part of the network (evaluate, predict and export apply it too; "
+                          "measured: RESULTS.md, issue 20)", 1.0, 8.0, since=True, before=1.0)
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
@@ -481,10 +481,11 @@ LAYOUTS = {
     "train": RenderConfig(),
     "course": RenderConfig(glyph_height=(0.7, 1.0), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                            shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.45, 0.5), blur_p=0.0,
-                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0, crowded=0.0),
+                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0, crowded=0.0, rescan=0.0),
     "tight": RenderConfig(glyph_height=(0.34, 0.5), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
-                          noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0, crowded=0.0),
+                          noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0, crowded=0.0,
+                          rescan=0.0),
 }
 
 

@@ -34,9 +34,12 @@ def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[R
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
+    fit = None
+    if tta:  # shift after the enlargement: before it, InkFit would centre every shifted copy back
+        fit, model.fit = model.fit, None
     t = run_temperature(run, used)
     model = Calibrated(model, t) if t != 1.0 else model
-    return cfg, (ShiftTTA(model) if tta else model).eval()
+    return cfg, (ShiftTTA(model, fit) if tta else model).eval()
 
 
 def run_temperature(run: RunDir, weights: str) -> float:
@@ -67,11 +70,13 @@ class ShiftTTA(torch.nn.Module):
 
     SHIFTS = ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2))  # (dx, dy) pixels
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, fit: torch.nn.Module | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.fit = model, fit  # fit: the network's InkFit, taken out of it to run before the shifts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fit is not None:
+            x = self.fit(x)
         h, w, p = x.shape[-2], x.shape[-1], 2
         padded = torch.nn.functional.pad(x, (p, p, p, p))
         outs = [self.model(padded[..., p + dy:p + dy + h, p + dx:p + dx + w]).float().log_softmax(-1)

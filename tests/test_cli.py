@@ -142,14 +142,21 @@ def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     from mlns_fast.evaluation import ShiftTTA, load_trained
     from mlns_fast.runs import resolve_run
     _, model = load_trained(resolve_run("toy", trained))
+    _, tta = load_trained(resolve_run("toy", trained), tta=True)
     x = torch.from_numpy(np.load(str(tiny_data_images(tmp_path)))[:, None].astype(np.float32) / 255)
-    tta = ShiftTTA(model).eval()
+    net = getattr(tta.model, "model", tta.model)  # inside the temperature's wrapper, if the run fitted one
+    assert isinstance(tta, ShiftTTA) and tta.fit is not None and net.fit is None  # shifts after --zoom's fit
+    pad = torch.nn.functional.pad
     with torch.no_grad():
         out, plain = tta(x), model(x).float().log_softmax(-1)
-        shifted = model(torch.nn.functional.pad(x, (0, 2))[..., 2:]).float().log_softmax(-1)  # content 2 px left
+        fitted = tta.fit(x)
+        shifted = tta.model(pad(fitted, (0, 2))[..., 2:]).float().log_softmax(-1)  # content 2 px left
+        own = torch.stack([tta.model(pad(fitted, (2, 2, 2, 2))[..., 2 + dy:42 + dy, 2 + dx:170 + dx]).float()
+                           .log_softmax(-1) for dx, dy in ShiftTTA.SHIFTS]).mean(0)
     assert out.shape == plain.shape == (3, 4, 10)
     assert torch.allclose(out.exp().sum(-1), torch.ones(3, 4), atol=0.2)  # a mean of log-probs: near-normalised
     assert not torch.allclose(out, plain) and not torch.allclose(shifted, plain)
+    assert torch.allclose(out, own, atol=1e-5)  # the mean over the fitted image's shifted copies
     code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta")
     assert code == 0 and len(out.strip().splitlines()) == 3
     code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--tta", "--json")

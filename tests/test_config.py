@@ -155,15 +155,17 @@ def test_bad_tracking_and_control_values(flags, msg):
 
 
 def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
-    """`[render] crowded` became 0.25 after runs were recorded at 0.0: a run's config.toml without it
+    """`[render] crowded` (0.25), `rescan` (0.3) and `[model] zoom` (3) became defaults after runs were recorded without them: a run's config.toml without it
     reads back as 0.0 (what that run trained on), its digest stays the one it had, and a user's
     config file without it gets today's default."""
-    old = resolve_config(str(_toml(tmp_path / "f.toml", "[render]\ncrowded = 0.0\n")))
-    text = "\n".join(line for line in write_toml(old).splitlines() if not line.startswith("crowded"))
+    old = resolve_config(str(_toml(tmp_path / "f.toml", "[model]\nzoom = 1.0\n[render]\ncrowded = 0.0\nrescan = 0.0\n")))
+    text = "\n".join(line for line in write_toml(old).splitlines() if not line.startswith(("crowded =", "rescan =", "zoom =")))
     run_file = _toml(tmp_path / "config.toml", text)
-    assert load_run_config(run_file).render.crowded == 0.0 and load_run_config(run_file) == old
+    back = load_run_config(run_file)
+    assert (back.render.crowded, back.render.rescan, back.model.zoom) == (0.0, 0.0, 1.0) and back == old
     assert old.digest() != RunConfig().digest()
-    assert resolve_config(str(run_file)).render.crowded == 0.25  # a user's file: the default
+    mine = resolve_config(str(run_file))  # a user's file: today's defaults
+    assert (mine.render.crowded, mine.render.rescan, mine.model.zoom) == (0.25, 0.3, 3.0)
     # the digest of a run without the field is computed as before the field existed
     import hashlib, json
     d = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
@@ -174,7 +176,7 @@ def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
         for f in fields(cls):
             if f.metadata.get("since") and sec in d:
                 d[sec].pop(f.name)  # every field added since: the old run sits at each one's earlier value
-    assert "crowded" not in d["render"] and "label_smoothing" not in d["train"]
+    assert "crowded" not in d["render"] and "zoom" not in d["model"] and "label_smoothing" not in d["train"]
     assert old.digest() == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -183,9 +185,10 @@ def test_cache_keys_ignore_new_fields_that_change_nothing():
     section dict holds as a list -- and keeps it once it changes what is rendered."""
     from mlns_fast.config import RenderConfig, spec_dict
     plain = spec_dict(RenderConfig())
-    assert "rescan" not in plain and "rescan_px" not in plain and "glyph_height" in plain
+    assert "rescan" in plain and "rescan_px" not in plain and "glyph_height" in plain  # rescan's default is new
+    assert "rescan" not in spec_dict(RenderConfig(rescan=0.0))
     assert spec_dict(RenderConfig(rescan_px=(5.0, 9.0)))["rescan_px"] == [5.0, 9.0]
-    assert spec_dict(RenderConfig(rescan=0.3))["rescan"] == 0.3
+
 
 
 def _toml(path, text):
