@@ -46,7 +46,7 @@ def gradients(out: torch.Tensor, sums: np.ndarray, digits: np.ndarray) -> tuple[
     return g_sum.flatten(1), g_dig.flatten(1)
 
 
-def report(name: str, run_ref: str, runs_dir: str, n: int) -> None:
+def report(run_ref: str, runs_dir: str, n: int) -> None:
     rd = resolve_run(run_ref, runs_dir)
     cfg, model = load_trained(rd, "raw")
     if cfg.model.head != "digits":
@@ -69,7 +69,7 @@ def report(name: str, run_ref: str, runs_dir: str, n: int) -> None:
     wrong = ~right
     cos = F.cosine_similarity(g_sum[wrong], g_dig[wrong], dim=1) if wrong.any() else torch.tensor([float("nan")])
     ratio = (g_sum[wrong].norm(dim=1) / g_dig[wrong].norm(dim=1).clamp_min(1e-12)) if wrong.any() else cos
-    print(f"\n{name} ({rd.path.name}, raw weights; {n} real training images, {n} synthetic of its own layout)")
+    print(f"\n{run_ref} ({rd.path.name}, raw weights; {n} real training images, {n} synthetic of its own layout)")
     print(f"  digit accuracy: real train {digit_acc(out, digits):.4f}, synthetic {digit_acc(out_syn, synth.digits):.4f}, "
           f"real valid {held_acc['valid']:.4f}, real test (reserved glyphs) {held_acc['test']:.4f}")
     print(f"  real train images read entirely right {right.mean():.4f}; sum-consistent {consistent.mean():.4f}; "
@@ -89,7 +89,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(2)
     for ref in a.run:
-        report(ref, ref, a.runs_dir, a.n)
+        report(ref, a.runs_dir, a.n)
 
 
 if __name__ == "__main__":
