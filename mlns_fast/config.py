@@ -64,7 +64,7 @@ class RenderConfig(Checked):
                                "within a quarter of the range around the image's draw): whole images small, tight "
                                "or spread out, as one writer or one data set makes them; 0 = every digit independent",
                           0.0, 1.0)
-    crowded: float = _f(0.25, "probability that an image that shares one size and gap (coherence) is crowded: its "
+    crowded: float = _f(0.5, "probability that an image that shares one size and gap (coherence) is crowded: its "
                               "size drawn from the smallest third of glyph_height and its gap from the overlapping "
                               "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
                               "issue 20)", 0.0, 1.0, since=True, before=0.0)
@@ -132,6 +132,10 @@ class ModelConfig(Checked):
     columns: str = _f("mean", "digits head: how it reads a feature-map column: mean (its rows averaged) | stack "
                               "(its rows side by side, so ink in different rows of one column stays apart: "
                               "digits that overlap)", choices=("mean", "stack"), since=True)
+    reader: str = _f("gru", "digits head: gru (four slots, each attending over the feature-map columns after a "
+                            "BiGRU along them) | queries (four learned queries attending over every cell of the map, "
+                            "2-D, keyed by the cell, its column's BiGRU state and its row); --columns does not apply "
+                            "to queries", choices=("gru", "queries"), since=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
 
     def without_first_weights(self) -> "ModelConfig":

@@ -218,6 +218,43 @@ class DigitReader(nn.Module):
         return self.cls(self.drop(slots))  # (B, 4, 10)
 
 
+class DigitQueries(nn.Module):
+    """Reads the four digits with four learned queries that attend over every cell of the map (2-D).
+
+    The BiGRU of `DigitReader` runs along the columns as there (it gives each column its place in
+    the row: convolutions alone cannot count to four), and each cell is keyed by its own features
+    plus its column's GRU state and its row. Slot k's query then pools the cells of the k-th digit
+    wherever they lie: where two digits overlap in a column but sit at different heights, their
+    cells stay apart, where a column mean mixes them. Multi-head attention written out in two
+    einsums rather than nn.MultiheadAttention, whose inference fast path the TorchScript ONNX
+    exporter does not take."""
+
+    def __init__(self, c: int, drop: float, width: int, rows: int, hidden: int = 128, heads: int = 4):
+        super().__init__()
+        d = 2 * hidden
+        self.heads = heads
+        self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
+        self.cell = nn.Linear(c, d)
+        self.row = nn.Parameter(torch.randn(rows, 1, d) * 0.1)  # where a cell lies vertically (learned)
+        self.norm = nn.LayerNorm(d)
+        self.key, self.value, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.queries = nn.Parameter(torch.randn(N_DIGITS, d) * d ** -0.5)
+        self.drop = nn.Dropout(drop)
+        self.cls = nn.Linear(d, N_CLASSES)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
+        f = f.float()
+        B, h, d = f.shape[0], self.heads, self.queries.shape[1]
+        seq, _ = self.rnn(f.mean(2).transpose(1, 2))  # (B, w, d): each column in the context of the row
+        cells = self.norm(self.cell(f.permute(0, 2, 3, 1)) + seq[:, None] + self.row).flatten(1, 2)  # (B, n, d)
+        k = self.key(cells).unflatten(2, (h, d // h))  # (B, n, heads, d/heads)
+        v = self.value(cells).unflatten(2, (h, d // h))
+        q = self.queries.unflatten(1, (h, d // h))  # (4, heads, d/heads)
+        attn = (torch.einsum("khe,bnhe->bkhn", q, k) * (d // h) ** -0.5).softmax(-1)  # per slot and head: over cells
+        slots = self.out(torch.einsum("bkhn,bnhe->bkhe", attn, v).flatten(2))  # (B, 4, d)
+        return self.cls(self.drop(slots))  # (B, 4, 10)
+
+
 HEADS = {"sum": SumHead, "digits": DigitReader}
 
 
@@ -242,7 +279,7 @@ class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
     def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
-                 pyramid: bool = False, zoom: float = 1.0):
+                 pyramid: bool = False, zoom: float = 1.0, reader: str = "gru"):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
         self.fit = InkFit(zoom, size) if zoom > 1 else None
@@ -259,8 +296,11 @@ class MlnsNet(nn.Module):
             f = self.features(x)
             backbone.train(was)
         self.grid = f"{f.shape[-2]}x{f.shape[-1]}"  # the feature map the head reads (rows x columns)
-        rows = {"rows": f.shape[-2]} if head == "digits" and columns == "stack" else {}
-        self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
+        if head == "digits" and reader == "queries":
+            self.head = DigitQueries(f.shape[1], drop, f.shape[-1], rows=f.shape[-2])
+        else:
+            rows = {"rows": f.shape[-2]} if head == "digits" and columns == "stack" else {}
+            self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a finer level, the last level) of the backbone: built-in CNNs know theirs; a timm model hands
@@ -290,7 +330,7 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.backbone_weights:
         load_backbone_weights(backbone, cfg.backbone_weights)
-    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom, cfg.reader)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

@@ -158,6 +158,37 @@ def test_stacked_columns_keep_each_rows_features():
     assert (stack.head(f) - stack.head(swapped)).abs().max() > 1e-3
 
 
+def test_query_reader_attends_over_every_cell(tmp_path):
+    """--reader queries: four learned queries over the 5 x 21 cells. Unlike the column reader, it
+    tells apart two feature maps whose columns have the same mean (ink in other rows of a column);
+    a slot's attention is a distribution over all cells; the ONNX graph computes what torch does."""
+    import onnxruntime as ort
+    gru = create_model(ModelConfig(), IMAGE_SIZE).eval()
+    q = create_model(ModelConfig(reader="queries"), IMAGE_SIZE).eval()
+    c = q.backbone.num_features
+    assert q.head.row.shape[0] == 5 and q.head.rnn.input_size == c
+    f = torch.rand(3, c, 5, 21)
+    swapped = f[:, :, [1, 0, 2, 3, 4]]  # the same column means, other rows
+    with torch.no_grad():
+        q.head.queries.mul_(30)  # sharp attention, as after training (at its init it is near uniform)
+        assert torch.allclose(gru.head(f), gru.head(swapped), atol=1e-6)
+        assert (q.head(f) - q.head(swapped)).abs().max() > 1e-3
+        # each slot's read is a convex mix of the cells' values: moving one cell's features moves it
+        g = f.clone()
+        g[:, :, 4, 20] += 5.0
+        assert (q.head(f) - q.head(g)).abs().max() > 1e-4
+    x = torch.rand(2, 1, 40, 168)
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert want.shape == (2, 4, 10)
+    torch.onnx.export(q, (x,), str(tmp_path / "q.onnx"), input_names=["image"], output_names=["out"], opset_version=17,
+                      dynamic_axes={"image": {0: "batch"}}, dynamo=False)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"image": x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-3
+    with pytest.raises(Exception, match="reader"):
+        ModelConfig(reader="transformer")
+
+
 def test_pyramid_reads_a_finer_map():
     """--pyramid: the last stage upsampled onto the stage before it (FPN's top-down merge), so the
     reader gets 10 x 42 cells from mlns_cnn instead of 5 x 21; the fine level reaches the output."""
