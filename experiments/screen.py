@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.config import write_toml  # noqa: E402
+from mlns_fast.errors import MlnsError  # noqa: E402
 from mlns_fast.suite import load_suite  # noqa: E402
 
 CLI = [sys.executable, "-m", "mlns_fast"]
@@ -39,11 +40,16 @@ def main() -> None:
     p.add_argument("--only", action="append", default=[], help="run name (NAME-sSEED), repeatable, in order")
     a = p.parse_args()
     t0 = time.time()
-    cfgs = {c.name: c for c in load_suite(a.suite)}
+    try:
+        cfgs = {c.name: c for c in load_suite(a.suite)}
+    except MlnsError as e:
+        p.exit(2, f"error: {e}\n")
     names = a.only or list(cfgs)
     missing = [n for n in names if n not in cfgs]
     if missing:
-        sys.exit(f"screen: {a.suite} has no run {missing[0]!r} (runs: {', '.join(cfgs)})")
+        p.exit(2, f"error: {a.suite} has no run {missing[0]!r} (runs: {', '.join(cfgs)})\n")
+    if not Path(a.out).resolve().parent.is_dir():
+        p.exit(2, f"error: --out: folder {Path(a.out).parent} does not exist\n")
     left = lambda: a.budget - (time.time() - t0)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

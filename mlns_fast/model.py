@@ -229,8 +229,8 @@ class DigitQueries(nn.Module):
     einsums rather than nn.MultiheadAttention, whose inference fast path the TorchScript ONNX
     exporter does not take."""
 
-    def __init__(self, c: int, drop: float, width: int, rows: int, hidden: int = 128, heads: int = 4):
-        super().__init__()
+    def __init__(self, c: int, drop: float, width: int, hidden: int = 128, rows: int = 1, heads: int = 4):
+        super().__init__()  # `width`: unused, the readers' common signature (the cells carry their own)
         d = 2 * hidden
         self.heads = heads
         self.rnn = nn.GRU(c, hidden, batch_first=True, bidirectional=True)
@@ -255,7 +255,7 @@ class DigitQueries(nn.Module):
         return self.cls(self.drop(slots))  # (B, 4, 10)
 
 
-HEADS = {"sum": SumHead, "digits": DigitReader}
+READERS = {"gru": DigitReader, "queries": DigitQueries}  # the digits head's readers (--reader)
 
 
 def _pyramid_levels(backbone: nn.Module, x: torch.Tensor) -> list[int] | None:
@@ -296,11 +296,11 @@ class MlnsNet(nn.Module):
             f = self.features(x)
             backbone.train(was)
         self.grid = f"{f.shape[-2]}x{f.shape[-1]}"  # the feature map the head reads (rows x columns)
-        if head == "digits" and reader == "queries":
-            self.head = DigitQueries(f.shape[1], drop, f.shape[-1], rows=f.shape[-2])
-        else:
-            rows = {"rows": f.shape[-2]} if head == "digits" and columns == "stack" else {}
-            self.head = HEADS[head](f.shape[1], drop, f.shape[-1], **rows)
+        c, h, w = f.shape[1:]
+        if head == "sum":
+            self.head = SumHead(c, drop, w)
+        else:  # the query reader always reads every row; the column reader stacks them only when told
+            self.head = READERS[reader](c, drop, w, rows=h if reader == "queries" or columns == "stack" else 0)
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a finer level, the last level) of the backbone: built-in CNNs know theirs; a timm model hands
