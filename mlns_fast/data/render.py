@@ -35,6 +35,7 @@ class Rendered:
     image: np.ndarray  # (H, W) uint8
     digits: np.ndarray  # (n,) int64
     boxes: np.ndarray  # (n, 4) int64, inside the canvas
+    solo: list[np.ndarray] | None = None  # each glyph alone on its canvas, finished alike (Renderer(solo=True))
 
     @property
     def sum(self) -> int:
@@ -69,10 +70,10 @@ def bank_glyphs(bank: Bank, cell: bool = False) -> list[list[np.ndarray]]:
 class Renderer:
     """Renders `Rendered` images from a layout config; deterministic in (seed, *key)."""
 
-    def __init__(self, cfg: RenderConfig, bank: Bank | None = None, seed: int = 0):
+    def __init__(self, cfg: RenderConfig, bank: Bank | None = None, seed: int = 0, solo: bool = False):
         if cfg.glyphs != "fonts" and bank is None:
             raise ConfigError(f"glyphs={cfg.glyphs!r} needs a handwriting bank")
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.solo = cfg, seed, solo
         self.hand = bank_glyphs(bank, cfg.cell) if cfg.glyphs != "fonts" else None
         self.fonts = font_glyphs() if cfg.glyphs != "handwriting" else None
 
@@ -106,6 +107,7 @@ class Renderer:
         x = (W - total) * u[10 * n - 1] + np.concatenate([[0.0], np.cumsum(widths[:-1] * shrink + gaps)])
         canvas = np.zeros((H, W), np.uint8)
         boxes = np.zeros((n, 4), np.int64)
+        patches = []
         for i, (glyph, m, _, stroke) in enumerate(plans):
             if c.elastic > 0:
                 glyph = _elastic(glyph, c.elastic, rng)
@@ -118,7 +120,22 @@ class Renderer:
             region = canvas[y0:y0 + ph, x0:x0 + pw]
             np.maximum(region, patch, out=region)
             boxes[i] = (x0, y0, x0 + pw, y0 + ph)
-        return Rendered(self._finish(canvas, u[10 * n:], rng), np.asarray(digits, np.int64), boxes)
+            patches.append(patch)
+        solo = self._solo(patches, boxes, u[10 * n:], rng) if self.solo else None
+        return Rendered(self._finish(canvas, u[10 * n:], rng), np.asarray(digits, np.int64), boxes, solo)
+
+    def _solo(self, patches, boxes, u: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Each glyph alone on a blank canvas, finished with the image's own blur, contrast and noise
+        draw (a copy of `rng`, so the image's pixels do not change): what an isolated-digit reader of
+        this image's style sees (experiments/ceiling.py)."""
+        out = []
+        for patch, (x0, y0, x1, y1) in zip(patches, boxes):
+            alone = np.zeros((self.cfg.height, self.cfg.width), np.uint8)
+            alone[y0:y1, x0:x1] = patch
+            twin = np.random.Generator(type(rng.bit_generator)())
+            twin.bit_generator.state = rng.bit_generator.state
+            out.append(self._finish(alone, u, twin))
+        return out
 
     def _plan(self, digit: int, u: np.ndarray):
         """Pick a glyph of `digit` and a linear map (scale, aspect, shear, rotation) fitting the canvas.
@@ -231,13 +248,14 @@ def _stroke(patch: np.ndarray, k: int) -> np.ndarray:
     return patch
 
 
-def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", pool: str = "synth") -> Renderer:
+def create_renderer(cfg: RenderConfig, seed: int = 0, bank: str | Bank = "", pool: str = "synth",
+                    solo: bool = False) -> Renderer:
     """The one way to build a renderer: a layout, its glyph source's bank (a user bank's path, a
     loaded Bank, or the embedded bank's glyph `pool`: synth for training, real / valid only for the
-    demo's real splits, reserved only for test sets) and a seed."""
+    demo's real splits, reserved only for test sets) and a seed; `solo` also keeps each glyph alone."""
     if cfg.glyphs == "fonts":
-        return Renderer(cfg, None, seed)
-    return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, pool), seed)
+        return Renderer(cfg, None, seed, solo)
+    return Renderer(cfg, bank if isinstance(bank, Bank) else load_bank(bank, pool), seed, solo)
 
 
 def render_samples(renderer: Renderer, n: int, progress: bool = False, source: str = ""):
