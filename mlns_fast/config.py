@@ -58,7 +58,8 @@ class RenderConfig(Checked):
     rotation: tuple = _f((-20.0, 20.0), "degrees, positive = counter-clockwise", -90.0, 90.0)
     shear: tuple = _f((-0.45, 0.45), "horizontal shear (slant) factor", -2.0, 2.0)
     stroke: tuple = _f((-2, 2), "integer stroke change: <0 erode, >0 dilate by that many pixels", -3, 3, ints=True)
-    elastic: float = _f(0.08, "elastic distortion: max displacement as a fraction of glyph height (0 = off)", 0.0, 0.5)
+    elastic: float = _f(0.04, "elastic distortion: max displacement as a fraction of glyph height (0 = off; 0.04 since "
+                              "issue 20's fourth round, 0.08 before: RESULTS.md)", 0.0, 0.5)
     gap: tuple = _f((-0.6, 2.0), "gap between neighbours as a fraction of glyph width; <0 overlaps", -0.95, 5.0)
     coherence: float = _f(0.5, "probability that an image's digits share one size and one gap (each digit then varies "
                                "within a quarter of the range around the image's draw): whole images small, tight "
