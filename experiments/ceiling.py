@@ -38,14 +38,15 @@ from mlns_fast.config import LAYOUTS, RenderConfig  # noqa: E402
 from mlns_fast.data.demo import SPLITS  # noqa: E402
 from mlns_fast.data.mnist import Bank, embedded_bank  # noqa: E402
 from mlns_fast.data.render import create_renderer, crop_ink  # noqa: E402
-from mlns_fast.robustness import BATTERY, N_IMAGES, _lowres, sklearn_bank  # noqa: E402
+from mlns_fast.errors import MlnsError  # noqa: E402
+from mlns_fast.robustness import BATTERY, N_IMAGES, _lowres, earlier_sets, sklearn_bank  # noqa: E402
+from mlns_fast.runs import resolve_run  # noqa: E402
 
 
-def letterbox(glyph: np.ndarray, crop: bool = True) -> np.ndarray:
-    """A glyph (any size), cropped to its ink (or taken as its box is: `crop=False`, for boxes the
-    renderer already cut tight, where noise would pass for ink) and fitted into 20 x 20, centred in
-    a 28 x 28 cell."""
-    g = crop_ink(glyph) if crop else glyph
+def letterbox(glyph: np.ndarray) -> np.ndarray:
+    """A glyph (any size), cropped to its ink (where noise passes for ink, the whole of it) and fitted
+    into 20 x 20, centred in a 28 x 28 cell."""
+    g = crop_ink(glyph)
     h, w = g.shape
     s = 20.0 / max(h, w)
     g = cv2.resize(g, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -137,19 +138,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30, help="passes over the 3,400 trainable glyphs")
     ap.add_argument("--run", action="append", default=[], help="a run (folder or name) whose robustness results to put beside")
-    ap.add_argument("--weights", default="raw", help="which of a run's robustness results: raw | ema | best")
+    ap.add_argument("--weights", default="raw", choices=("raw", "ema"), help="which of a run's robustness results")
     ap.add_argument("--runs-dir", default="experiments/runs")
     ap.add_argument("--out", default="", help="write the ceilings as JSON here")
     a = ap.parse_args()
-    from mlns_fast.runs import resolve_run
+    if a.out and not Path(a.out).parent.is_dir():
+        ap.exit(2, f"error: --out: folder {Path(a.out).parent} does not exist\n")
     readers = {}
     for run in a.run:  # first: a run without results fails before the training
-        rd = resolve_run(run, a.runs_dir)
-        res = rd.path / "robustness" / a.weights / "result.json"
-        if not res.is_file():
-            sys.exit(f"{run}: no {a.weights} robustness results (run `mlns-fast robustness {run}` first)")
-        got = json.loads(res.read_text())
-        readers[f"{rd.path.name[16:]} ({got['weights']})"] = {s["set"]: s["digit_accuracy"] for s in got["sets"]}
+        try:
+            rd = resolve_run(run, a.runs_dir)
+        except MlnsError as e:
+            ap.exit(2, f"error: {e}\n")
+        # a run folder is user input: earlier_sets keeps only well-formed rows of the battery's sets
+        rows = earlier_sets(rd.path / "robustness" / a.weights / "result.json")
+        digits = {r["set"]: r["digit_accuracy"] for r in rows if isinstance(r.get("digit_accuracy"), (int, float))}
+        if not digits:
+            ap.exit(2, f"error: {run}: no {a.weights} robustness results (run `mlns-fast robustness {run}` first)\n")
+        readers[f"{rd.path.name[16:]} ({a.weights})"] = digits
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     net = train_classifier(a.epochs)

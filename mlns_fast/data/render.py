@@ -6,6 +6,7 @@ handwriting bank (MNIST), from OpenCV's Hershey fonts (no data needed), or a mix
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, replace
@@ -132,9 +133,7 @@ class Renderer:
         for patch, (x0, y0, x1, y1) in zip(patches, boxes):
             alone = np.zeros((self.cfg.height, self.cfg.width), np.uint8)
             alone[y0:y1, x0:x1] = patch
-            twin = np.random.Generator(type(rng.bit_generator)())
-            twin.bit_generator.state = rng.bit_generator.state
-            out.append(self._finish(alone, u, twin))
+            out.append(self._finish(alone, u, copy.deepcopy(rng)))
         return out
 
     def _plan(self, digit: int, u: np.ndarray):
