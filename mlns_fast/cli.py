@@ -405,13 +405,15 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
                  glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
-                 seed: int = typer.Option(0, "--seed")):
+                 seed: int = typer.Option(0, "--seed"),
+                 repack: bool = typer.Option(False, "--repack",
+                                             help="real images re-laid out crowded, as train --repack draws them")):
     """A labelled grid PNG (sum and digits over each image)."""
     from .data.preview import preview
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
     out = out or Path(runs_dir) / "preview.png"  # never into the repository
-    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed))
+    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed, repack))
 
 
 def main(argv: list[str] | None = None) -> int:

