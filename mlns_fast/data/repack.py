@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..config import RenderConfig
+from .render import _fit_width, _span
 
 INK = 40  # grey level above which a pixel is ink, for finding blank columns (real images are finished: noisy)
 MERGE = 2  # ink runs this close (blank columns between them) are one segment: a broken stroke is not a digit
@@ -50,16 +51,17 @@ def repack(img: np.ndarray, cfg: RenderConfig, rng: np.random.Generator) -> np.n
     target = H * (lo + (hi - lo) * rng.random() / 3)  # the tallest segment's height: the smallest third
     tallest = max(y1 - y0 for _, _, y0, y1 in segs)
     f = target / tallest
-    patches = [_resize(img[y0:y1, x0:x1], f) for x0, x1, y0, y1 in segs]
+    crops = [img[y0:y1, x0:x1] for x0, x1, y0, y1 in segs]
+    patches = [_resize(c, f) for c in crops]
     widths = np.array([p.shape[1] for p in patches], float)
     g0, g1 = cfg.gap
     neg = min(0.0, g1) if g0 < 0 else g0  # the overlapping part of the gap range (its low end if none)
-    gaps = (g0 + (neg - g0) * rng.random(len(patches) - 1)) * np.minimum(widths[:-1], widths[1:])
+    gaps = _span((g0, neg), rng.random(len(patches) - 1)) * np.minimum(widths[:-1], widths[1:])
+    shrink, gaps = _fit_width(widths, gaps, W)  # the renderer's fit: a row too wide even overlapping shrinks
+    if shrink < 1:  # drawn again from the image, not resampled twice
+        patches = [_resize(c, f * shrink) for c in crops]
+        widths = np.array([p.shape[1] for p in patches], float)
     total = widths.sum() + gaps.sum()
-    if total > W:  # too wide even overlapping: shrink the whole row to fit
-        s = W / total
-        patches = [_resize(p, s) for p in patches]
-        widths, gaps, total = widths * s, gaps * s, W
     x = (W - total) * rng.random() + np.concatenate([[0.0], np.cumsum(widths[:-1] + gaps)])
     canvas = np.zeros_like(img)
     for p, xi in zip(patches, x):
