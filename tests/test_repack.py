@@ -44,6 +44,22 @@ def test_repack_draws_the_row_small_and_overlapping_in_order():
         assert all(np.isfinite(centres)) and centres == sorted(centres)
 
 
+def test_repack_size_any_draws_from_the_whole_glyph_height_range():
+    cfg, img = RenderConfig(), _row()
+    lo, hi = cfg.glyph_height
+    talls = []
+    for seed in range(40):
+        small = repack(img, cfg, np.random.default_rng(seed))
+        out = repack(img, cfg, np.random.default_rng(seed), "any")
+        rows = [np.flatnonzero((o == LEVELS[2]).any(1)) for o in (small, out)]
+        t_small, t_any = (r[-1] - r[0] + 1 for r in rows)
+        assert t_any >= t_small - 1  # the same draw, three times the span (unless the row had to shrink)
+        talls.append(t_any)
+    assert max(talls) <= hi * 40 + 1
+    assert max(talls) > (lo + (hi - lo) / 3) * 40 + 4  # beyond the small sizes: the whole range is drawn
+    assert min(talls) < (lo + (hi - lo) / 2) * 40  # and its low half too
+
+
 def test_repack_is_deterministic_and_leaves_a_blank_image():
     cfg, img = RenderConfig(), _row()
     a, b = (repack(img, cfg, np.random.default_rng(3)) for _ in range(2))
@@ -67,6 +83,15 @@ def test_loader_repacks_real_images_only_keeping_their_labels(tiny_cfg):
     assert torch.equal(valid0[key][0], valid1[key][0])  # validation images never re-laid out
 
 
+def test_repack_until_ends_the_crowded_views_after_its_share_of_the_epochs(tiny_cfg):
+    plain = build_dataloaders(tiny_cfg(data="real", augment=False, epochs=4)).train.dataset
+    cfg = tiny_cfg(data="real", augment=False, epochs=4, repack=1.0, repack_until=0.5, repack_size="any")
+    packed = build_dataloaders(cfg).train.dataset
+    for epoch in range(4):
+        same = torch.equal(plain[(REAL, epoch, 5)][0], packed[(REAL, epoch, 5)][0])
+        assert same == (epoch >= 2), epoch  # epochs 0 and 1 crowded, 2 and 3 in the images' own layout
+
+
 def test_preview_draws_the_crowded_views_of_real_images(capsys, tmp_path):
     from mlns_fast.data.preview import preview_samples
     plain, packed = preview_samples("demo", 6), preview_samples("demo", 6, repack=True)
@@ -78,6 +103,10 @@ def test_preview_draws_the_crowded_views_of_real_images(capsys, tmp_path):
     code, _, err = run_cli(capsys, "data", "preview", "--repack", "--out", tmp_path / "s.png")
     assert_user_error(code, err, "--repack previews real images")
     assert not (tmp_path / "s.png").exists()
+    code, _, err = run_cli(capsys, "data", "preview", "--source", "demo", "--repack", "--repack-size", "huge",
+                           "--out", tmp_path / "h.png")
+    assert_user_error(code, err, "--repack-size must be one of small, any")
+    assert not (tmp_path / "h.png").exists()
 
 
 def test_repack_without_real_images_is_refused(capsys, tmp_path):

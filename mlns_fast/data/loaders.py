@@ -51,9 +51,11 @@ class Items:
     """Indexable by `(source, epoch, j)`: real image j (augmented per epoch) or synthetic image (epoch, j)."""
 
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
-                 pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None):
+                 pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None,
+                 repack_size: str = "small", repack_epochs: int | None = None):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
-        self.repack, self.layout = repack, layout  # share of real images re-laid out crowded, in `layout`'s ranges
+        # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all)
+        self.repack, self.layout, self.repack_size, self.repack_epochs = repack, layout, repack_size, repack_epochs
         self.aug = augmenter(seed) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
         self.pseudo: np.ndarray | None = None  # (n_real, 4) digit readings used as labels; -1 = none (self-training)
@@ -67,10 +69,10 @@ class Items:
             r = self.renderer(epoch, j)
             return _item(r.image, r.sum, r.digits, True)
         img = self.real.images[j]
-        if self.repack > 0:
+        if self.repack > 0 and (self.repack_epochs is None or epoch < self.repack_epochs):
             rng = np.random.default_rng([self.seed, epoch, j, 11])
             if rng.random() < self.repack:
-                img = repack(img, self.layout, rng)
+                img = repack(img, self.layout, rng, self.repack_size)
         if self.aug is not None:
             self.aug.set_random_seed(hash((self.seed, epoch, j)) & 0x7FFFFFFF)
             img = self.aug(image=img)["image"]
@@ -224,7 +226,8 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
     pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
-                  repack=d.repack, layout=cfg.render)
+                  repack=d.repack, layout=cfg.render, repack_size=d.repack_size,
+                  repack_epochs=round(d.repack_until * cfg.train.epochs) if d.repack_until < 1 else None)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's

@@ -10,12 +10,13 @@ from ..config import layout_config
 from ..errors import ConfigError
 from .demo import demo_split
 from .render import create_renderer, render_samples
+from .repack import SIZES
 from .repack import repack as crowd
 from .sources import Samples, load_source
 
 
 def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
-                    repack: bool = False) -> Samples:
+                    repack: bool = False, repack_size: str = "small") -> Samples:
     """The first n images of `source`: synthetic (rendered), demo (train split) or a data path; with
     `repack`, real images re-laid out crowded in `layout`'s ranges, as `train --repack` draws them."""
     if source == "synthetic":
@@ -25,17 +26,20 @@ def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "h
     s = demo_split("train", with_digits=True) if source == "demo" else load_source(source)
     s = s.subset(slice(0, n))
     if repack:
+        if repack_size not in SIZES:
+            raise ConfigError(f"--repack-size must be one of {', '.join(SIZES)}; got {repack_size!r}")
         cfg = layout_config(layout)
-        s.images = np.stack([crowd(im, cfg, np.random.default_rng([seed, j])) for j, im in enumerate(s.images)])
+        s.images = np.stack([crowd(im, cfg, np.random.default_rng([seed, j]), repack_size)
+                             for j, im in enumerate(s.images)])
     return s
 
 
 def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", glyphs: str = "handwriting",
-            seed: int = 0, repack: bool = False) -> Path:
+            seed: int = 0, repack: bool = False, repack_size: str = "small") -> Path:
     """Write a grid PNG with `sum = ... (digits)` over each image."""
     from ..plots import image_grid
-    s = preview_samples(source, n, layout, glyphs, seed, repack)
+    s = preview_samples(source, n, layout, glyphs, seed, repack, repack_size)
     titles = [f"sum {int(s.sums[i])}" + (f"  ({' '.join(map(str, s.digits[i]))})" if s.digits is not None else "")
               for i in range(len(s))]
-    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source + (" re-laid out crowded" * repack)
+    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source + (f" re-laid out crowded ({repack_size})" * repack)
     return image_grid(s.images, titles, out, suptitle=label)

@@ -41,14 +41,18 @@ def ink_segments(img: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def repack(img: np.ndarray, cfg: RenderConfig, rng: np.random.Generator) -> np.ndarray:
-    """`img` (H, W) uint8 re-laid out crowded (module docstring); returned unchanged when it has no ink."""
+SIZES = {"small": 3, "any": 1}  # --repack-size: the tallest is drawn from the 1/n of glyph_height at its low end
+
+
+def repack(img: np.ndarray, cfg: RenderConfig, rng: np.random.Generator, size: str = "small") -> np.ndarray:
+    """`img` (H, W) uint8 re-laid out crowded (module docstring); returned unchanged when it has no ink.
+    `size` "any" draws the tallest segment from the whole glyph_height range instead of its smallest third."""
     segs = ink_segments(img)
     if not segs:
         return img
     H, W = img.shape
     lo, hi = cfg.glyph_height
-    target = H * (lo + (hi - lo) * rng.random() / 3)  # the tallest segment's height: the smallest third
+    target = H * (lo + (hi - lo) * rng.random() / SIZES[size])  # the tallest segment's height
     tallest = max(y1 - y0 for _, _, y0, y1 in segs)
     f = target / tallest
     crops = [img[y0:y1, x0:x1] for x0, x1, y0, y1 in segs]
