@@ -27,6 +27,7 @@ DATA_MODES = ("real", "synthetic", "mixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
 TRACKERS = ("mlflow", "tensorboard")
+REPACK_SIZES = ("small", "any")  # --repack-size: the smallest third of glyph_height, or all of it
 # The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
 N_DIGITS, N_CLASSES = 4, 10
 N_SUMS = N_DIGITS * (N_CLASSES - 1) + 1  # sums 0..36
@@ -111,7 +112,7 @@ class DataConfig(Checked):
                             "(0 = off)", 0.0, 1.0, since=True)
     repack_size: str = _f("small", "--repack's sizes: small (the tallest segment from the smallest third of [render] "
                                    "glyph_height, as crowded layouts draw) | any (from the whole range)",
-                          choices=("small", "any"), since=True)
+                          choices=REPACK_SIZES, since=True)
     repack_until: float = _f(1.0, "--repack's curriculum: the share of the run's epochs, from the first, that draw "
                                   "crowded views; the later ones see the real images in their own layout",
                              0.0, 1.0, open_lo=True, since=True)

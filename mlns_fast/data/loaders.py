@@ -227,7 +227,7 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
                   repack=d.repack, layout=cfg.render, repack_size=d.repack_size,
-                  repack_epochs=round(d.repack_until * cfg.train.epochs) if d.repack_until < 1 else None)
+                  repack_epochs=round(d.repack_until * cfg.train.epochs))
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's

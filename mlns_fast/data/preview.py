@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import layout_config
+from ..config import REPACK_SIZES, layout_config
 from ..errors import ConfigError
 from .demo import demo_split
 from .render import create_renderer, render_samples
-from .repack import SIZES
 from .repack import repack as crowd
 from .sources import Samples, load_source
 
@@ -26,8 +25,8 @@ def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "h
     s = demo_split("train", with_digits=True) if source == "demo" else load_source(source)
     s = s.subset(slice(0, n))
     if repack:
-        if repack_size not in SIZES:
-            raise ConfigError(f"--repack-size must be one of {', '.join(SIZES)}; got {repack_size!r}")
+        if repack_size not in REPACK_SIZES:
+            raise ConfigError(f"--repack-size must be one of {', '.join(REPACK_SIZES)}; got {repack_size!r}")
         cfg = layout_config(layout)
         s.images = np.stack([crowd(im, cfg, np.random.default_rng([seed, j]), repack_size)
                              for j, im in enumerate(s.images)])
@@ -41,5 +40,6 @@ def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", gl
     s = preview_samples(source, n, layout, glyphs, seed, repack, repack_size)
     titles = [f"sum {int(s.sums[i])}" + (f"  ({' '.join(map(str, s.digits[i]))})" if s.digits is not None else "")
               for i in range(len(s))]
-    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source + (f" re-laid out crowded ({repack_size})" * repack)
+    crowded = f" re-laid out crowded ({repack_size})" if repack else ""
+    label = f"{source} ({layout}, {glyphs})" if source == "synthetic" else source + crowded
     return image_grid(s.images, titles, out, suptitle=label)

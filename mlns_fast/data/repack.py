@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..config import RenderConfig
+from ..config import REPACK_SIZES, RenderConfig
 from .render import _fit_width, _span
 
 INK = 40  # grey level above which a pixel is ink, for finding blank columns (real images are finished: noisy)
@@ -41,7 +41,7 @@ def ink_segments(img: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
-SIZES = {"small": 3, "any": 1}  # --repack-size: the tallest is drawn from the 1/n of glyph_height at its low end
+SIZES = dict(zip(REPACK_SIZES, (3, 1)))  # the tallest is drawn from the 1/n of glyph_height at its low end
 
 
 def repack(img: np.ndarray, cfg: RenderConfig, rng: np.random.Generator, size: str = "small") -> np.ndarray:
