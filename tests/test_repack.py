@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from mlns_fast.config import RenderConfig
-from mlns_fast.data.loaders import REAL, build_dataloaders
+from mlns_fast.data.loaders import REAL, SYNTH, build_dataloaders
 from mlns_fast.data.repack import INK, ink_segments, repack
 
 from .conftest import assert_user_error, run_cli
@@ -90,6 +90,34 @@ def test_repack_until_ends_the_crowded_views_after_its_share_of_the_epochs(tiny_
     for epoch in range(4):
         same = torch.equal(plain[(REAL, epoch, 5)][0], packed[(REAL, epoch, 5)][0])
         assert same == (epoch >= 2), epoch  # epochs 0 and 1 crowded, 2 and 3 in the images' own layout
+
+
+def test_repack_slots_synthetic_keeps_every_real_view_and_gives_synthetic_slots_to_crowded_ones(tiny_cfg):
+    plain = build_dataloaders(tiny_cfg(augment=False)).train.dataset
+    packed = build_dataloaders(tiny_cfg(augment=False, repack=1.0, repack_slots="synthetic")).train.dataset
+    real = packed.real
+    for j in range(6):  # every real image in its own layout, every epoch
+        assert torch.equal(plain[(REAL, 1, j)][0], packed[(REAL, 1, j)][0])
+    assert packed.repack_synth == 1.0  # --mix 0.5: one synthetic slot per real image
+    for j in range(6):  # ... and every synthetic slot a crowded view of a real image, with its labels
+        x, s, d, known = packed[(SYNTH, 0, j)]
+        assert not torch.equal(x, plain[(SYNTH, 0, j)][0])
+        assert int(s) in set(real.sums.tolist()) and bool(known) == (real.digits is not None)
+        assert (x[0] > INK).any(0).sum() < 120  # drawn overlapping: narrower than four glyphs side by side
+    assert torch.equal(packed[(SYNTH, 0, 3)][0], packed[(SYNTH, 0, 3)][0])  # a pure function of the key
+    share = build_dataloaders(tiny_cfg(augment=False, repack=0.6, mix=0.75, repack_slots="synthetic")).train.dataset
+    assert abs(share.repack_synth - 0.2) < 1e-9  # as many crowded views as --repack-slots real would draw
+    crowded = sum(not torch.equal(share[(SYNTH, 0, j)][0], plain[(SYNTH, 0, j)][0]) for j in range(300))
+    assert 35 <= crowded <= 85, crowded  # 60 expected
+
+
+def test_repack_slots_synthetic_needs_mixed_batches(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--data", "real", "--repack", "0.25", "--repack-slots", "synthetic",
+                           "--runs-dir", tmp_path)
+    assert_user_error(code, err, "--repack-slots synthetic replaces synthetic images")
+    code, _, err = run_cli(capsys, "train", "--repack", "0.25", "--repack-slots", "fake", "--runs-dir", tmp_path)
+    assert_user_error(code, err, "repack")
+    assert not any(tmp_path.iterdir())
 
 
 def test_preview_draws_the_crowded_views_of_real_images(capsys, tmp_path):

@@ -52,29 +52,44 @@ class Items:
 
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
                  pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None,
-                 repack_size: str = "small", repack_epochs: int | None = None):
+                 repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
-        # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all)
+        # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all);
+        # `repack_synth`: instead, the share of synthetic slots given to a crowded view of a random real image
         self.repack, self.layout, self.repack_size, self.repack_epochs = repack, layout, repack_size, repack_epochs
+        self.repack_synth = repack_synth
         self.aug = augmenter(seed) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
         self.pseudo: np.ndarray | None = None  # (n_real, 4) digit readings used as labels; -1 = none (self-training)
 
+    def _crowds(self, epoch: int) -> bool:
+        return self.repack_epochs is None or epoch < self.repack_epochs
+
     def __getitem__(self, key):
         src, epoch, j = key
         if src == SYNTH:
+            if self.repack_synth > 0 and self._crowds(epoch):
+                rng = np.random.default_rng([self.seed, epoch, j, 13])
+                if rng.random() < self.repack_synth:  # this slot: a crowded view of a random real image
+                    k = int(rng.integers(self.n_real))
+                    img = repack(self.real.images[k], self.layout, rng, self.repack_size)
+                    return self._real(img, k, (self.seed, epoch, k, j))
             if self.pool is not None:
                 img, digits = self.pool.item(epoch, j)
                 return _item(img, digits.sum(), digits, True)
             r = self.renderer(epoch, j)
             return _item(r.image, r.sum, r.digits, True)
         img = self.real.images[j]
-        if self.repack > 0 and (self.repack_epochs is None or epoch < self.repack_epochs):
+        if self.repack > 0 and not self.repack_synth and self._crowds(epoch):
             rng = np.random.default_rng([self.seed, epoch, j, 11])
             if rng.random() < self.repack:
                 img = repack(img, self.layout, rng, self.repack_size)
+        return self._real(img, j, (self.seed, epoch, j))
+
+    def _real(self, img: np.ndarray, j: int, aug_key: tuple):
+        """Real image j's item (`img`: its pixels or a crowded view of them), augmented by `aug_key`'s draw."""
         if self.aug is not None:
-            self.aug.set_random_seed(hash((self.seed, epoch, j)) & 0x7FFFFFFF)
+            self.aug.set_random_seed(hash(aug_key) & 0x7FFFFFFF)
             img = self.aug(image=img)["image"]
         if self.real.digits is not None:
             return _item(img, self.real.sums[j], self.real.digits[j], True)
@@ -227,7 +242,9 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
                   repack=d.repack, layout=cfg.render, repack_size=d.repack_size,
-                  repack_epochs=round(d.repack_until * cfg.train.epochs))
+                  repack_epochs=round(d.repack_until * cfg.train.epochs),
+                  # as many crowded views as --repack-slots real draws: repack x the real images, in synthetic slots
+                  repack_synth=d.repack * (1 - d.mix) / d.mix if d.repack and d.repack_slots == "synthetic" else 0.0)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's
