@@ -241,9 +241,9 @@ class RunConfig:
         check_name(self.name)
         if self.train.self_train and self.model.head != "digits":
             raise ConfigError("--self-train reads digits: it needs --head digits")
-        if self.data.repack and self.data.data == "synthetic":
-            raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
         d = self.data
+        if d.repack and d.data == "synthetic":
+            raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
         if d.repack and d.repack_slots == "synthetic" and (d.data != "mixed" or not d.mix):
             raise ConfigError("--repack-slots synthetic replaces synthetic images in mixed batches: it needs --data "
                               "mixed and --mix > 0")

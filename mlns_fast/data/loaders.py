@@ -55,7 +55,7 @@ class Items:
                  repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
         # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all);
-        # `repack_synth`: instead, the share of synthetic slots given to a crowded view of a random real image
+        # `repack_synth`: the share of synthetic slots given to a crowded view of a random real image instead
         self.repack, self.layout, self.repack_size, self.repack_epochs = repack, layout, repack_size, repack_epochs
         self.repack_synth = repack_synth
         self.aug = augmenter(seed) if augment and real is not None else None
@@ -80,7 +80,7 @@ class Items:
             r = self.renderer(epoch, j)
             return _item(r.image, r.sum, r.digits, True)
         img = self.real.images[j]
-        if self.repack > 0 and not self.repack_synth and self._crowds(epoch):
+        if self.repack > 0 and self._crowds(epoch):
             rng = np.random.default_rng([self.seed, epoch, j, 11])
             if rng.random() < self.repack:
                 img = repack(img, self.layout, rng, self.repack_size)
@@ -240,11 +240,12 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     # the synthetic stream: the run's layout, the training bank only (never reserved digits), the run's seed
     renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
     pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
+    # crowded views in the real images' own slots, or as many (repack x the real images) in synthetic ones
+    in_synth = bool(d.repack) and d.repack_slots == "synthetic"
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
-                  repack=d.repack, layout=cfg.render, repack_size=d.repack_size,
+                  repack=0.0 if in_synth else d.repack, layout=cfg.render, repack_size=d.repack_size,
                   repack_epochs=round(d.repack_until * cfg.train.epochs),
-                  # as many crowded views as --repack-slots real draws: repack x the real images, in synthetic slots
-                  repack_synth=d.repack * (1 - d.mix) / d.mix if d.repack and d.repack_slots == "synthetic" else 0.0)
+                  repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's
