@@ -5,7 +5,9 @@
 Per set: digit accuracy, wrong digits per position, images by number of wrong digits, the leading
 true -> predicted confusions, how many wrong readings equal a neighbour's true digit (a slot pooling
 its neighbour's ink; by chance about 15 %: 1.5 neighbours on average, 1 in 9 wrong digits each), and
-how many wrong images hold the right digits in another order (the sum then stays right).
+how many wrong images hold the right digits in another order (the sum then stays right); and the
+error rate by how much of a glyph's box its neighbours' boxes cover (the set drawn again with its
+boxes: the renderer is deterministic, so the images are the set's own, checked).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.errors import MlnsError  # noqa: E402
 from mlns_fast.evaluation import load_trained, predict_outputs  # noqa: E402
-from mlns_fast.robustness import BATTERY, battery  # noqa: E402
+from mlns_fast.data.render import create_renderer  # noqa: E402
+from mlns_fast.robustness import BATTERY, battery, sklearn_bank  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 
 
@@ -54,6 +57,30 @@ def main() -> None:
               f"right digits in another order: {order_only.sum()} images")
         print("  leading confusions (true -> predicted: count): "
               + ", ".join(f"{t}->{q}: {n}" for (t, q), n in pairs.most_common(8)))
+        cover = covered(name, s.images) if name != "demo-test" else None
+        if cover is not None:
+            bins = [0, 0.2, 0.4, 0.6, 0.8, np.inf]
+            cells = [f"{lo:.1f}-{hi:.1f}: {wrong[(cover >= lo) & (cover < hi)].mean():.3f} "
+                     f"(n={((cover >= lo) & (cover < hi)).sum()})" for lo, hi in zip(bins, bins[1:])
+                     if ((cover >= lo) & (cover < hi)).any()]
+            print("  error by the share of a glyph's box its neighbours cover: " + ", ".join(cells))
+
+
+def covered(name: str, images: np.ndarray) -> np.ndarray | None:
+    """(N, 4) share of each glyph's box width that its neighbours' boxes overlap; None where the set
+    cannot be drawn again identically (a transformed set)."""
+    spec = next(x for x in BATTERY if x.name == name)
+    if spec.transform:
+        return None
+    r = create_renderer(spec.render, spec.seed, sklearn_bank() if spec.bank == "sklearn" else "", pool="reserved")
+    drawn = [r(i) for i in range(len(images))]
+    if not all(np.array_equal(d.image, im) for d, im in zip(drawn, images)):
+        return None
+    x0, x1 = (np.stack([d.boxes[:, k] for d in drawn]) for k in (0, 2))
+    cover = np.zeros(x0.shape)
+    cover[:, 1:] += np.clip(x1[:, :-1] - x0[:, 1:], 0, None)  # the left neighbour's box reaching in
+    cover[:, :-1] += np.clip(x1[:, :-1] - x0[:, 1:], 0, None)  # the right one's
+    return cover / np.maximum(x1 - x0, 1)
 
 
 if __name__ == "__main__":

@@ -396,6 +396,30 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
     typer.echo(f"{out}: {n} images in {seconds:.1f}s ({n / seconds:.0f} img/s)")
 
 
+@data_app.command("harvest")
+def data_harvest(run: str = typer.Argument(..., help="a run with the digits head: folder, name or latest"),
+                 out: Path = typer.Option(..., "--out", help=".npz bank (mnist.npz layout) for train --bank"),
+                 min_posterior: float = typer.Option(0.99, "--min-posterior",
+                                                     help="keep an image's reading when its probability given the "
+                                                          "image's sum is at least this"),
+                 share: float = typer.Option(0.5, "--share", help="harvested glyphs make at most this share of the bank"),
+                 weights_from: str = WEIGHTS_FROM, raw: bool = RAW, runs_dir: str = RUNS_DIR):
+    """Cut labelled digits out of a run's real training images where its reader is sure of them; write
+    its bank plus them (and a PNG of some) for train --bank."""
+    from .data.harvest import harvest_bank
+    from .outputs import check_output
+    from .runs import resolve_run
+    if out.suffix != ".npz":
+        raise ConfigError(f"--out must end in .npz, got {out}")
+    check_output(out, example="bank.npz")
+    c = harvest_bank(resolve_run(run, runs_dir), out, min_posterior, share, _which(weights_from, raw))
+    typer.echo(f"{out}: {c['bank']:,} bank glyphs + {c['harvested']:,} harvested (of {c['sure_glyphs']:,} from "
+               f"{c['kept']:,} of {c['split_in_four']:,} real training images split in four, {c['images']:,} read); "
+               f"per digit {c['per_digit']}")
+    if "preview" in c:
+        typer.echo(c["preview"])
+
+
 @data_app.command("preview")
 def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                                            help="synthetic | demo | labelled images as --real takes them "

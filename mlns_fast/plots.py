@@ -77,12 +77,14 @@ def _step_epochs(steps: list[dict]) -> list[float]:
     return out
 
 
-def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: int = 4, suptitle: str = "") -> Path:
-    """Images (N, H, W) in a grid, each with its title (sum and digits, or prediction vs truth)."""
+def image_grid(images: np.ndarray, titles: list[str], path: str | Path, cols: int = 4, suptitle: str = "",
+               cell: tuple[float, float] = (3.4, 1.15)) -> Path:
+    """Images (N, H, W) in a grid, each with its title (sum and digits, or prediction vs truth); `cell`:
+    inches per image (a 40 x 168 row by default)."""
     plt = _plt()
     n = len(images)
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.4, rows * 1.15), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, im, t in zip(axes.flat, images, titles):

