@@ -1,11 +1,12 @@
 """Glyphs harvested from the real training images: each digit cut out where a trained reader is sure
 of it under the image's sum, added to the handwriting bank the renderer draws from.
 
-Why: the real images bring writers the bank lacks, but with a sum label only, and in their own layout.
-Drawing them crowded (`--repack`) lifts the tight set and costs valid and other writers (RESULTS.md,
-issue 20, seventh round: the gain needs the real writers; the sum-only crowded views bring the cost).
-A harvested glyph carries a digit label, so the renderer can draw those writers in every layout it has,
-beside the bank's own, with the per-digit supervision synthetic images get.
+Why: the real images bring their writers with a sum label only, and in their own layout. A harvested
+glyph carries a digit label, so the renderer can draw those writers in every layout it has, with the
+per-digit supervision synthetic images get. Measured (RESULTS.md, issue 20, eighth round): for a run with
+no handwriting bank (printed digits only) the harvest as its bank lifted the tight set by 17 points and
+other writers by 10; beside the MNIST bank on the demo stand-in, whose real writers are MNIST's too, it
+added nothing and cost valid. A tool for hands no bank has, not a default.
 
 What is cut: only images whose ink splits at blank columns into exactly four segments (`repack.ink_segments`,
 one digit each), and only where the run's digits head reads four digits that add up to the image's label
