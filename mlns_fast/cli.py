@@ -369,6 +369,15 @@ def sweep(file: Path = typer.Argument(..., help=_esc("sweep TOML: [defaults], [s
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _npz_out(out: Path, example: str, *beside: Path) -> None:
+    """--out must be a writable .npz path (and each file written `beside` it writable too): else one error line."""
+    from .outputs import check_output
+    if out.suffix != ".npz":
+        raise ConfigError(f"--out must end in .npz, got {out}")
+    for p in (out, *beside):
+        check_output(p, example=example)
+
+
 @data_app.command("demo")
 def data_demo(out: Path = typer.Option(..., "--out", help="folder for data0..2.npy / lab0..2.npy")):
     """Export the demo stand-in (train / valid / test) as course-format npy pairs."""
@@ -388,10 +397,7 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
     from .data.render import render_npz
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
-    if out.suffix != ".npz":
-        raise ConfigError(f"--out must end in .npz, got {out}")
-    from .outputs import check_output
-    check_output(out, example="synth.npz")
+    _npz_out(out, "synth.npz")
     seconds = render_npz(n, out, layout, glyphs, seed, bank, progress=True)
     typer.echo(f"{out}: {n} images in {seconds:.1f}s ({n / seconds:.0f} img/s)")
 
@@ -407,11 +413,8 @@ def data_harvest(run: str = typer.Argument(..., help="a run with the digits head
     """Cut labelled digits out of a run's real training images where its reader is sure of them; write
     its bank plus them (and a PNG of some) for train --bank."""
     from .data.harvest import harvest_bank
-    from .outputs import check_output
     from .runs import resolve_run
-    if out.suffix != ".npz":
-        raise ConfigError(f"--out must end in .npz, got {out}")
-    check_output(out, example="bank.npz")
+    _npz_out(out, "bank.npz", out.with_suffix(".png"))  # the preview PNG beside it is checked first too
     c = harvest_bank(resolve_run(run, runs_dir), out, min_posterior, share, _which(weights_from, raw))
     typer.echo(f"{out}: {c['bank']:,} bank glyphs + {c['harvested']:,} harvested (of {c['sure_glyphs']:,} from "
                f"{c['kept']:,} of {c['split_in_four']:,} real training images split in four, {c['images']:,} read); "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from ..errors import ConfigError, DataError, ModelError
 from .mnist import Bank
-from .repack import ink_segments
+from .repack import _resize, ink_segments
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,7 @@ class Harvest:
 
 def to_cell(crop: np.ndarray) -> np.ndarray:
     """An ink crop in MNIST's format: its longer side scaled to 20 px, centred in a 28 x 28 cell."""
-    h, w = crop.shape
-    f = BOX / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    patch = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    patch = _resize(crop, BOX / max(crop.shape))
     out = np.zeros((CELL, CELL), np.uint8)
     y, x = (CELL - patch.shape[0]) // 2, (CELL - patch.shape[1]) // 2
     out[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
@@ -139,7 +137,7 @@ def harvest_bank(run, out, min_posterior: float = 0.99, share: float = 0.5, whic
         from ..plots import image_grid
         idx = np.flatnonzero(mask)[np.random.default_rng(0).permutation(int(mask.sum()))[:48]]
         counts["preview"] = str(image_grid(images[idx], [str(int(labels[i])) for i in idx],
-                                           str(out)[:-len(".npz")] + ".png", cols=12, cell=(0.8, 1.0),
+                                           Path(out).with_suffix(".png"), cols=12, cell=(0.8, 1.0),
                                            suptitle=f"harvested by {run.name} (posterior >= {min_posterior})"))
     return counts
 
