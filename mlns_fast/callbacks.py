@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3, unwrap_model
 
 from .device import precision_callbacks
 from .errors import RunError
-from .losses import acc
+from .losses import acc, box_loss
 from .runs import METRIC_COLUMNS, state_dict_problem
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,37 @@ class SelfTraining(Reports):
         items.pseudo = np.where(ok[:, None], digits.numpy(), -1).astype(np.int64)
         self.history.append(round(float(ok.mean()), 4))
         log.info("self-training: epoch %d, %.1f %% of real images digit-labelled", self.epoch, 100 * ok.mean())
+
+
+class BoxTarget(Callback):
+    """`--box-weight`: the per-column box target (`losses.box_loss`) beside the head's loss, the way
+    fastai's RNNRegularizer adds its terms: the training batch's digit spans leave `yb` before the loss
+    and the metrics see it, the model's training output (logits, column logits, column x) is taken
+    apart after the prediction, and the weighted term joins the loss before the backward pass.
+    Ordered first, so every other callback sees the batch and the prediction as without it."""
+    order = -10
+
+    def __init__(self, weight: float):
+        self.weight, self.spans, self.aux = weight, None, None
+
+    def before_batch(self):
+        self.spans = None
+        if len(self.learn.yb) == 4:  # training batches only: validation items carry no spans
+            *yb, self.spans = self.learn.yb
+            self.learn.yb = tuple(yb)
+
+    def after_pred(self):
+        self.aux = None
+        if isinstance(self.learn.pred, tuple):  # the model in training mode
+            self.learn.pred, *self.aux = self.learn.pred
+
+    def after_loss(self):
+        if self.aux is None or self.spans is None:
+            return
+        cols, xs = self.aux
+        term = self.weight * box_loss(cols, xs, self.spans, self.learn.yb[1])
+        self.learn.loss_grad = self.learn.loss_grad + term
+        self.learn.loss = self.learn.loss + term.detach()
 
 
 class DivergenceGuard(Callback):

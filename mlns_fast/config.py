@@ -71,6 +71,11 @@ class RenderConfig(Checked):
                               "size drawn from the smallest third of glyph_height and its gap from the overlapping "
                               "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
                               "issue 20)", 0.0, 1.0, since=True, before=0.0)
+    crowded_clean: bool = _f(True, "crowded images (see crowded) skip the image finish: no blur, no noise, full "
+                                   "contrast, as the user's touching digits are inked (../shared/reference), where the "
+                                   "other images draw them from blur_p / noise_p / contrast; their glyphs keep every "
+                                   "stroke, warp and re-sampling range (measured: RESULTS.md, issue 20, ninth round)",
+                             since=True, before=False)
     rescan: float = _f(0.3, "probability that a glyph is re-sampled at a low resolution (its ink drawn down to "
                             "rescan_px pixels tall, then back up, linear or cubic): the soft, blocky strokes of "
                             "coarse scans and other hands' small-format digits (measured: RESULTS.md, issue 20)",
@@ -153,6 +158,10 @@ class ModelConfig(Checked):
                             "BiGRU along them) | queries (four learned queries attending over every cell of the map, "
                             "2-D, keyed by the cell, its column's BiGRU state and its row); --columns does not apply "
                             "to queries", choices=("gru", "queries"), since=True)
+    box_weight: float = _f(0.0, "digits head: weight of an auxiliary target on synthetic images, from the boxes the "
+                                "renderer drew: which digits' boxes cover each feature-map column (multi-label, read "
+                                "from the reader's column states by a linear layer used in training only); 0 = off",
+                           0.0, 100.0, since=True)
     channels_last: bool = _f(True, "channels-last memory format (1.3-1.6x faster convs on CPU, measured)")
 
     def without_first_weights(self) -> "ModelConfig":
@@ -242,6 +251,13 @@ class RunConfig:
         if self.train.self_train and self.model.head != "digits":
             raise ConfigError("--self-train reads digits: it needs --head digits")
         d = self.data
+        if self.model.box_weight and self.model.head != "digits":
+            raise ConfigError("--box-weight trains the digits head's reader: it needs --head digits")
+        if self.model.box_weight and d.synth_pool:
+            raise ConfigError("--box-weight needs each synthetic image's boxes: --synth-pool moves pooled images "
+                              "without them (use --synth-pool 0)")
+        if self.model.box_weight and d.data == "real":
+            raise ConfigError("--box-weight learns from synthetic images' boxes: --data real has none")
         if d.repack and d.data == "synthetic":
             raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
         if d.repack and d.repack_slots == "synthetic" and (d.data != "mixed" or not d.mix):
@@ -509,11 +525,12 @@ LAYOUTS = {
     "train": RenderConfig(),
     "course": RenderConfig(glyph_height=(0.7, 1.0), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                            shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.45, 0.5), blur_p=0.0,
-                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0, crowded=0.0, rescan=0.0),
+                           noise_p=0.0, contrast=(1.0, 1.0), cell=True, coherence=0.0, crowded=0.0, rescan=0.0,
+                           crowded_clean=False),
     "tight": RenderConfig(glyph_height=(0.34, 0.5), aspect=(0.85, 1.2), rotation=(-10.0, 10.0),
                           shear=(-0.2, 0.2), stroke=(0, 1), elastic=0.0, gap=(-0.5, -0.2), blur_p=0.0,
                           noise_p=0.0, contrast=(1.0, 1.0), coherence=0.0, crowded=0.0,
-                          rescan=0.0),
+                          rescan=0.0, crowded_clean=False),
 }
 
 

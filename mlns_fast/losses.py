@@ -68,6 +68,24 @@ def digit_loss(out, sums, digits, known, digit_weight: float = 1.0, sum_weight: 
     return torch.where(known.bool(), digit_weight * ce, sum_weight * nll).mean()
 
 
+def column_targets(xs: torch.Tensor, spans: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """Which digits' boxes cover each feature-map column: xs (B, w) the input x each column's centre reads,
+    spans (B, 4, 2) each digit's [x0, x1) in pixels, digits (B, 4) -> (B, w, 10) multi-hot (0 where no box)."""
+    inside = (xs[:, :, None] >= spans[:, None, :, 0]) & (xs[:, :, None] < spans[:, None, :, 1])  # (B, w, 4)
+    onehot = F.one_hot(digits, 10).float()  # (B, 4, 10)
+    return torch.einsum("bwk,bkc->bwc", inside.float(), onehot).clamp_max(1.0)
+
+
+def box_loss(cols: torch.Tensor, xs: torch.Tensor, spans: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of `cols` (B, w, 10) logits against `column_targets`, summed over the 10 classes
+    (a column's multi-label term, as large as one digit's cross-entropy) and averaged over the columns and
+    the items whose spans are known (the renderer's; real images have -1); 0 if none."""
+    known = (spans[:, :, 1] > 0).all(1).float()  # (B,)
+    bce = F.binary_cross_entropy_with_logits(cols.float(), column_targets(xs.float(), spans, digits),
+                                             reduction="none").sum(2).mean(1)  # (B,)
+    return (bce * known).sum() / known.sum().clamp_min(1.0)  # no host sync: never reads `known` back
+
+
 def make_loss(head: str, digit_weight: float = 1.0, sum_weight: float = 1.0, label_smoothing: float = 0.0):
     """The loss function of a head."""
     if head == "sum":

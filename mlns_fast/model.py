@@ -165,17 +165,23 @@ class InkFit(nn.Module):
         empty = hi <= lo
         return torch.where(empty, torch.zeros_like(lo), lo), torch.where(empty, torch.full_like(hi, n), hi)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) in 0..1
+    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(cx, cy, zx, zy), each (B,): output point u (grid_sample's normalised coordinates) samples the
+        input at cx + u / zx (x), cy + u / zy (y)."""
         H, W = x.shape[-2:]
-        f = x.float()
-        s = F.avg_pool2d(f, 3, 1, 1)
+        s = F.avg_pool2d(x.float(), 3, 1, 1)
         ink = (s > self.REL * s.amax((2, 3), keepdim=True).clamp_min(1e-3)).float()
         x0, x1 = self._extent(ink.amax(2).flatten(1))
         y0, y1 = self._extent(ink.amax(3).flatten(1))
         zx = (W / (x1 - x0 + 2 * self.MARGIN)).clamp(1.0, self.zoom)
         zy = (H / (y1 - y0 + 2 * self.MARGIN)).clamp(1.0, self.zoom)
         zx, zy = torch.minimum(zx, zy * self.STRETCH), torch.minimum(zy, zx * self.STRETCH)
-        cx, cy = (x0 + x1) / W - 1, (y0 + y1) / H - 1  # the box's centre, normalised
+        return (x0 + x1) / W - 1, (y0 + y1) / H - 1, zx, zy  # the box's centre, normalised; the factors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) in 0..1
+        H, W = x.shape[-2:]
+        f = x.float()
+        cx, cy, zx, zy = self.transform(f)
         gx = (cx[:, None] + self.gx / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
         gy = (cy[:, None] + self.gy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
         out = F.grid_sample(f, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -210,12 +216,14 @@ class DigitReader(nn.Module):
         self.drop = nn.Dropout(drop)
         self.cls = nn.Linear(2 * hidden, N_CLASSES)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
+    def forward(self, f: torch.Tensor, states: bool = False):  # f: (B, C, h, w)
+        """(B, 4, 10) digit logits; with `states`, also the columns' BiGRU states (B, w, 2H)."""
         cols = (f.float().flatten(1, 2) if self.rows else f.float().mean(2)).transpose(1, 2)  # (B, w, C or C*h)
         seq, _ = self.rnn(cols)  # (B, w, 2H)
         attn = self.score(seq).softmax(1)  # (B, w, 4): per slot, a distribution over columns
         slots = torch.einsum("bwk,bwh->bkh", attn, seq)  # (B, 4, 2H)
-        return self.cls(self.drop(slots))  # (B, 4, 10)
+        out = self.cls(self.drop(slots))  # (B, 4, 10)
+        return (out, seq) if states else out
 
 
 class DigitQueries(nn.Module):
@@ -242,7 +250,8 @@ class DigitQueries(nn.Module):
         self.drop = nn.Dropout(drop)
         self.cls = nn.Linear(d, N_CLASSES)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:  # f: (B, C, h, w)
+    def forward(self, f: torch.Tensor, states: bool = False):  # f: (B, C, h, w)
+        """(B, 4, 10) digit logits; with `states`, also the columns' BiGRU states (B, w, d)."""
         f = f.float()
         B, h, d = f.shape[0], self.heads, self.queries.shape[1]
         seq, _ = self.rnn(f.mean(2).transpose(1, 2))  # (B, w, d): each column in the context of the row
@@ -252,7 +261,8 @@ class DigitQueries(nn.Module):
         q = self.queries.unflatten(1, (h, d // h))  # (4, heads, d/heads)
         attn = (torch.einsum("khe,bnhe->bkhn", q, k) * (d // h) ** -0.5).softmax(-1)  # per slot and head: over cells
         slots = self.out(torch.einsum("bkhn,bnhe->bkhe", attn, v).flatten(2))  # (B, 4, d)
-        return self.cls(self.drop(slots))  # (B, 4, 10)
+        out = self.cls(self.drop(slots))  # (B, 4, 10)
+        return (out, seq) if states else out
 
 
 READERS = {"gru": DigitReader, "queries": DigitQueries}  # the digits head's readers (--reader)
@@ -279,7 +289,7 @@ class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
     def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
-                 pyramid: bool = False, zoom: float = 1.0, reader: str = "gru"):
+                 pyramid: bool = False, zoom: float = 1.0, reader: str = "gru", boxes: bool = False):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
         self.fit = InkFit(zoom, size) if zoom > 1 else None
@@ -301,6 +311,8 @@ class MlnsNet(nn.Module):
             self.head = SumHead(c, drop, w)
         else:  # the query reader always reads every row; the column reader stacks them only when told
             self.head = READERS[reader](c, drop, w, rows=h if reader == "queries" or columns == "stack" else 0)
+        # --box-weight: which digits' boxes cover each column, read from the reader's column states (training only)
+        self.boxes = nn.Linear(self.head.cls.in_features, N_CLASSES) if boxes and head == "digits" else None
 
     def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a finer level, the last level) of the backbone: built-in CNNs know theirs; a timm model hands
@@ -318,10 +330,28 @@ class MlnsNet(nn.Module):
             return self.backbone.forward_intermediates(x, indices=1, intermediates_only=True, norm=True)[-1]
         return self.backbone.forward_features(x)  # (B, C, h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, H, W) in 0..1
+    def forward(self, x: torch.Tensor):  # x: (B, 1, H, W) in 0..1
+        """The head's logits; in training with a box head, (logits, column logits (B, w, 10), the input x
+        of each column's centre (B, w)) for `callbacks.BoxTarget`, which takes the tuple apart."""
+        xin = x
         if self.fit is not None:
             x = self.fit(x)
-        return self.head(self.features(x))
+        if self.boxes is None or not self.training:
+            return self.head(self.features(x))
+        out, seq = self.head(self.features(x), states=True)
+        return out, self.boxes(seq), self.column_x(xin, seq.shape[1])
+
+    def column_x(self, x: torch.Tensor, w: int) -> torch.Tensor:
+        """(B, w): the input pixel x that the centre of each of the feature map's w columns reads, through
+        the ink fit's zoom when there is one (a column spans W / w output pixels)."""
+        W = x.shape[-1]
+        u = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * 2 / w - 1  # normalised, output
+        if self.fit is None:
+            g = u.expand(x.shape[0], -1)
+        else:
+            cx, _, zx, _ = self.fit.transform(x)
+            g = cx[:, None] + u / zx[:, None]
+        return ((g + 1) * W - 1) / 2
 
 
 def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
@@ -330,7 +360,8 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
     backbone = create_backbone(cfg.arch, cfg.pretrained, size=size, output_stride=cfg.output_stride)
     if cfg.backbone_weights:
         load_backbone_weights(backbone, cfg.backbone_weights)
-    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom, cfg.reader)
+    model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom, cfg.reader,
+                    boxes=cfg.box_weight > 0)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

@@ -25,7 +25,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
-from .callbacks import (Accumulate, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
+from .callbacks import (Accumulate, BoxTarget, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
                         LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device,
                         scorer)
 from .config import RunConfig
@@ -67,6 +67,8 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     cbs = [EpochPlan(), DivergenceGuard(), *precision_callbacks(precision, device), *extra_cbs]
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
+    if cfg.model.box_weight:
+        cbs.append(BoxTarget(cfg.model.box_weight))
     if t.accum > 1:
         cbs.append(Accumulate(t.accum, cfg.data.bs))
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,

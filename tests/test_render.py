@@ -157,3 +157,23 @@ def test_solo_keeps_each_glyph_alone_without_changing_the_image(bank):
     for x0, y0, x1, y1 in n.boxes:
         outside[y0:y1, x0:x1] = False  # the background: noise only, in the image and in each glyph alone
     assert outside.any() and all(np.array_equal(a[outside], n.image[outside]) for a in n.solo)
+
+
+def test_crowded_clean_leaves_crowded_images_unfinished_and_the_others_as_they_were(bank):
+    """crowded_clean: a crowded image skips blur, noise and contrast (same digits, same boxes, the same
+    glyphs); every image that is not crowded keeps its pixels."""
+    rough = replace(RenderConfig(), coherence=1.0, crowded=0.5, blur_p=1.0, noise_p=1.0, contrast=(0.3, 0.3),
+                    crowded_clean=False)
+    dirty, clean = Renderer(rough, bank, seed=6), Renderer(replace(rough, crowded_clean=True), bank, seed=6)
+    unfinished = Renderer(replace(rough, crowded=1.0, blur_p=0.0, noise_p=0.0, contrast=(1.0, 1.0)), bank, seed=6)
+    changed = 0
+    for i in range(40):
+        a, b = dirty(i), clean(i)
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.digits, b.digits)
+        if np.array_equal(a.image, b.image):
+            continue
+        changed += 1
+        assert np.array_equal(b.image, unfinished(i).image)  # the crowded image with the finish off, pixel for pixel
+        assert a.image.max() <= 0.3 * 255 + 120 and b.image.max() >= 200  # full contrast, no veil of noise
+        assert (b.image == 0).mean() > 0.85 and (a.image == 0).mean() < 0.75  # a black background: no noise
+    assert 8 <= changed <= 32  # about half the images are crowded

@@ -2,9 +2,10 @@
 
 An item is `(image, sum, digits, digits_known)`: image (1, H, W) uint8, sum int64, digits (4,)
 int64 (zeros where unknown) and a bool mask, so one batch can hold both kinds and the loss decides
-per item which term applies. Batches leave the loader with the images as float32 in 0..1: the
-scaling happens after the transfer, on the training device (`PlanDL.after_batch`), so workers
-collate, hand over and copy a quarter of the bytes.
+per item which term applies. With `--box-weight`, training items also carry each digit's (x0, x1)
+span in pixels (the renderer's boxes; -1 for real images), for `callbacks.BoxTarget`. Batches leave
+the loader with the images as float32 in 0..1: the scaling happens after the transfer, on the
+training device (`PlanDL.after_batch`), so workers collate, hand over and copy a quarter of the bytes.
 
 Item keys are tuples `(source, epoch, j)` (source 0 = real, 1 = synthetic) chosen by
 `PlanDL.get_idxs` from (seed, epoch) alone: shuffling, rendering and augmentation are pure
@@ -52,8 +53,10 @@ class Items:
 
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
                  pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None,
-                 repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0):
+                 repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0,
+                 boxes: bool = False):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
+        self.boxes = boxes  # items also carry each digit's (x0, x1) in pixels: the renderer's, -1 where unknown
         # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all);
         # `repack_synth`: the share of synthetic slots given to a crowded view of a random real image instead
         self.repack, self.layout, self.repack_size, self.repack_epochs = repack, layout, repack_size, repack_epochs
@@ -76,9 +79,9 @@ class Items:
                     return self._real(img, k, (self.seed, epoch, k, j))
             if self.pool is not None:
                 img, digits = self.pool.item(epoch, j)
-                return _item(img, digits.sum(), digits, True)
+                return self._item(img, digits.sum(), digits, True)
             r = self.renderer(epoch, j)
-            return _item(r.image, r.sum, r.digits, True)
+            return self._item(r.image, r.sum, r.digits, True, r.boxes[:, [0, 2]])
         img = self.real.images[j]
         if self.repack > 0 and self._crowds(epoch):
             rng = np.random.default_rng([self.seed, epoch, j, 11])
@@ -92,18 +95,22 @@ class Items:
             self.aug.set_random_seed(hash(aug_key) & 0x7FFFFFFF)
             img = self.aug(image=img)["image"]
         if self.real.digits is not None:
-            return _item(img, self.real.sums[j], self.real.digits[j], True)
+            return self._item(img, self.real.sums[j], self.real.digits[j], True)
         if self.pseudo is not None and self.pseudo[j, 0] >= 0:
-            return _item(img, self.real.sums[j], self.pseudo[j], True)
-        return _item(img, self.real.sums[j], np.zeros(N_DIGITS, np.int64), False)
+            return self._item(img, self.real.sums[j], self.pseudo[j], True)
+        return self._item(img, self.real.sums[j], np.zeros(N_DIGITS, np.int64), False)
 
     def __len__(self) -> int:
         return self.n_real
 
-
-def _item(img: np.ndarray, s, digits: np.ndarray, known: bool):
-    x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0)  # (1, H, W) uint8
-    return x, torch.tensor(int(s)), torch.as_tensor(digits, dtype=torch.int64), torch.tensor(known)
+    def _item(self, img: np.ndarray, s, digits: np.ndarray, known: bool, spans: np.ndarray | None = None):
+        """(image, sum, digits, known), plus the digits' (x0, x1) spans (4, 2) when the items carry boxes."""
+        x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0)  # (1, H, W) uint8
+        item = (x, torch.tensor(int(s)), torch.as_tensor(digits, dtype=torch.int64), torch.tensor(known))
+        if not self.boxes:
+            return item
+        spans = np.full((N_DIGITS, 2), -1.0, np.float32) if spans is None else spans.astype(np.float32)
+        return (*item, torch.from_numpy(spans))
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -245,7 +252,8 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
                   repack=0.0 if in_synth else d.repack, layout=cfg.render, repack_size=d.repack_size,
                   repack_epochs=round(d.repack_until * cfg.train.epochs),
-                  repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0)
+                  repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0,
+                  boxes=cfg.model.box_weight > 0)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's
@@ -266,6 +274,7 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     # validation is not sharded: every rank scores the whole set, so metrics need no gathering
     valid_dl = PlanDL(Items(valid), seed=seed, shuffle=False, **common)
     dls = DataLoaders(train, valid_dl, device=device)
-    dls.n_inp = 1  # (image,) is the input; (sum, digits, known) are targets for the loss
+    dls.n_inp = 1  # (image,) is the input; (sum, digits, known) are targets for the loss (training batches
+    # also carry the digits' spans with --box-weight: callbacks.BoxTarget takes them out before the loss sees them)
     return dls
 

@@ -90,11 +90,13 @@ class Renderer:
         c = self.cfg
         H, W, n = c.height, c.width, len(digits)
         u = rng.random(10 * n + 5)  # 9 per glyph, n - 1 gaps, x offset, 5 for _finish
+        crowded = False
         if c.coherence > 0 and rng.random() < c.coherence:  # one size and one gap for the whole image
             shared = rng.random(2)
             u[2:9 * n:9] = 0.75 * shared[0] + 0.25 * u[2:9 * n:9]  # glyph heights
             u[9 * n:10 * n - 1] = 0.75 * shared[1] + 0.25 * u[9 * n:10 * n - 1]  # gaps
             if c.crowded > 0 and rng.random() < c.crowded:  # drawn only when on: default renders keep their pixels
+                crowded = True
                 u[2:9 * n:9] /= 3  # sizes from the smallest third of the range
                 width = c.gap[1] - c.gap[0]  # gaps from the part of the range below 0 (its low end if none)
                 u[9 * n:10 * n - 1] *= max(0.0, -c.gap[0]) / width if width > 0 else 1.0
@@ -122,10 +124,12 @@ class Renderer:
             np.maximum(region, patch, out=region)
             boxes[i] = (x0, y0, x0 + pw, y0 + ph)
             patches.append(patch)
-        solo = self._solo(patches, boxes, u[10 * n:], rng) if self.solo else None
-        return Rendered(self._finish(canvas, u[10 * n:], rng), np.asarray(digits, np.int64), boxes, solo)
+        clean = crowded and c.crowded_clean  # drawn as inked: no blur, noise or lowered contrast
+        solo = self._solo(patches, boxes, u[10 * n:], rng, clean) if self.solo else None
+        image = canvas if clean else self._finish(canvas, u[10 * n:], rng)
+        return Rendered(image, np.asarray(digits, np.int64), boxes, solo)
 
-    def _solo(self, patches, boxes, u: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def _solo(self, patches, boxes, u: np.ndarray, rng: np.random.Generator, clean: bool = False) -> list[np.ndarray]:
         """Each glyph alone on a blank canvas, finished with the image's own blur, contrast and noise
         draw (a copy of `rng`, so the image's pixels do not change): what an isolated-digit reader of
         this image's style sees (experiments/ceiling.py)."""
@@ -133,7 +137,7 @@ class Renderer:
         for patch, (x0, y0, x1, y1) in zip(patches, boxes):
             alone = np.zeros((self.cfg.height, self.cfg.width), np.uint8)
             alone[y0:y1, x0:x1] = patch
-            out.append(self._finish(alone, u, copy.deepcopy(rng)))
+            out.append(alone if clean else self._finish(alone, u, copy.deepcopy(rng)))
         return out
 
     def _plan(self, digit: int, u: np.ndarray):
