@@ -178,10 +178,11 @@ class InkFit(nn.Module):
         zx, zy = torch.minimum(zx, zy * self.STRETCH), torch.minimum(zy, zx * self.STRETCH)
         return (x0 + x1) / W - 1, (y0 + y1) / H - 1, zx, zy  # the box's centre, normalised; the factors
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) in 0..1
+    def forward(self, x: torch.Tensor, fit: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """x (B, 1, H, W) in 0..1, enlarged by `fit` (`transform`'s result; computed here when not given)."""
         H, W = x.shape[-2:]
         f = x.float()
-        cx, cy, zx, zy = self.transform(f)
+        cx, cy, zx, zy = self.transform(f) if fit is None else fit
         gx = (cx[:, None] + self.gx / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
         gy = (cy[:, None] + self.gy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
         out = F.grid_sample(f, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -333,23 +334,22 @@ class MlnsNet(nn.Module):
     def forward(self, x: torch.Tensor):  # x: (B, 1, H, W) in 0..1
         """The head's logits; in training with a box head, (logits, column logits (B, w, 10), the input x
         of each column's centre (B, w)) for `callbacks.BoxTarget`, which takes the tuple apart."""
-        xin = x
-        if self.fit is not None:
-            x = self.fit(x)
         if self.boxes is None or not self.training:
-            return self.head(self.features(x))
-        out, seq = self.head(self.features(x), states=True)
-        return out, self.boxes(seq), self.column_x(xin, seq.shape[1])
+            return self.head(self.features(self.fit(x) if self.fit is not None else x))
+        fit = self.fit.transform(x) if self.fit is not None else None  # once: the zoom and the columns' x
+        out, seq = self.head(self.features(self.fit(x, fit) if fit is not None else x), states=True)
+        return out, self.boxes(seq), self.column_x(x, seq.shape[1], fit)
 
-    def column_x(self, x: torch.Tensor, w: int) -> torch.Tensor:
+    def column_x(self, x: torch.Tensor, w: int, fit: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """(B, w): the input pixel x that the centre of each of the feature map's w columns reads, through
-        the ink fit's zoom when there is one (a column spans W / w output pixels)."""
+        the ink fit's zoom when there is one (`fit`: its `transform` of x, computed here when not given;
+        a column spans W / w output pixels)."""
         W = x.shape[-1]
         u = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * 2 / w - 1  # normalised, output
         if self.fit is None:
             g = u.expand(x.shape[0], -1)
         else:
-            cx, _, zx, _ = self.fit.transform(x)
+            cx, _, zx, _ = self.fit.transform(x) if fit is None else fit
             g = cx[:, None] + u / zx[:, None]
         return ((g + 1) * W - 1) / 2
 
