@@ -67,10 +67,10 @@ class RenderConfig(Checked):
                                "within a quarter of the range around the image's draw): whole images small, tight "
                                "or spread out, as one writer or one data set makes them; 0 = every digit independent",
                           0.0, 1.0)
-    crowded: float = _f(0.5, "probability that an image that shares one size and gap (coherence) is crowded: its "
-                              "size drawn from the smallest third of glyph_height and its gap from the overlapping "
-                              "(< 0) part of gap; reweights the ranges, never widens them (measured: RESULTS.md, "
-                              "issue 20)", 0.0, 1.0, since=True, before=0.0)
+    crowded: float = _f(0.75, "probability that an image that shares one size and gap (coherence) is crowded: its "
+                               "size drawn from the smallest third of glyph_height and its gap from the overlapping "
+                               "(< 0) part of gap; reweights the ranges, never widens them (0.75 since issue 20's "
+                               "tenth round, 0.5 before: RESULTS.md)", 0.0, 1.0, since=True, before=0.0)
     crowded_clean: bool = _f(True, "crowded images (see crowded) skip the image finish: no blur, no noise, full "
                                    "contrast, as the user's touching digits are inked (../shared/reference), where the "
                                    "other images draw them from blur_p / noise_p / contrast; their glyphs keep every "

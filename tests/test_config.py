@@ -155,7 +155,7 @@ def test_bad_tracking_and_control_values(flags, msg):
 
 
 def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
-    """`[render] crowded` (0.5), `rescan` (0.3), `crowded_clean` (true) and `[model] zoom` (3) became defaults
+    """`[render] crowded` (0.75), `rescan` (0.3), `crowded_clean` (true) and `[model] zoom` (3) became defaults
     after runs were recorded without them: a run's config.toml without them reads back as what that run
     trained on, its digest stays the one it had, and a user's config file without them gets today's default."""
     old = resolve_config(str(_toml(tmp_path / "f.toml", "[model]\nzoom = 1.0\n[render]\ncrowded = 0.0\nrescan = 0.0\n"
@@ -167,7 +167,7 @@ def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
     assert (back.render.crowded, back.render.rescan, back.model.zoom, back.render.crowded_clean) == (0.0, 0.0, 1.0, False)
     assert back == old and old.digest() != RunConfig().digest()
     mine = resolve_config(str(run_file))  # a user's file: today's defaults
-    assert (mine.render.crowded, mine.render.rescan, mine.model.zoom, mine.render.crowded_clean) == (0.5, 0.3, 3.0, True)
+    assert (mine.render.crowded, mine.render.rescan, mine.model.zoom, mine.render.crowded_clean) == (0.75, 0.3, 3.0, True)
     # the digest of a run without the field is computed as before the field existed
     import hashlib, json
     d = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
