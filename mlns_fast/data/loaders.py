@@ -81,7 +81,7 @@ class Items:
                 img, digits = self.pool.item(epoch, j)
                 return self._item(img, digits.sum(), digits, True)
             r = self.renderer(epoch, j)
-            return self._item(r.image, r.sum, r.digits, True, r.boxes[:, [0, 2]])
+            return self._item(r.image, r.sum, r.digits, True, r.boxes)
         img = self.real.images[j]
         if self.repack > 0 and self._crowds(epoch):
             rng = np.random.default_rng([self.seed, epoch, j, 11])
@@ -103,13 +103,14 @@ class Items:
     def __len__(self) -> int:
         return self.n_real
 
-    def _item(self, img: np.ndarray, s, digits: np.ndarray, known: bool, spans: np.ndarray | None = None):
-        """(image, sum, digits, known), plus the digits' (x0, x1) spans (4, 2) when the items carry boxes."""
+    def _item(self, img: np.ndarray, s, digits: np.ndarray, known: bool, boxes: np.ndarray | None = None):
+        """(image, sum, digits, known), plus the digits' (x0, x1) spans (4, 2) when the items carry boxes
+        (`boxes`: the renderer's (4, 4) x0, y0, x1, y1; None where unknown)."""
         x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0)  # (1, H, W) uint8
         item = (x, torch.tensor(int(s)), torch.as_tensor(digits, dtype=torch.int64), torch.tensor(known))
-        if not self.boxes:
+        if not self.boxes:  # the default: nothing more per item on the loader's path
             return item
-        spans = np.full((N_DIGITS, 2), -1.0, np.float32) if spans is None else spans.astype(np.float32)
+        spans = np.full((N_DIGITS, 2), -1.0, np.float32) if boxes is None else boxes[:, [0, 2]].astype(np.float32)
         return (*item, torch.from_numpy(spans))
 
 
