@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py --run latest
     python benchmarks/inference.py --arch mlns_cnn        # untrained weights: same speed
+    python benchmarks/inference.py --tta                  # the shift-TTA graph (export --tta, predict --tta)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
-from mlns_fast.evaluation import predict_arrays  # noqa: E402
+from mlns_fast.evaluation import ShiftTTA, predict_arrays  # noqa: E402
 from mlns_fast.export import Exported, OnnxPredictor  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 
@@ -37,9 +38,13 @@ def main():
     ap.add_argument("--arch", default="mlns_cnn")
     ap.add_argument("--head", default="digits")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tta", action="store_true", help="the shift-TTA model (5 shifted copies), as load_trained builds it")
     a = ap.parse_args()
     cfg = resolve_config(arch=a.arch, head=a.head)
     model = create_model(cfg.model, cfg.size).eval()
+    if a.tta:  # as evaluation.load_trained: the ink fit runs once, before the shifts
+        fit, model.fit = getattr(model, "fit", None), None
+        model = ShiftTTA(model, fit).eval()
     images = np.random.default_rng(0).integers(0, 256, (256, 40, 168), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "m.onnx"
@@ -49,7 +54,7 @@ def main():
                           dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
         onnx = OnnxPredictor(path)
         print(f"machine: {machine()}")
-        print(f"arch {a.arch}, head {a.head}")
+        print(f"arch {a.arch}, head {a.head}{', shift TTA' if a.tta else ''}")
         for bs in (1, 256):
             for name, fn in (("torch eager", lambda x: predict_arrays(model, x, bs=256)),
                              ("onnxruntime", lambda x: onnx(x, bs=256))):

@@ -316,11 +316,13 @@ def export(run: str = typer.Argument(..., help="run folder, name, or latest"),
            out: Optional[Path] = typer.Option(None, "--out", help="output file (default: in the run folder)"),
            weights_from: str = WEIGHTS_FROM,
            raw: bool = RAW,
+           tta: bool = typer.Option(False, "--tta", help="export the shift TTA graph (5 shifted copies, 5x the "
+                                                         "compute; what predict --tta reads)"),
            runs_dir: str = RUNS_DIR):
     """Export a run's network (its best weights by default) for use outside the toolkit."""
     from .export import export as run_export
     from .runs import resolve_run
-    typer.echo(run_export(resolve_run(run, runs_dir), fmt, out, _which(weights_from, raw)))
+    typer.echo(run_export(resolve_run(run, runs_dir), fmt, out, _which(weights_from, raw), tta))
 
 
 @app.command()

@@ -120,12 +120,10 @@ def predict(run: RunDir, inputs: list[str], which: str = "best", tta: bool = Fal
     from .export import OnnxPredictor, onnx_for  # here: export builds on this module
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if tta and backend == "onnx":
-        raise ConfigError("--tta works with --backend torch (the exported graph is the plain model)")
     cfg = run.config()
     images, names = load_images(inputs, cfg.size)
     if backend == "onnx":
-        pred = OnnxPredictor(onnx_for(run, which))(images)
+        pred = OnnxPredictor(onnx_for(run, which, tta))(images)
     else:
         pred = predict_arrays(load_trained(run, which, tta)[1], images)
     return [{"input": n, "sum": int(pred["sum"][i]), "confidence": round(float(pred["confidence"][i]), 4),

@@ -2,7 +2,9 @@
 
 The exported graph takes `image` (B, 1, H, W) float32 in 0..1 (dynamic batch; H x W the run's size,
 40 x 168 by default) and returns
-`sum_probs` (B, 37) and, for a digits head, `digit_logits` (B, 4, 10).
+`sum_probs` (B, 37) and, for a digits head, `digit_logits` (B, 4, 10). With `tta` the graph is the
+shift test-time augmentation (`evaluation.ShiftTTA`: five copies, per-digit log-probabilities averaged)
+and `digit_logits` holds those mean log-probabilities: the same readout as `predict --tta`.
 """
 from __future__ import annotations
 
@@ -38,8 +40,10 @@ class Exported(nn.Module):
         return (probs, out) if out.ndim == 3 else (probs,)
 
 
-def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which: str = "best") -> Path:
-    """Write the run's network as ONNX (opset 17, dynamic batch) or TorchScript; returns the file."""
+def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which: str = "best",
+           tta: bool = False) -> Path:
+    """Write the run's network (with `tta`: wrapped in shift TTA) as ONNX (opset 17, dynamic batch) or
+    TorchScript; returns the file."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     weights = finished_weights(run, which)
@@ -47,8 +51,13 @@ def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which:
         from .outputs import check_output
         out = check_output(out, example="model" + FORMATS[fmt])
     else:
-        out = _in_run(run, weights.with_suffix(FORMATS[fmt]).name)
-    return _write(run, fmt, out, which, weights)
+        out = _in_run(run, _export_name(weights, fmt, tta))
+    return _write(run, fmt, out, which, weights, tta)
+
+
+def _export_name(weights: Path, fmt: str, tta: bool) -> str:
+    """model_ema.onnx, or model_ema.tta.onnx for the TTA graph: both can live beside the weights."""
+    return weights.with_suffix((".tta" if tta else "") + FORMATS[fmt]).name
 
 
 def _in_run(run: RunDir, name: str) -> Path:
@@ -59,8 +68,8 @@ def _in_run(run: RunDir, name: str) -> Path:
     return path
 
 
-def _write(run: RunDir, fmt: str, out: Path, which: str, weights: Path) -> Path:
-    cfg, model = load_trained(run, which)
+def _write(run: RunDir, fmt: str, out: Path, which: str, weights: Path, tta: bool = False) -> Path:
+    cfg, model = load_trained(run, which, tta)
     net = Exported(model).eval()
     x = torch.rand(2, 1, *cfg.size)
     names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
@@ -70,43 +79,46 @@ def _write(run: RunDir, fmt: str, out: Path, which: str, weights: Path) -> Path:
             # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
             torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=17,
                               dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
-            _stamp(tmp, weights_digest(weights))
+            _stamp(tmp, weights_digest(weights), tta)
         else:
             torch.jit.save(torch.jit.trace(net, x), str(tmp))
     return out
 
 
 WEIGHTS_KEY = "mlns_fast.weights_sha256"  # ONNX metadata: which weights file this graph was exported from
+TTA_KEY = "mlns_fast.tta"  # ONNX metadata: "shift" where the graph is the shift TTA, else "none"
 
 
 def weights_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _stamp(path: Path, digest: str) -> None:
+def _stamp(path: Path, digest: str, tta: bool) -> None:
     import onnx
     m = onnx.load(str(path))
     m.metadata_props.add(key=WEIGHTS_KEY, value=digest)
+    m.metadata_props.add(key=TTA_KEY, value="shift" if tta else "none")
     onnx.save(m, str(path))
 
 
-def onnx_for(run: RunDir, which: str = "best") -> Path:
-    """The run's ONNX file for these weights: the cached one if it was exported from exactly these
-    weights (its metadata says so), else a fresh export (a stale, foreign or corrupt file is replaced)."""
+def onnx_for(run: RunDir, which: str = "best", tta: bool = False) -> Path:
+    """The run's ONNX file for these weights (and TTA or not): the cached one if it was exported from
+    exactly these weights as this graph (its metadata says so), else a fresh export (a stale, foreign
+    or corrupt file is replaced)."""
     import onnx
     from google.protobuf.message import DecodeError
     weights = finished_weights(run, which)
-    path = _in_run(run, weights.with_suffix(".onnx").name)
+    path = _in_run(run, _export_name(weights, "onnx", tta))
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if props.get(WEIGHTS_KEY) == weights_digest(weights):
+        if props.get(WEIGHTS_KEY) == weights_digest(weights) and props.get(TTA_KEY, "none") == ("shift" if tta else "none"):
             return path
         log.info("%s was not exported from this run's weights; exporting again", path.name)
     except FileNotFoundError:
         pass
     except (DecodeError, OSError, ValueError, RuntimeError) as e:  # a corrupt or foreign file
         log.info("%s is unreadable (%s); exporting again", path.name, type(e).__name__)
-    return _write(run, "onnx", path, which, weights)
+    return _write(run, "onnx", path, which, weights, tta)
 
 
 class OnnxPredictor:

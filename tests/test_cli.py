@@ -158,13 +158,18 @@ def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     assert not torch.allclose(out, plain) and not torch.allclose(shifted, plain)
     assert torch.allclose(out, own, atol=1e-5)  # the mean over the fitted image's shifted copies
     code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta")
-    assert code == 0 and len(out.strip().splitlines()) == 3
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and len(rows) == 3
     code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--tta", "--json")
     res = json.loads(out)
     assert code == 0 and res["tta"] is True and any("-tta" in f for f in res["files"])
-    code, _, err = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--tta",
+    # the ONNX backend reads through the exported TTA graph: the same sums, digits and confidences
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta",
                            "--backend", "onnx")
-    assert_user_error(code, err, "--tta works with --backend torch")
+    onnx_rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and [(r["sum"], r["digits"]) for r in onnx_rows] == [(r["sum"], r["digits"]) for r in rows]
+    assert max(abs(a["confidence"] - b["confidence"]) for a, b in zip(rows, onnx_rows)) <= 2e-4
+    assert list(resolve_run("toy", trained).path.glob("*.tta.onnx"))
 
 
 def tiny_data_images(tmp_path):

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 from mlns_fast.config import resolve_config
 from mlns_fast.evaluation import load_trained, predict_arrays
-from mlns_fast.export import OnnxPredictor, export
+from mlns_fast.export import TTA_KEY, OnnxPredictor, export, onnx_for
 from mlns_fast.model import create_model
 from mlns_fast.runs import RunDir
 
@@ -48,3 +48,34 @@ def test_torchscript_matches_pytorch(tmp_path):
     ref = load_trained(run)[1](x)
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-4)
     assert probs.shape == (5, 37) and torch.allclose(probs.sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_tta_graph_matches_torch_tta(tmp_path):
+    """`export --tta` writes the shift-TTA graph beside the plain one; `onnx_for` keeps the two apart and
+    re-exports a file whose metadata does not say it is the graph asked for."""
+    import onnx
+    run = _finished_run(tmp_path, "digits")
+    images = np.random.default_rng(1).integers(0, 256, (21, 40, 168), dtype=np.uint8)
+    path = export(run, "onnx", tta=True)
+    assert path == run.path / "model_ema.tta.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta[TTA_KEY] == "shift"
+    torch_tta = predict_arrays(load_trained(run, tta=True)[1], images)
+    onnx_tta = OnnxPredictor(path)(images, bs=8)
+    assert np.abs(torch_tta["probs"] - onnx_tta["probs"]).max() < 1e-4
+    assert (torch_tta["sum"] == onnx_tta["sum"]).all() and (torch_tta["digits"] == onnx_tta["digits"]).all()
+    plain = onnx_for(run)  # the plain graph, its own file
+    assert plain == run.path / "model_ema.onnx" and plain.is_file()
+
+    def ops(p, kind):
+        return sum(n.op_type == kind for n in onnx.load(str(p)).graph.node)
+    # five copies through the backbone and the reader (an untrained net reads them almost alike, so count)
+    assert ops(path, "Conv") == 5 * ops(plain, "Conv") > 0 and ops(path, "GRU") == 5 * ops(plain, "GRU") > 0
+    (run.path / "model_ema.tta.onnx").write_bytes((run.path / "model_ema.onnx").read_bytes())  # a plain graph under the TTA name
+    again = onnx_for(run, tta=True)
+    assert {p.key: p.value for p in onnx.load(str(again)).metadata_props}[TTA_KEY] == "shift"
+    assert np.abs(OnnxPredictor(again)(images)["probs"] - onnx_tta["probs"]).max() < 1e-5
+    ts = torch.jit.load(str(export(run, "torchscript", tmp_path / "tta.pt", tta=True)))
+    with torch.no_grad():
+        probs, _ = ts(torch.from_numpy(images[:5, None].astype(np.float32) / 255))
+    assert np.abs(probs.numpy() - torch_tta["probs"][:5]).max() < 1e-4
