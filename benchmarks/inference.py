@@ -2,11 +2,12 @@
 
     python benchmarks/inference.py --run latest
     python benchmarks/inference.py --arch mlns_cnn        # untrained weights: same speed
-    python benchmarks/inference.py --tta                  # the shift-TTA graph (export --tta, predict --tta)
+    python benchmarks/inference.py --tta                  # and the shift-TTA graph beside it (export --tta)
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
-from mlns_fast.evaluation import ShiftTTA, predict_arrays  # noqa: E402
+from mlns_fast.evaluation import predict_arrays, shift_tta  # noqa: E402
 from mlns_fast.export import Exported, OnnxPredictor  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 
@@ -33,36 +34,46 @@ def timed(fn, images, bs, reps):
     return bs / dt, dt * 1000
 
 
+def export_onnx(model, path: Path, head: str) -> OnnxPredictor:
+    names = ["sum_probs"] + (["digit_logits"] if head == "digits" else [])
+    torch.onnx.export(Exported(model).eval(), (torch.rand(2, 1, 40, 168),), str(path), input_names=["image"],
+                      output_names=names, opset_version=17,
+                      dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+    return OnnxPredictor(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="mlns_cnn")
     ap.add_argument("--head", default="digits")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--tta", action="store_true", help="the shift-TTA model (5 shifted copies), as load_trained builds it")
+    ap.add_argument("--tta", action="store_true",
+                    help="also the shift-TTA model (5 shifted copies, as load_trained builds it), timed beside the plain one")
     a = ap.parse_args()
     cfg = resolve_config(arch=a.arch, head=a.head)
+    torch.manual_seed(0)
     model = create_model(cfg.model, cfg.size).eval()
-    if a.tta:  # as evaluation.load_trained: the ink fit runs once, before the shifts
-        fit, model.fit = getattr(model, "fit", None), None
-        model = ShiftTTA(model, fit).eval()
+    variants = {"plain": model}
+    if a.tta:  # the same weights, read through five shifted copies
+        variants["tta"] = shift_tta(copy.deepcopy(model)).eval()
     images = np.random.default_rng(0).integers(0, 256, (256, 40, 168), dtype=np.uint8)
+    print(f"machine: {machine()}")
+    print(f"arch {a.arch}, head {a.head}")
+    rates = {}
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "m.onnx"
-        names = ["sum_probs"] + (["digit_logits"] if a.head == "digits" else [])
-        torch.onnx.export(Exported(model).eval(), (torch.rand(2, 1, 40, 168),), str(path), input_names=["image"],
-                          output_names=names, opset_version=17,
-                          dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
-        onnx = OnnxPredictor(path)
-        print(f"machine: {machine()}")
-        print(f"arch {a.arch}, head {a.head}{', shift TTA' if a.tta else ''}")
-        for bs in (1, 256):
-            for name, fn in (("torch eager", lambda x: predict_arrays(model, x, bs=256)),
-                             ("onnxruntime", lambda x: onnx(x, bs=256))):
-                rate, ms = timed(fn, images, bs, a.reps if bs > 1 else a.reps * 10)
-                print(f"{name:12s} batch {bs:3d}: {rate:8.0f} img/s, {ms:7.2f} ms/batch")
-        t = predict_arrays(model, images)["probs"]
-        o = onnx(images)["probs"]
-        print(f"max |p_torch - p_onnx| = {np.abs(t - o).max():.2e}")
+        for kind, net in variants.items():
+            onnx = export_onnx(net, Path(d) / f"{kind}.onnx", a.head)
+            for bs in (1, 256):
+                for name, fn in (("torch eager", lambda x: predict_arrays(net, x, bs=256)),
+                                 ("onnxruntime", lambda x: onnx(x, bs=256))):
+                    rate, ms = timed(fn, images, bs, a.reps if bs > 1 else a.reps * 10)
+                    rates[kind, name, bs] = rate
+                    print(f"{kind:5s} {name:12s} batch {bs:3d}: {rate:8.0f} img/s, {ms:7.2f} ms/batch")
+            t = predict_arrays(net, images)["probs"]
+            print(f"{kind:5s} max |p_torch - p_onnx| = {np.abs(t - onnx(images)['probs']).max():.2e}")
+    if a.tta:
+        for name, bs in sorted({(n, b) for _, n, b in rates}):
+            print(f"tta / plain, {name} batch {bs}: {rates['tta', name, bs] / rates['plain', name, bs]:.3f}x the rate")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,18 @@ def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[R
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
-    fit = None
-    if tta:  # shift after the enlargement: before it, InkFit would centre every shifted copy back
-        fit, model.fit = model.fit, None
     t = run_temperature(run, used)
-    model = Calibrated(model, t) if t != 1.0 else model
-    return cfg, (ShiftTTA(model, fit) if tta else model).eval()
+
+    def calibrated(net: torch.nn.Module) -> torch.nn.Module:
+        return Calibrated(net, t) if t != 1.0 else net
+    return cfg, (shift_tta(model, calibrated) if tta else calibrated(model)).eval()
+
+
+def shift_tta(model: torch.nn.Module, inner=None) -> "ShiftTTA":
+    """`model` read through shift TTA, its ink fit taken out to run once before the shifts (after them,
+    InkFit would centre every shifted copy back); `inner` wraps the rest (e.g. the temperature)."""
+    fit, model.fit = model.fit, None
+    return ShiftTTA(inner(model) if inner else model, fit)
 
 
 def run_temperature(run: RunDir, weights: str) -> float:

@@ -89,6 +89,10 @@ WEIGHTS_KEY = "mlns_fast.weights_sha256"  # ONNX metadata: which weights file th
 TTA_KEY = "mlns_fast.tta"  # ONNX metadata: "shift" where the graph is the shift TTA, else "none"
 
 
+def _graph_kind(tta: bool) -> str:
+    return "shift" if tta else "none"
+
+
 def weights_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -97,7 +101,7 @@ def _stamp(path: Path, digest: str, tta: bool) -> None:
     import onnx
     m = onnx.load(str(path))
     m.metadata_props.add(key=WEIGHTS_KEY, value=digest)
-    m.metadata_props.add(key=TTA_KEY, value="shift" if tta else "none")
+    m.metadata_props.add(key=TTA_KEY, value=_graph_kind(tta))
     onnx.save(m, str(path))
 
 
@@ -111,7 +115,8 @@ def onnx_for(run: RunDir, which: str = "best", tta: bool = False) -> Path:
     path = _in_run(run, _export_name(weights, "onnx", tta))
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if props.get(WEIGHTS_KEY) == weights_digest(weights) and props.get(TTA_KEY, "none") == ("shift" if tta else "none"):
+        same = props.get(WEIGHTS_KEY) == weights_digest(weights)
+        if same and props.get(TTA_KEY, _graph_kind(False)) == _graph_kind(tta):  # files before TTA_KEY: plain
             return path
         log.info("%s was not exported from this run's weights; exporting again", path.name)
     except FileNotFoundError:
