@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import DEFAULT_RUNS_DIR, RunDir, resolve_run
+from .runs import DEFAULT_RUNS_DIR, DEFAULT_TTA, RunDir, resolve_run
 
 
 def _run(run: str | Path | RunDir, runs_dir) -> RunDir:
@@ -49,7 +49,7 @@ def load_run(run: str | Path = "latest", runs_dir: str | Path = DEFAULT_RUNS_DIR
     return _run(run, runs_dir)
 
 
-def evaluate(run: str | Path | RunDir = "latest", data=None, weights: str = "best", tta: bool = False,
+def evaluate(run: str | Path | RunDir = "latest", data=None, weights: str = "best", tta: bool = DEFAULT_TTA,
              runs_dir: str | Path = DEFAULT_RUNS_DIR) -> dict:
     """Sum (and digit) accuracy and calibration of a run's weights on `data`: None (the demo test
     split), a data spec as for `--real` (`IMAGES.npy:LABELS.npy`, `FILE.npz`, `DIR`) or a Samples;
@@ -61,7 +61,7 @@ def evaluate(run: str | Path | RunDir = "latest", data=None, weights: str = "bes
     return _evaluate(r, samples, weights, tta)
 
 
-def predict(run: str | Path | RunDir, inputs, weights: str = "best", tta: bool = False, backend: str = "torch",
+def predict(run: str | Path | RunDir, inputs, weights: str = "best", tta: bool = DEFAULT_TTA, backend: str = "torch",
             runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict]:
     """A run's reading of image files and .npy stacks: per image its name, sum, confidence and digits.
     See `mlns_fast.evaluation.predict`."""

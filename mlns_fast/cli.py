@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
 from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, RenderConfig, resolve_config
 from .errors import ConfigError, MlnsError, one_line
 from .logs import configure_logging
-from .runs import DEFAULT_RUNS_DIR
+from .runs import DEFAULT_RUNS_DIR, DEFAULT_TTA
 
 # rich_markup_mode=None: help texts are plain text, so `[defaults]` or `[[run]]` are shown, not eaten as markup
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,7 +37,8 @@ WEIGHTS_FROM = typer.Option("best", "--weights-from",
                             help="best (the set that scored better on validation at the end of the run) | raw | ema")
 RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
 GLYPHS_HELP = next(f for f in fields(RenderConfig) if f.name == "glyphs").metadata["help"]
-TTA = typer.Option(False, "--tta", help="test-time augmentation: mean of 5 copies shifted by 2 px (5x the compute)")
+TTA = typer.Option(DEFAULT_TTA, "--tta/--no-tta", help="shift test-time augmentation: the image and 4 copies shifted by "
+                   "2 px, their per-digit log-probabilities averaged (5x the compute; --no-tta: the plain network)")
 
 
 def _print_version(value: bool) -> None:
@@ -316,8 +317,8 @@ def export(run: str = typer.Argument(..., help="run folder, name, or latest"),
            out: Optional[Path] = typer.Option(None, "--out", help="output file (default: in the run folder)"),
            weights_from: str = WEIGHTS_FROM,
            raw: bool = RAW,
-           tta: bool = typer.Option(False, "--tta", help="export the shift TTA graph (5 shifted copies, 5x the "
-                                                         "compute; what predict --tta reads)"),
+           tta: bool = typer.Option(DEFAULT_TTA, "--tta/--no-tta", help="the shift TTA graph, model_ema.tta.onnx (5 "
+                                    "shifted copies, 5x the compute; what predict reads) | the plain network, model_ema.onnx"),
            runs_dir: str = RUNS_DIR):
     """Export a run's network (its best weights by default) for use outside the toolkit."""
     from .export import export as run_export

@@ -26,7 +26,7 @@ from typing import get_type_hints
 from .config import FLAG_SECTIONS, SECTIONS
 from .errors import ConfigError, MlnsError
 from .files import csv_text
-from .runs import NUMERIC_COLUMNS, SUMMARY_COLUMNS, RunDir, list_runs
+from .runs import DEFAULT_TTA, NUMERIC_COLUMNS, SUMMARY_COLUMNS, RunDir, list_runs
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json")
@@ -34,7 +34,7 @@ FORMATS = ("table", "md", "csv", "json")
 MATTER = ("name", "final_acc", "final_acc_ema", "test_acc", "rob_mean", "minutes", "status", "run")
 SETTINGS = ("arch", "grid", "head", "data", "ema", "epochs", "params", "weights", "study", "trial", "runs_dir")
 SOURCE_COLUMNS = ["train_data", "train_hash", "valid_data", "valid_hash"]
-EVAL_COLUMNS = ["test_acc", "test_data"]
+EVAL_COLUMNS = ["test_acc", "test_data", "test_tta"]
 # Older or friendlier names of the same quantity, accepted wherever a column is named.
 ALIASES = {"acc": "final_acc", "acc_ema": "final_acc_ema", "valid_acc": "final_acc", "valid_acc_ema": "final_acc_ema",
            "test_accuracy": "test_acc", "sum_accuracy": "test_acc"}
@@ -66,7 +66,8 @@ def all_columns() -> list[str]:
     """Every column a row can hold, in display order."""
     summary = [c for c in SUMMARY_COLUMNS if c not in ("status", "run")]
     extra = [c for c in config_columns() if c not in summary]
-    return summary + SOURCE_COLUMNS + EVAL_COLUMNS + robustness_columns() + extra + ["status", "run", "runs_dir"]
+    return (summary + SOURCE_COLUMNS + EVAL_COLUMNS + robustness_columns() + ["rob_tta"] + extra
+            + ["status", "run", "runs_dir"])
 
 
 @functools.cache
@@ -130,18 +131,23 @@ def _number(v) -> float | None:
 
 
 def eval_figures(path: Path, best: str | None) -> dict:
-    """`test_acc` / `test_data`: the newest evaluate result without TTA (the run's best weights
-    preferred); `rob_<set>` and `rob_mean`: the robustness result of the best weights (without
-    TTA preferred). `rob_mean` is the mean over the battery's shifted sets, only when all were scored."""
+    """`test_acc` / `test_data` / `test_tta`: the newest evaluate result read the default way (shift TTA
+    unless `DEFAULT_TTA` says otherwise; the other way where a run has none), the run's best weights
+    preferred; `rob_<set>`, `rob_mean` and `rob_tta`: the robustness result of the best weights, read the
+    same way where there is one. `rob_mean` is the mean over the battery's shifted sets, only when all
+    were scored. `test_tta` / `rob_tta` say which reading a figure is, as runs scored before the default
+    changed may have only the other."""
     out = {}
     results = [(p, _read_json(p)) for p in sorted((path / "eval").glob("*/result.json"), key=_mtime)]
-    results = [(p, r) for p, r in results if r and _number(r.get("sum_accuracy")) is not None]
-    plain = [r for _, r in results if not r.get("tta")] or [r for _, r in results]
-    if plain:
-        pick = ([r for r in plain if r.get("weights") == best] or plain)[-1]
-        out.update(test_acc=_number(pick["sum_accuracy"]), test_data=str(pick.get("data")))
+    results = [r for _, r in results if r and _number(r.get("sum_accuracy")) is not None]
+    same = [r for r in results if bool(r.get("tta")) == DEFAULT_TTA] or results
+    if same:
+        pick = ([r for r in same if r.get("weights") == best] or same)[-1]
+        out.update(test_acc=_number(pick["sum_accuracy"]), test_data=str(pick.get("data")),
+                   test_tta=bool(pick.get("tta")))
     folders = [p for p in (path / "robustness").glob("*/result.json")]
-    rank = {f"{best}": 0, f"{best}-tta": 1}
+    first, second = (f"{best}-tta", f"{best}") if DEFAULT_TTA else (f"{best}", f"{best}-tta")
+    rank = {first: 0, second: 1}
     folders.sort(key=lambda p: (rank.get(p.parent.name, 2), p.parent.name))
     for p in folders:
         res = _read_json(p)
@@ -150,6 +156,7 @@ def eval_figures(path: Path, best: str | None) -> dict:
             continue
         scores = {r["set"]: _number(r.get("sum_accuracy")) for r in sets if isinstance(r, dict) and "set" in r}
         out.update({f"rob_{k}": v for k, v in scores.items() if f"rob_{k}" in robustness_columns()})
+        out["rob_tta"] = p.parent.name.endswith("-tta")
         shifted = [n for n in (c[4:] for c in robustness_columns()[1:]) if n != "demo-test"]
         if all(scores.get(n) is not None for n in shifted):
             out["rob_mean"] = sum(scores[n] for n in shifted) / len(shifted)
@@ -241,6 +248,8 @@ def default_columns(rows: list[dict]) -> list[str]:
     """What a terminal shows: the columns that matter, the settings that differ, and `run` only where
     it adds something (a named run); empty columns dropped."""
     differ = set(changed_columns(rows, list(SETTINGS) + setting_columns()))
+    # a reading kind is shown where scored runs were read both ways (a mixed column is not like for like)
+    differ |= {c for c in ("test_tta", "rob_tta") if len({r.get(c) for r in rows} - {None}) > 1}
     named = any(r.get("name") != r.get("run") for r in rows)
     keep = [c for c in all_columns() if (c in MATTER or c in differ) and (c != "run" or named)]
     return [c for c in keep if c == "name" or any(r.get(c) not in (None, []) for r in rows)]

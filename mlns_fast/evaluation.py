@@ -20,7 +20,7 @@ from .errors import ConfigError, ModelError, RunError
 from .files import atomic_write
 from .losses import digit_accuracy, sum_accuracy, sum_log_probs
 from .model import create_model, read_state_dict
-from .runs import RunDir, weights_set
+from .runs import DEFAULT_TTA, RunDir, weights_set
 
 
 def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, torch.nn.Module]:
@@ -83,7 +83,7 @@ class ShiftTTA(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fit is not None:
             x = self.fit(x)
-        h, w, p = x.shape[-2], x.shape[-1], 2
+        h, w, p = x.shape[-2], x.shape[-1], max(max(abs(dx), abs(dy)) for dx, dy in self.SHIFTS)
         padded = torch.nn.functional.pad(x, (p, p, p, p))
         outs = [self.model(padded[..., p + dy:p + dy + h, p + dx:p + dx + w]).float().log_softmax(-1)
                 for dx, dy in self.SHIFTS]
@@ -118,7 +118,7 @@ def predict_arrays(model: torch.nn.Module, images: np.ndarray, bs: int = 256) ->
     return read_outputs(predict_outputs(model, images, bs))
 
 
-def predict(run: RunDir, inputs: list[str], which: str = "best", tta: bool = False,
+def predict(run: RunDir, inputs: list[str], which: str = "best", tta: bool = DEFAULT_TTA,
             backend: str = "torch") -> list[dict]:
     """A run's reading of image files / .npy stacks (resized to the run's input size): one row per
     image with its name, sum, sum confidence and (digits head) digits."""
@@ -169,7 +169,7 @@ def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 1
                      for b in range(bins) if (idx == b).any()))
 
 
-def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", tta: bool = False) -> dict:
+def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", tta: bool = DEFAULT_TTA) -> dict:
     """Sum accuracy (and digit accuracy where digits are known) of a run on `samples` (default:
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)

@@ -21,7 +21,7 @@ from .errors import ConfigError, RunError
 from .evaluation import batches, load_trained, readout
 from .files import atomic_path
 from .losses import sum_log_probs
-from .runs import RunDir, finished_weights
+from .runs import DEFAULT_TTA, RunDir, finished_weights
 
 log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -41,7 +41,7 @@ class Exported(nn.Module):
 
 
 def export(run: RunDir, fmt: str = "onnx", out: str | Path | None = None, which: str = "best",
-           tta: bool = False) -> Path:
+           tta: bool = DEFAULT_TTA) -> Path:
     """Write the run's network (with `tta`: wrapped in shift TTA) as ONNX (opset 17, dynamic batch) or
     TorchScript; returns the file."""
     if fmt not in FORMATS:

@@ -29,7 +29,7 @@ from .data.sources import Samples, load_npz, save_npz
 from .errors import ConfigError
 from .evaluation import load_trained, results_dir, score
 from .files import atomic_write
-from .runs import weights_set
+from .runs import DEFAULT_TTA, weights_set
 
 log = logging.getLogger(__name__)
 N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 90 %
@@ -127,7 +127,7 @@ def battery(names: list[str] | None = None) -> dict[str, Samples]:
     return out
 
 
-def robustness(run, which: str = "best", names: list[str] | None = None, tta: bool = False) -> dict:
+def robustness(run, which: str = "best", names: list[str] | None = None, tta: bool = DEFAULT_TTA) -> dict:
     """Score a run on the battery: per set n, sum accuracy, digit accuracy, calibration error; written
     to RUN/robustness/<weights>/result.json with a chart (robustness.png). With `names`, only those
     sets are scored and merged by set name into the results already there (the chart shows all)."""
@@ -141,10 +141,10 @@ def robustness(run, which: str = "best", names: list[str] | None = None, tta: bo
             for name, samples in battery(names).items()]
     if names:
         rows = merge_sets(earlier_sets(out_dir / "result.json"), rows)
-    result = {"run": run.name, "weights": weights, "sets": rows,
+    result = {"run": run.name, "weights": weights, "tta": tta, "sets": rows,
               "worst": min(rows, key=lambda r: r["sum_accuracy"])["set"]}
     from .plots import plot_robustness
-    result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({weights} weights)"))]
+    result["files"] = [str(plot_robustness(rows, out_dir / "robustness.png", f"{run.name} ({reading(result)})"))]
     atomic_write(out_dir / "result.json", json.dumps(result, indent=2) + "\n")
     from .tracking import log_results  # into the run's MLflow run, where it was tracked
     figures = {f"{r['set']}/{k}": r[k] for r in rows for k in ("sum_accuracy", "digit_accuracy", "ece") if k in r}
@@ -174,12 +174,19 @@ def merge_sets(old: list[dict], new: list[dict]) -> list[dict]:
     return [by_name[n] for n in NAMES if n in by_name]
 
 
+def reading(result: dict) -> str:
+    """How a battery result was read, for titles: `raw weights, TTA` (its folder: `raw-tta`)."""
+    weights = str(result.get("weights", "?"))
+    tta = result.get("tta", weights.endswith("-tta"))
+    return f"{weights.removesuffix('-tta')} weights{', TTA' if tta else ''}"
+
+
 def render_table(result: dict) -> str:
     """The battery's figures as a terminal table."""
     import io
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{result['run']}: robustness ({result['weights']} weights)")
+    t = Table(title=f"{result['run']}: robustness ({reading(result)})")
     for c in ("set", "group", "n", "sum acc", "digit acc", "ECE"):
         t.add_column(c, justify="left" if c in ("set", "group") else "right")
     for r in result["sets"]:

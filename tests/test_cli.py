@@ -93,12 +93,12 @@ def test_evaluate_json_and_files(trained, capsys, tmp_path):
     from mlns_fast.evaluation import load_trained, predict_arrays
     from mlns_fast.runs import resolve_run
     t = demo_split("test", with_digits=True).subset(slice(0, 96))
-    pred = predict_arrays(load_trained(resolve_run("latest", trained))[1], t.images)
+    pred = predict_arrays(load_trained(resolve_run("latest", trained), tta=True)[1], t.images)  # the default reading
     assert code == 0 and res["n"] == 96 and res["sum_accuracy"] == pytest.approx((pred["sum"] == t.sums).mean())
     assert res["digit_accuracy"] == pytest.approx((pred["digits"] == t.digits).mean())
     assert any(f.endswith("confusion.png") for f in res["files"])
     code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--raw")
-    assert code == 0 and "demo:test" in out and "raw weights, n=2000" in out
+    assert code == 0 and "demo:test" in out and "raw weights, TTA, n=2000" in out
     t = json.loads((trained / next(trained.iterdir()).name / "summary.json").read_text())["temperature"]["raw"]
     assert f"at temperature {t:.3g}" in out and "; ECE 0." in out
 
@@ -139,7 +139,7 @@ def test_predict_table_and_json(trained, capsys, tmp_path):
 
 def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     import torch
-    from mlns_fast.evaluation import ShiftTTA, load_trained
+    from mlns_fast.evaluation import ShiftTTA, load_trained, read_outputs
     from mlns_fast.runs import resolve_run
     _, model = load_trained(resolve_run("toy", trained))
     _, tta = load_trained(resolve_run("toy", trained), tta=True)
@@ -157,14 +157,29 @@ def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     assert torch.allclose(out.exp().sum(-1), torch.ones(3, 4), atol=0.2)  # a mean of log-probs: near-normalised
     assert not torch.allclose(out, plain) and not torch.allclose(shifted, plain)
     assert torch.allclose(out, own, atol=1e-5)  # the mean over the fitted image's shifted copies
-    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta")
-    rows = [json.loads(line) for line in out.strip().splitlines()]
-    assert code == 0 and len(rows) == 3
-    code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--tta", "--json")
-    res = json.loads(out)
-    assert code == 0 and res["tta"] is True and any("-tta" in f for f in res["files"])
+    # the CLI reads through TTA by default (--tta says the same), the plain network with --no-tta
+    readings = {}
+    for flag in ("--tta", None, "--no-tta"):
+        code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json",
+                               *([flag] if flag else []))
+        readings[flag] = [json.loads(line) for line in out.strip().splitlines()]
+        assert code == 0 and len(readings[flag]) == 3
+    rows = readings["--tta"]
+    assert readings[None] == rows
+    with torch.no_grad():
+        want = read_outputs(tta(x))  # torch's TTA readout of the same images
+    assert [r["sum"] for r in rows] == want["sum"].tolist() and [r["digits"] for r in rows] == want["digits"].tolist()
+    assert max(abs(r["confidence"] - c) for r, c in zip(rows, want["confidence"])) <= 1e-4
+    with torch.no_grad():  # --no-tta: the plain network's readout (an untrained net's confidences differ only
+        plain_read = read_outputs(model(x))  # past the rows' 4 decimals, so this compares with torch, not TTA)
+    assert [r["digits"] for r in readings["--no-tta"]] == plain_read["digits"].tolist()
+    assert max(abs(r["confidence"] - c) for r, c in zip(readings["--no-tta"], plain_read["confidence"])) <= 1e-4
+    for flag, kind in ((None, True), ("--no-tta", False)):
+        code, out, _ = run_cli(capsys, "evaluate", "toy", "--runs-dir", trained, "--json", *([flag] if flag else []))
+        res = json.loads(out)
+        assert code == 0 and res["tta"] is kind and any(f.split("/")[-2].endswith("-tta") == kind for f in res["files"])
     # the ONNX backend reads through the exported TTA graph: the same sums, digits and confidences
-    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json", "--tta",
+    code, out, _ = run_cli(capsys, "predict", "latest", tmp_path / "x.npy", "--runs-dir", trained, "--json",
                            "--backend", "onnx")
     onnx_rows = [json.loads(line) for line in out.strip().splitlines()]
     assert code == 0 and [(r["sum"], r["digits"]) for r in onnx_rows] == [(r["sum"], r["digits"]) for r in rows]

@@ -213,6 +213,27 @@ def test_data_sources_and_evaluation_results_are_columns(tmp_path):
     assert {"train_hash", "valid_hash", "test_acc", "rob_mean"} <= set(cols)
 
 
+def test_figures_read_the_default_way_are_preferred_and_labelled(tmp_path):
+    """A run scored both ways shows its TTA figures (the default reading); a run scored only plain (before
+    the default changed) shows those, labelled, and the label column appears because the rows differ."""
+    def result(run, folder, tta, acc, kind="eval"):
+        (run.path / kind / folder).mkdir(parents=True)
+        body = ({"data": "demo:test", "weights": "ema", "tta": tta, "sum_accuracy": acc, "n": 2000} if kind == "eval"
+                else {"weights": folder, "tta": tta, "sets": [{"set": "tight", "group": "x", "sum_accuracy": acc}]})
+        (run.path / kind / folder / "result.json").write_text(json.dumps(body))
+    both = _seed_run(tmp_path, "both", 0, 0.9)
+    result(both, "demo-test-ema-tta", True, 0.96)
+    result(both, "demo-test-ema", False, 0.95)  # newer, but not the default reading
+    result(both, "ema", False, 0.87, "robustness")
+    result(both, "ema-tta", True, 0.89, "robustness")
+    old = _seed_run(tmp_path, "old", 0, 0.9, test=0.94, rob={"tight": 0.85})
+    a, b = cmp.select_rows(tmp_path, sort="name")
+    assert (a["name"], a["test_acc"], a["test_tta"], a["rob_tight"], a["rob_tta"]) == ("both", 0.96, True, 0.89, True)
+    assert (b["name"], b["test_acc"], b["test_tta"], b["rob_tight"], b["rob_tta"]) == ("old", 0.94, False, 0.85, False)
+    assert {"test_tta", "rob_tta"} <= set(cmp.default_columns([a, b]))
+    assert not {"test_tta", "rob_tta"} & set(cmp.default_columns([a]))  # one reading: no label column
+
+
 def test_several_runs_dirs_are_all_listed(tmp_path, capsys):
     from mlns_fast.cli import main
     _seed_run(tmp_path / "A", "in-a", 0, 0.9)

@@ -33,7 +33,7 @@ def test_a_compiled_run_with_ema_stops_resumes_and_exports(tiny_cfg, tmp_path):
     # ONNX export of the compiled run agrees with PyTorch
     images = np.random.default_rng(0).integers(0, 256, (12, 40, 168), dtype=np.uint8)
     path = export(run, "onnx")
-    torch_pred = predict_arrays(load_trained(run, "best")[1], images)
+    torch_pred = predict_arrays(load_trained(run, "best", tta=True)[1], images)  # export's default: the TTA graph
     onnx_pred = OnnxPredictor(path)(images, bs=4)
     assert np.abs(torch_pred["probs"] - onnx_pred["probs"]).max() < 1e-4
     assert (torch_pred["sum"] == onnx_pred["sum"]).all()

@@ -26,7 +26,7 @@ def _finished_run(root, head):
 @pytest.mark.parametrize("head", ["digits", "sum"])
 def test_onnx_matches_pytorch(tmp_path, head):
     run = _finished_run(tmp_path, head)
-    path = export(run, "onnx")
+    path = export(run, "onnx", tta=False)
     assert path == run.path / "model_ema.onnx" and path.is_file()
     images = np.random.default_rng(0).integers(0, 256, (37, 40, 168), dtype=np.uint8)  # batch size not 2
     torch_pred = predict_arrays(load_trained(run)[1], images)
@@ -41,7 +41,7 @@ def test_onnx_matches_pytorch(tmp_path, head):
 
 def test_torchscript_matches_pytorch(tmp_path):
     run = _finished_run(tmp_path, "digits")
-    path = export(run, "torchscript", tmp_path / "m.pt")
+    path = export(run, "torchscript", tmp_path / "m.pt", tta=False)
     ts = torch.jit.load(str(path))
     x = torch.rand(5, 1, 40, 168)
     probs, logits = ts(x)
@@ -51,12 +51,12 @@ def test_torchscript_matches_pytorch(tmp_path):
 
 
 def test_tta_graph_matches_torch_tta(tmp_path):
-    """`export --tta` writes the shift-TTA graph beside the plain one; `onnx_for` keeps the two apart and
-    re-exports a file whose metadata does not say it is the graph asked for."""
+    """`export` writes the shift-TTA graph by default (`--no-tta`: the plain one, beside it); `onnx_for`
+    keeps the two apart and re-exports a file whose metadata does not say it is the graph asked for."""
     import onnx
     run = _finished_run(tmp_path, "digits")
     images = np.random.default_rng(1).integers(0, 256, (21, 40, 168), dtype=np.uint8)
-    path = export(run, "onnx", tta=True)
+    path = export(run, "onnx")  # the default reading: shift TTA
     assert path == run.path / "model_ema.tta.onnx"
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta[TTA_KEY] == "shift"

@@ -73,7 +73,7 @@ def test_onnx_cache_must_belong_to_the_weights(capsys, tmp_path, trained, tiny_d
     np.save(tmp_path / "x.npy", x)
     code, torch_out, _ = run_cli(capsys, "predict", "toy", tmp_path / "x.npy", "--runs-dir", trained, "--json",
                                  "--weights-from", "ema")
-    onnx_path = run.path / "model_ema.onnx"
+    onnx_path = run.path / "model_ema.tta.onnx"  # the default reading's graph
     for junk in (b"not an onnx file", None):
         if junk is None:  # a valid graph, but exported from other weights: a raw-weights export renamed
             run_cli(capsys, "export", "toy", "--runs-dir", trained, "--raw", "--out", tmp_path / "raw.onnx")

@@ -319,13 +319,18 @@ def test_unwritable_outputs_are_one_line(capsys, runs, tmp_path, tiny_data, monk
     assert _tree(tmp_path) == before
 
 
-def test_onnx_cache_that_is_a_folder_is_named_as_such(capsys, runs, tiny_data):
+@pytest.mark.parametrize("reading, suffix", [([], ".tta.onnx"), (["--no-tta"], ".onnx")])
+def test_onnx_cache_that_is_a_folder_is_named_as_such(capsys, runs, tiny_data, reading, suffix):
     run = resolve_run("toy", runs)
-    (run.path / finished_weights(run).with_suffix(".onnx").name).mkdir()
-    code, _, err = run_cli(capsys, "predict", "toy", tiny_data["valid"].split(":")[0], "--runs-dir", runs,
-                           "--backend", "onnx")
-    assert_user_error(code, err, "is a folder where the run's")
-    assert "--out" not in err
+    folder = run.path / finished_weights(run).with_suffix(suffix).name
+    folder.mkdir()
+    try:
+        code, _, err = run_cli(capsys, "predict", "toy", tiny_data["valid"].split(":")[0], "--runs-dir", runs,
+                               "--backend", "onnx", *reading)
+        assert_user_error(code, err, "is a folder where the run's")
+        assert "--out" not in err
+    finally:
+        folder.rmdir()
 
 
 def test_a_huge_value_is_not_echoed_back(capsys, tmp_path):

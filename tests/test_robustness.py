@@ -55,7 +55,8 @@ def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
     assert [r["set"] for r in res["sets"]] == ["tight", "sklearn-digits"]
     run = next(runs.iterdir())
     from mlns_fast.evaluation import load_trained, predict_arrays
-    _, model = load_trained(RunDir(run), res["weights"])
+    assert res["tta"] is True and res["weights"].endswith("-tta")  # read the default way: shift TTA
+    _, model = load_trained(RunDir(run), res["weights"].removesuffix("-tta"), tta=True)
     sets = rb.battery(["tight", "sklearn-digits"])
     for r in res["sets"]:  # each row scores its own set with the run's weights
         pred = predict_arrays(model, sets[r["set"]].images)
@@ -74,9 +75,15 @@ def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
     assert merged["sets"][2] == first["sklearn-digits"] and merged["sets"][0] == first["tight"]  # same weights
     on_disk = json.loads((run / "robustness" / res["weights"] / "result.json").read_text())
     assert on_disk["sets"] == merged["sets"]
-    # --raw scores the raw weights into their own folder
+    # --raw scores the raw weights into their own folder, --no-tta the plain network into another
     assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "tight", "--raw", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["weights"] == "raw" and (run / "robustness" / "raw").is_dir()
+    assert json.loads(capsys.readouterr().out)["weights"] == "raw-tta" and (run / "robustness" / "raw-tta").is_dir()
+    assert main(["robustness", "latest", "--runs-dir", str(runs), "--set", "tight", "--raw", "--no-tta", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["weights"] == "raw" and plain["tta"] is False and (run / "robustness" / "raw").is_dir()
+    tight = rb.battery(["tight"])["tight"]
+    right = predict_arrays(load_trained(RunDir(run), "raw")[1], tight.images)["sum"] == tight.sums
+    assert plain["sets"][0]["sum_accuracy"] == pytest.approx(right.mean())
     # the data the run trained on is recorded with a hash of its content
     from mlns_fast.data.sources import content_hash, load_source
     sources = json.loads((run / "summary.json").read_text())["data_sources"]

@@ -127,9 +127,13 @@ def test_evaluate_says_raw_when_the_run_has_no_ema(tiny_cfg, tmp_path):
     from mlns_fast.evaluation import evaluate
     s = train(tiny_cfg(ema=0.0, epochs=1), tmp_path, quiet=True)
     run, samples = RunDir(tmp_path / s["run"]), demo_split("valid").subset(slice(0, 32))
-    res = evaluate(run, samples)
+    res = evaluate(run, samples)  # read the default way: through shift TTA
+    right = predict_arrays(load_trained(run, "raw", tta=True)[1], samples.images)["sum"] == samples.sums
+    assert res["weights"] == "raw" and res["tta"] is True and res["n"] == 32
+    assert res["sum_accuracy"] == pytest.approx(right.mean())
+    plain = evaluate(run, samples, tta=False)
     right = predict_arrays(load_trained(run, "raw")[1], samples.images)["sum"] == samples.sums
-    assert res["weights"] == "raw" and res["n"] == 32 and res["sum_accuracy"] == pytest.approx(right.mean())
+    assert plain["tta"] is False and plain["sum_accuracy"] == pytest.approx(right.mean())
 
 
 def test_best_weights_are_recorded_and_used_by_default(tiny_cfg, tmp_path):
@@ -245,7 +249,7 @@ def test_a_run_at_another_image_size_honours_it_everywhere(tiny_data, tmp_path):
     assert run.config().size == (48, 192)
     valid = make_valid(32)  # 40 x 168, as the course ships them
     res = evaluate(run, valid, "raw")
-    _, model = load_trained(run, "raw")
+    _, model = load_trained(run, "raw", tta=True)  # the default reading
     big = valid.at_size((48, 192)).images
     assert res["sum_accuracy"] == pytest.approx((predict_arrays(model, big)["sum"] == valid.sums).mean())
     np.save(tmp_path / "x.npy", valid.images[:6])
