@@ -21,7 +21,7 @@ from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.evaluation import predict_arrays, shift_tta  # noqa: E402
-from mlns_fast.export import Exported, OnnxPredictor  # noqa: E402
+from mlns_fast.export import OnnxPredictor, write_onnx  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 
 
@@ -32,14 +32,6 @@ def timed(fn, images, bs, reps):
         fn(images[:bs])
     dt = (time.perf_counter() - t0) / reps
     return bs / dt, dt * 1000
-
-
-def export_onnx(model, path: Path, head: str) -> OnnxPredictor:
-    names = ["sum_probs"] + (["digit_logits"] if head == "digits" else [])
-    torch.onnx.export(Exported(model).eval(), (torch.rand(2, 1, 40, 168),), str(path), input_names=["image"],
-                      output_names=names, opset_version=17,
-                      dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
-    return OnnxPredictor(path)
 
 
 def main():
@@ -62,7 +54,7 @@ def main():
     rates = {}
     with tempfile.TemporaryDirectory() as d:
         for kind, net in variants.items():
-            onnx = export_onnx(net, Path(d) / f"{kind}.onnx", a.head)
+            onnx = OnnxPredictor(write_onnx(net, Path(d) / f"{kind}.onnx", a.head, cfg.size))
             for bs in (1, 256):
                 for name, fn in (("torch eager", lambda x: predict_arrays(net, x, bs=256)),
                                  ("onnxruntime", lambda x: onnx(x, bs=256))):

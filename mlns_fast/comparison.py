@@ -26,7 +26,7 @@ from typing import get_type_hints
 from .config import FLAG_SECTIONS, SECTIONS
 from .errors import ConfigError, MlnsError
 from .files import csv_text
-from .runs import DEFAULT_TTA, NUMERIC_COLUMNS, SUMMARY_COLUMNS, RunDir, list_runs
+from .runs import DEFAULT_TTA, NUMERIC_COLUMNS, SUMMARY_COLUMNS, RunDir, list_runs, reading_label
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json")
@@ -140,14 +140,13 @@ def eval_figures(path: Path, best: str | None) -> dict:
     out = {}
     results = [(p, _read_json(p)) for p in sorted((path / "eval").glob("*/result.json"), key=_mtime)]
     results = [r for _, r in results if r and _number(r.get("sum_accuracy")) is not None]
-    same = [r for r in results if bool(r.get("tta")) == DEFAULT_TTA] or results
+    same = [r for r in results if (r.get("tta") is True) == DEFAULT_TTA] or results
     if same:
         pick = ([r for r in same if r.get("weights") == best] or same)[-1]
         out.update(test_acc=_number(pick["sum_accuracy"]), test_data=str(pick.get("data")),
-                   test_tta=bool(pick.get("tta")))
+                   test_tta=pick.get("tta") is True)
     folders = [p for p in (path / "robustness").glob("*/result.json")]
-    first, second = (f"{best}-tta", f"{best}") if DEFAULT_TTA else (f"{best}", f"{best}-tta")
-    rank = {first: 0, second: 1}
+    rank = {reading_label(best, DEFAULT_TTA): 0, reading_label(best, not DEFAULT_TTA): 1}
     folders.sort(key=lambda p: (rank.get(p.parent.name, 2), p.parent.name))
     for p in folders:
         res = _read_json(p)

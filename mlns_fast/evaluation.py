@@ -20,7 +20,7 @@ from .errors import ConfigError, ModelError, RunError
 from .files import atomic_write
 from .losses import digit_accuracy, sum_accuracy, sum_log_probs
 from .model import create_model, read_state_dict
-from .runs import DEFAULT_TTA, RunDir, weights_set
+from .runs import DEFAULT_TTA, RunDir, reading_label, weights_set
 
 
 def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, torch.nn.Module]:
@@ -174,7 +174,7 @@ def evaluate(run: RunDir, samples: Samples | None = None, which: str = "best", t
     the demo test split, reserved digits), plus a confusion PNG and a most-confident-mistakes PNG."""
     samples = samples if samples is not None else demo_split("test", with_digits=True)
     used = weights_set(run, which)
-    out_dir = results_dir(run, "eval", f"{_slug(samples.source)}-{used}{'-tta' if tta else ''}", "evaluation")
+    out_dir = results_dir(run, "eval", f"{_slug(samples.source)}-{reading_label(used, tta)}", "evaluation")
     cfg, model = load_trained(run, which, tta)
     samples = samples.at_size(cfg.size)
     metrics, pred = score(model, samples)

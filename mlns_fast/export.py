@@ -70,19 +70,27 @@ def _in_run(run: RunDir, name: str) -> Path:
 
 def _write(run: RunDir, fmt: str, out: Path, which: str, weights: Path, tta: bool = False) -> Path:
     cfg, model = load_trained(run, which, tta)
-    net = Exported(model).eval()
-    x = torch.rand(2, 1, *cfg.size)
-    names = ["sum_probs"] + (["digit_logits"] if cfg.model.head == "digits" else [])
-    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
-            # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
-            torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=17,
-                              dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+            write_onnx(model, tmp, cfg.model.head, cfg.size)
             _stamp(tmp, weights_digest(weights), tta)
         else:
-            torch.jit.save(torch.jit.trace(net, x), str(tmp))
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.jit.save(torch.jit.trace(Exported(model).eval(), torch.rand(2, 1, *cfg.size)), str(tmp))
     return out
+
+
+def write_onnx(model: nn.Module, path: Path, head: str, size: tuple[int, int]) -> Path:
+    """`model` (an eval-mode network, plain or TTA) as the ONNX graph described above, at `path`."""
+    names = ["sum_probs"] + (["digit_logits"] if head == "digits" else [])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # TorchScript-based exporter: the dynamo one needs onnxscript, which this project does not ship.
+        torch.onnx.export(Exported(model).eval(), (torch.rand(2, 1, *size),), str(path), input_names=["image"],
+                          output_names=names, opset_version=17,
+                          dynamic_axes={n: {0: "batch"} for n in ["image", *names]}, dynamo=False)
+    return path
 
 
 WEIGHTS_KEY = "mlns_fast.weights_sha256"  # ONNX metadata: which weights file this graph was exported from

@@ -29,7 +29,7 @@ from .data.sources import Samples, load_npz, save_npz
 from .errors import ConfigError
 from .evaluation import load_trained, results_dir, score
 from .files import atomic_write
-from .runs import DEFAULT_TTA, weights_set
+from .runs import DEFAULT_TTA, reading_label, weights_set
 
 log = logging.getLogger(__name__)
 N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 90 %
@@ -134,7 +134,7 @@ def robustness(run, which: str = "best", names: list[str] | None = None, tta: bo
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
         raise ConfigError(f"--set: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
-    weights = weights_set(run, which) + ("-tta" if tta else "")
+    weights = reading_label(weights_set(run, which), tta)
     out_dir = results_dir(run, "robustness", weights, "robustness")
     cfg, model = load_trained(run, which, tta)
     rows = [{"set": name, "group": GROUPS[name], **score(model, samples.at_size(cfg.size))[0]}
@@ -177,7 +177,7 @@ def merge_sets(old: list[dict], new: list[dict]) -> list[dict]:
 def reading(result: dict) -> str:
     """How a battery result was read, for titles: `raw weights, TTA` (its folder: `raw-tta`)."""
     weights = str(result.get("weights", "?"))
-    tta = result.get("tta", weights.endswith("-tta"))
+    tta = result.get("tta") is True or weights.endswith("-tta")
     return f"{weights.removesuffix('-tta')} weights{', TTA' if tta else ''}"
 
 

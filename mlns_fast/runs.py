@@ -60,6 +60,11 @@ WEIGHT_SETS = ("raw", "ema")
 # 20, thirteenth round): the demo valid split +0.53, the battery's shifted sets +0.37 on their mean with
 # no set lower by more than 0.3, for 5x the inference compute.
 DEFAULT_TTA = True
+
+
+def reading_label(weights: str, tta: bool) -> str:
+    """How results folders name a reading: `ema`, or `ema-tta` through shift TTA."""
+    return f"{weights}-tta" if tta else weights
 # What a run folder's own files are: no command's output may replace them (see outputs.check_output).
 RUN_FILES = ("config.toml", "summary.json", "metrics.csv", "checkpoint.pt", "run.lock", "model.safetensors",
              "model_ema.safetensors", "curves.png")
