@@ -42,15 +42,17 @@ def main() -> None:
         runs = [resolve_run(r, a.runs_dir) for r in a.runs]
         size = runs[0].config().size
         samples = load_source(a.data, size) if a.data else demo_split("valid").at_size(size)
+        # each run's network loaded once, plain and wrapped in TTA; the variants only change the shifts
+        nets = [{tta: load_trained(run, a.weights, tta=tta)[1] for tta in (False, True)} for run in runs]
+        images = [samples.at_size(run.config().size).images for run in runs]
         print(f"| copies | {' | '.join(r.name for r in runs)} | mean |\n|---|{'---|' * len(runs)}---|")
         for name, shifts in VARIANTS.items():
             accs = []
-            for run in runs:
-                model = load_trained(run, a.weights, tta=shifts is not None)[1]
+            for net, x in zip(nets, images):
+                model = net[shifts is not None]
                 if shifts is not None:
                     model.SHIFTS = shifts  # this instance only
-                accs.append(float((predict_arrays(model, samples.at_size(run.config().size).images)["sum"]
-                                   == samples.sums).mean()))
+                accs.append(float((predict_arrays(model, x)["sum"] == samples.sums).mean()))
             print(f"| {name} | {' | '.join(f'{x:.4f}' for x in accs)} | {sum(accs) / len(accs):.4f} |", flush=True)
     except MlnsError as e:
         sys.exit(f"error: {e}")

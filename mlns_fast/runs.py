@@ -65,6 +65,8 @@ DEFAULT_TTA = True
 def reading_label(weights: str, tta: bool) -> str:
     """How results folders name a reading: `ema`, or `ema-tta` through shift TTA."""
     return f"{weights}-tta" if tta else weights
+
+
 # What a run folder's own files are: no command's output may replace them (see outputs.check_output).
 RUN_FILES = ("config.toml", "summary.json", "metrics.csv", "checkpoint.pt", "run.lock", "model.safetensors",
              "model_ema.safetensors", "curves.png")
