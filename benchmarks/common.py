@@ -1,21 +1,15 @@
 """Shared helpers for the benchmark scripts (not part of the test suite)."""
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
 
+from mlns_fast.device import cpu_name
+
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 

@@ -82,7 +82,20 @@ def precision_callbacks(precision: str, device: torch.device) -> list[Callback]:
     return [CPUAutocast()]
 
 
+def cpu_name() -> str:
+    """This CPU's model name (Linux: /proc/cpuinfo, where `platform.processor()` is empty) and the widest
+    vector instructions torch's kernels use on it (`AVX2`, `AVX512`...): two machines of one model name
+    can train several times apart (a 2-core AVX512-BF16 EPYC trains the default recipe in bf16, an
+    AVX2-only one in fp32: experiments/RESULTS.md), so a run's minutes are read beside both."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def device_name(device: torch.device) -> str:
+    """What a run computed on, for its summary (`compare` shows it where runs differ)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
+    return f"cpu ({cpu_name()})"

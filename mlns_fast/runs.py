@@ -48,7 +48,7 @@ STEP_COLUMNS = ["step", "epoch", "loss", "smooth_loss", "lr"]
 # sweep's `metric` takes these names), its value after the last epoch `final_<q>` and its best
 # `best_<q>` (summary.json, compare); evaluation results are `test_acc` and `rob_<set>` / `rob_mean`.
 # ... and the summary.json keys that `compare` and `report` show.
-SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes",
+SUMMARY_COLUMNS = ["name", "arch", "grid", "head", "data", "ema", "epochs", "params", "minutes", "device", "precision",
                    "best_acc", "final_acc", "best_acc_ema", "final_acc_ema", "weights", "study", "trial",
                    "status", "run"]
 NUMERIC_COLUMNS = {"ema", "epochs", "params", "minutes", "best_acc", "final_acc", "best_acc_ema", "final_acc_ema",

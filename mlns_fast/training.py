@@ -135,6 +135,8 @@ def train(cfg: RunConfig, runs_dir: str | Path = DEFAULT_RUNS_DIR, quiet: bool =
     run = NullRun() if rank > 0 else run or RunDir.create(runs_dir, cfg)
     if rank == 0:
         log.info("run folder: %s", run.path)  # named now, so a long run can be watched or found
+        threads = f" ({torch.get_num_threads()} threads)" if p.device.type == "cpu" else ""
+        log.info("training on %s in %s%s", device_name(p.device), p.precision, threads)  # what its minutes mean
     run.lock()
     try:
         return _train(run, p, ckpt, quiet or rank > 0, extra_cbs, summary_extra, world, progress)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mlns_fast.cli import main
 
@@ -46,6 +47,10 @@ def test_train_progress_table_and_the_run_folder_named_at_the_start(trained_run)
     assert "\r" not in out and lines[0].split()[:3] == ["epoch", "train_loss", "valid_loss"]
     assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]  # one row per epoch, no bars
     assert f"run folder: {folder}" in notes
+    # what the run computes on, named as it starts (its minutes mean little without it), and kept in its summary
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["device"].startswith("cpu (") and torch.backends.cpu.get_cpu_capability() in summary["device"]
+    assert f"training on {summary['device']} in fp32 ({torch.get_num_threads()} threads)" in notes
     steps = (folder / "steps.csv").read_text().splitlines()
     assert steps[0] == "step,epoch,loss,smooth_loss,lr"
     # 96 real images at 8 a batch (half of 16; mix 0.5): 12 steps an epoch, 2 epochs

@@ -159,11 +159,12 @@ def test_default_table_fits_the_terminal_and_names_each_run_once(runs, capsys, m
 
 
 # --- runs told apart: config columns, data sources, evaluation results, several folders, seed groups -----
-def _seed_run(root, name, seed, acc, lr=3e-3, test=None, rob=None, status="finished", sources=None):
+def _seed_run(root, name, seed, acc, lr=3e-3, test=None, rob=None, status="finished", sources=None,
+              device="cpu (AMD EPYC, AVX512)", precision="bf16"):
     """A finished run folder made by hand: config (seed, lr), summary, and optional eval / robustness results."""
     run = RunDir.create(root, resolve_config(name=name, seed=seed, lr=lr))
     summary = {"status": status, "name": name, "arch": "mlns_cnn", "final_acc": acc, "final_acc_ema": acc + 0.01,
-               "minutes": 1.0, "weights": "ema", "run": run.name}
+               "minutes": 1.0, "weights": "ema", "run": run.name, "device": device, "precision": precision}
     if sources:
         summary["data_sources"] = sources
     run.write_summary(summary)
@@ -193,6 +194,25 @@ def test_config_fields_are_columns_and_settings_that_differ_show(tmp_path, capsy
         [("slow", 1e-3, 0.01, 0.75, "-0.6,2.0"), ("fast", 1e-2, 0.01, 0.75, "-0.6,2.0")]
     code = main(["compare", "--runs-dir", str(tmp_path), "--columns", "name,lrr"])
     assert code == 2 and "unknown column 'lrr'; did you mean lr" in capsys.readouterr().err
+
+
+def test_the_machine_and_precision_show_where_runs_differ_in_them(tmp_path, capsys):
+    from mlns_fast.cli import main
+    _seed_run(tmp_path, "here", 0, 0.9)
+    _seed_run(tmp_path, "there", 1, 0.9)
+    same = cmp.select_rows(tmp_path, sort="name")
+    assert "device" not in cmp.default_columns(same) and "precision" not in cmp.default_columns(same)
+    _seed_run(tmp_path, "laptop", 2, 0.9, device="cpu (Intel Core i7, AVX2)", precision="fp32")
+    rows = cmp.select_rows(tmp_path, sort="name")
+    assert [(r["name"], r["device"], r["precision"], r["train.precision"]) for r in rows] == [
+        ("here", "cpu (AMD EPYC, AVX512)", "bf16", "auto"), ("laptop", "cpu (Intel Core i7, AVX2)", "fp32", "auto"),
+        ("there", "cpu (AMD EPYC, AVX512)", "bf16", "auto")]  # as computed; the config's request beside it
+    assert {"device", "precision"} <= set(cmp.default_columns(rows))
+    # `--filter` picks the runs of one kind of machine
+    assert main(["compare", "--runs-dir", str(tmp_path), "--filter", "precision=fp32", "--format", "csv",
+                 "--columns", "name,device"]) == 0
+    assert list(csv.DictReader(io.StringIO(capsys.readouterr().out))) == [
+        {"name": "laptop", "device": "cpu (Intel Core i7, AVX2)"}]
 
 
 def test_data_sources_and_evaluation_results_are_columns(tmp_path):
