@@ -31,8 +31,8 @@ from .runs import DEFAULT_TTA, NUMERIC_COLUMNS, SUMMARY_COLUMNS, RunDir, list_ru
 log = logging.getLogger(__name__)
 FORMATS = ("table", "md", "csv", "json")
 # The terminal table's columns: these always, the settings only where runs differ (`--wide`: all).
-# `device` and `precision` (as resolved) are there because minutes compare only on one kind of machine.
 MATTER = ("name", "final_acc", "final_acc_ema", "test_acc", "rob_mean", "minutes", "status", "run")
+# `device` and `precision` (as resolved) among them: minutes compare only on one kind of machine.
 SETTINGS = ("arch", "grid", "head", "data", "ema", "epochs", "params", "device", "precision", "weights", "study",
             "trial", "runs_dir")
 SOURCE_COLUMNS = ["train_data", "train_hash", "valid_data", "valid_hash"]

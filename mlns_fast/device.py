@@ -7,6 +7,7 @@ bf16 autocast trains mlns_cnn 2.1x faster than fp32 (benchmarks/README.md), so s
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 
@@ -82,6 +83,7 @@ def precision_callbacks(precision: str, device: torch.device) -> list[Callback]:
     return [CPUAutocast()]
 
 
+@functools.cache  # a process's CPU does not change: /proc/cpuinfo is read once
 def cpu_name() -> str:
     """This CPU's model name (Linux: /proc/cpuinfo, where `platform.processor()` is empty) and the widest
     vector instructions torch's kernels use on it (`AVX2`, `AVX512`...): two machines of one model name
