@@ -337,6 +337,7 @@ def _bad_inputs(tmp_path, tiny_data):
         (["--real", f"{tmp_path / 'ok_x.npy'}:{tmp_path / 'lab99.npy'}"], "0..36"),
         (["--backbone-weights", tmp_path / "evil.pt"], "not a loadable weights file"),
         (["--backbone-weights", "timm/resnet18.a1_in1k", "--arch", "resnet18"], "nothing is downloaded"),
+        (["--prune-stages", "1", "--real", tiny_data["train"], "--valid", tiny_data["valid"]], "no stages to remove"),
         (["--config", tmp_path / "bad.toml"], "unknown key 'epochz'"),
         (["--config", tmp_path / "type.toml"], "epochs must be int"),
         (["--config", tmp_path / "none.toml"], "not found"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlns_fast.config import IMAGE_SIZE, ModelConfig
-from mlns_fast.errors import ModelError
+from mlns_fast.errors import ConfigError, ModelError
 from mlns_fast.model import create_backbone, create_model, load_backbone_weights, read_state_dict
 
 
@@ -140,6 +140,35 @@ def test_feature_maps_suit_the_reader():
 def test_output_stride_errors(arch, stride, msg):
     with pytest.raises(ModelError, match=msg):
         create_model(ModelConfig(arch=arch, output_stride=stride), IMAGE_SIZE)
+
+
+def test_pruned_stages_are_gone_and_the_head_reads_the_stage_before(tmp_path):
+    """--prune-stages N: timm's prune_intermediate_layers removes the last N stages; resnet18 then reads
+    layer3 (256 channels, 3 x 11 at stride 16 without dilation) or layer2 (128, 5 x 21). Weights of the
+    whole backbone still load (they are read before the pruning), into the stages that are left."""
+    import timm
+    x = torch.rand(2, 1, 40, 168)
+    full = create_model(ModelConfig(arch="resnet18"), IMAGE_SIZE).eval()
+    one = create_model(ModelConfig(arch="resnet18", prune_stages=1), IMAGE_SIZE).eval()
+    two = create_model(ModelConfig(arch="resnet18", prune_stages=2), IMAGE_SIZE).eval()
+    assert full.features(x).shape == (2, 512, 3, 11)
+    assert one.features(x).shape == (2, 256, 3, 11) and one.grid == "3x11" and one(x).shape == (2, 4, 10)
+    assert two.features(x).shape == (2, 128, 5, 21) and two.grid == "5x21" and two(x).shape == (2, 4, 10)
+    assert not any(k.startswith("layer4") for k in one.backbone.state_dict())
+    assert not any(k.startswith(("layer3", "layer4")) for k in two.backbone.state_dict())
+    assert sum(p.numel() for p in one.backbone.parameters()) < 0.25 * sum(p.numel() for p in full.backbone.parameters())
+    rgb = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    torch.save(rgb.state_dict(), tmp_path / "r18.pth")
+    loaded = create_model(ModelConfig(arch="resnet18", prune_stages=1, backbone_weights=str(tmp_path / "r18.pth")),
+                          IMAGE_SIZE)
+    torch.testing.assert_close(loaded.backbone.layer3[1].conv2.weight, rgb.layer3[1].conv2.weight)
+
+
+@pytest.mark.parametrize("arch, n, msg", [("mlns_cnn", 1, "no stages to remove"),
+                                          ("resnet18", 4, "--prune-stages must be in")])
+def test_prune_stages_errors(arch, n, msg):
+    with pytest.raises((ModelError, ConfigError), match=msg):
+        create_model(ModelConfig(arch=arch, prune_stages=n), IMAGE_SIZE)
 
 
 def test_stacked_columns_keep_each_rows_features():

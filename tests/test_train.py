@@ -49,9 +49,11 @@ class KeepFinalModel(Callback):
         self.kept = copy.deepcopy(unwrap_model(self.learn.model)).float().eval().cpu()
 
 
-def test_saved_weights_reload_to_the_trained_network(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("flags", [{}, {"arch": "resnet18", "prune_stages": 2}], ids=["mlns_cnn", "resnet18-pruned"])
+def test_saved_weights_reload_to_the_trained_network(tiny_cfg, tmp_path, flags):
+    """The run's config rebuilds its network: a pruned backbone (--prune-stages) is pruned again on loading."""
     keep = KeepFinalModel()
-    s = train(tiny_cfg(ema=0.0), tmp_path, quiet=True, extra_cbs=[keep])
+    s = train(tiny_cfg(ema=0.0, **flags), tmp_path, quiet=True, extra_cbs=[keep])
     run = RunDir(tmp_path / s["run"])
     assert not run.weights_path(True).exists()  # no EMA, no EMA file
     _, loaded = load_trained(run)
@@ -285,3 +287,17 @@ def test_deterministic_sets_the_process_kernels_both_ways(tiny_cfg, tmp_path):
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     prepare(tiny_cfg(), "cpu", tmp_path)  # the next run in the same process (a suite, a sweep) gets the default back
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_training_flushes_denormal_floats_to_zero(tiny_cfg, tmp_path):
+    """x86 cores compute denormals dozens of times slower (fused AdamW over a resnet's state): a run flushes them."""
+    from mlns_fast.training import prepare
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39])  # below fp32's smallest normal (1.18e-38)
+    assert (tiny * 1.0).item() > 0
+    try:
+        prepare(tiny_cfg(), "cpu", tmp_path)
+        assert (tiny * 1.0).item() == 0.0 and (torch.tensor([1e-30]) * 1e-9).item() == 0.0
+        assert (torch.tensor([1e-30]) * 1e-7).item() > 0  # normal results are untouched
+    finally:
+        torch.set_flush_denormal(False)
