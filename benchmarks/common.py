@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mlns_fast.device import cpu_name
 
@@ -46,3 +47,14 @@ class Timer:
     @property
     def rate(self) -> float:
         return self.items / (self.t1 - self.t0)
+
+
+def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, loss_of) -> float:
+    """FLOPs of one training step (forward and backward) per image, as torch's FlopCounterMode counts
+    them: convolutions and matrix products, the arithmetic that bounds a CPU's step (the GRU's fused
+    cell and the elementwise ops are not counted). `loss_of(out)` turns the model's output into a loss."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        loss_of(model(x)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
