@@ -58,15 +58,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def flush_denormals() -> bool:
-    """Flush denormal floats to zero on the CPU (x86 FTZ and DAZ: `torch.set_flush_denormal`), for the
-    whole process; False where the CPU cannot. Values below 1.2e-38 in fp32 cost no accuracy a run can
-    see, but on an x86 core each one costs the arithmetic dozens of cycles: on an AVX2 EPYC, resnet18's
-    fused AdamW step over channels-last parameters took 0.42-0.55 s of a ~6 s step with them, 0.01-0.02 s
-    without (benchmarks/README.md). GPU kernels are unaffected; the host's own arithmetic is."""
-    return torch.set_flush_denormal(True)
-
-
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 natively."""
     if device.type == "cuda":

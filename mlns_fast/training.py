@@ -32,8 +32,7 @@ from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
 from .data.sources import content_hash
-from .device import (default_device, device_name, flush_denormals, precision_callbacks, resolve_precision,
-                     seed_everything)
+from .device import default_device, device_name, precision_callbacks, resolve_precision, seed_everything
 from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
 from .losses import acc, fit_temperature, make_loss
@@ -109,7 +108,6 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     device = torch.device(device) if device else default_device()
     cfg = resolve_init(cfg, runs_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    flush_denormals()
     precision = resolve_precision(cfg.train.precision, device)
     check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world, progress=rank == 0 and sys.stderr.isatty())
