@@ -2,8 +2,11 @@
 
     python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --steps 24
     python benchmarks/denormals.py --arch mlns_cnn --steps 60
+    python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --checkpoint RUN/checkpoint.pt   # late in a run
 
-One process, one model, the run's loader and loss, torch's fused AdamW (as `train`); each step runs one of
+One process, one model, the run's loader and loss, the toolkit's optimizer (torch's fused AdamW, fastai's
+betas and eps, the weight-decay groups), from scratch or from a run's epoch checkpoint (weights and
+optimizer state: where a long run's state would hold small values); each step runs one of
   keep   -- IEEE denormals on every thread (torch's default),
   main   -- `torch.set_flush_denormal(True)` on the calling thread only (the OpenMP team keeps its own),
   team   -- `mlns_fast.denormals.denormals_flushed`: the calling thread and its OpenMP team (what `train` does),
@@ -30,6 +33,7 @@ from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
 from mlns_fast.denormals import denormals_flushed  # noqa: E402
 from mlns_fast.losses import make_loss  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
+from mlns_fast.optim import adamw, decay_groups  # noqa: E402
 
 WAYS = ("keep", "main", "team")
 
@@ -50,6 +54,12 @@ def context(way: str):
     return contextlib.nullcontext()
 
 
+def denormal_count(opt) -> int:
+    tiny = torch.finfo(torch.float32).tiny
+    return sum(int(((t != 0) & (t.abs() < tiny)).sum())
+               for st in opt.state.values() for t in st.values() if t.is_floating_point() and t.dim())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="mlns_cnn")
@@ -58,6 +68,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="timed steps (a multiple of 3: one third each way)")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--lr", type=float, default=None, help="the optimizer's learning rate (default: the config's)")
+    ap.add_argument("--checkpoint", default=None, help="a run's checkpoint.pt of this arch: start from its weights and optimizer state")
     a = ap.parse_args()
     cfg = resolve_config(arch=a.arch, bs=a.bs, precision="fp32", ema=0.0, prune_stages=a.prune_stages)
     device = torch.device("cpu")
@@ -66,11 +77,18 @@ def main():
     model = create_model(cfg.model, cfg.size)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr or cfg.train.lr, weight_decay=cfg.train.wd, fused=True)
+    wrapper = adamw(decay_groups(model), lr=a.lr or cfg.train.lr, wd=cfg.train.wd)
+    if a.checkpoint:
+        ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        wrapper.load_state_dict(ck["opt"])
+    opt = wrapper.opt
     loss_func = make_loss(cfg.model.head)
     print(f"machine: {machine()}")
     print(f"arch {a.arch}{f' --prune-stages {a.prune_stages}' if a.prune_stages else ''}, bs {a.bs}, fp32, "
-          f"{a.steps} timed steps after {a.warmup}, cycling {', '.join(WAYS)}")
+          f"{a.steps} timed steps after {a.warmup}, cycling {', '.join(WAYS)}"
+          + (f", from {a.checkpoint} (epoch {ck['epoch']})" if a.checkpoint else ", from scratch"))
+    print(f"denormal floats in the optimizer state at the start: {denormal_count(opt):,}")
     step_s = {w: [] for w in WAYS}
     opt_s = {w: [] for w in WAYS}
     n = 0
@@ -92,9 +110,7 @@ def main():
             n += 1
             if n >= a.warmup + a.steps:
                 break
-    tiny = sum(int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
-               for st in opt.state.values() for t in st.values() if t.is_floating_point() and t.dim())
-    print(f"denormal floats in the optimizer state at the end: {tiny:,}")
+    print(f"denormal floats in the optimizer state at the end: {denormal_count(opt):,}")
     keep = statistics.median(step_s["keep"])
     keep_opt = statistics.median(opt_s["keep"])
     for w in WAYS:

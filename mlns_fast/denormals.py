@@ -39,10 +39,14 @@ def _runtime():
         return None
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "libgomp" in line and line.rstrip().endswith((".so.1", ".so"))}
+            paths = {line.split()[-1] for line in f if "/libgomp" in line}
     except OSError:
         return None
-    if len(paths) != 1:  # none loaded, or two runtimes: which one torch's team lives in is not known
+    # other packages bring their own copy (scikit-learn's wheel does): torch's own is the one in its
+    # folder; a torch built against the system's has it alone or cannot be told apart (then: nothing)
+    own = {p for p in paths if p.startswith(os.path.dirname(torch.__file__) + os.sep)}
+    paths = own or paths
+    if len(paths) != 1:
         return None
     try:
         gomp = ctypes.CDLL(paths.pop(), mode=os.RTLD_NOLOAD)  # the copy torch already uses, not a new one
