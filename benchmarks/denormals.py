@@ -1,4 +1,4 @@
-"""What flushing denormal floats buys a training step on this CPU: three ways, interleaved step by step.
+"""What flushing denormal floats buys a training step on this CPU: two ways, interleaved step by step.
 
     python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --steps 24
     python benchmarks/denormals.py --arch mlns_cnn --steps 60
@@ -7,10 +7,10 @@
 One process, one model, the run's loader and loss, the toolkit's optimizer (torch's fused AdamW, fastai's
 betas and eps, the weight-decay groups), from scratch or from a run's epoch checkpoint (weights and
 optimizer state: where a long run's state would hold small values); each step runs one of
-  keep   -- IEEE denormals on every thread (torch's default),
-  main   -- `torch.set_flush_denormal(True)` on the calling thread only (the OpenMP team keeps its own),
-  team   -- `mlns_fast.denormals.denormals_flushed`: the calling thread and its OpenMP team (what `train` does),
-cycling keep, main, team, so the host's drift falls on all three alike. The first `--warmup` steps train
+  keep   -- IEEE denormals (torch's default),
+  main   -- `torch.set_flush_denormal(True)`: the calling thread only (x86's MXCSR is per thread: the
+            OpenMP threads that were created before keep theirs, so on two threads about half of each op),
+alternating, so the host's drift falls on both alike. The first `--warmup` steps train
 without being timed, so the optimizer state has had time to fill with small values. Prints the median
 seconds of a step and of its optimizer step each way, and the ratios to `keep`.
 """
@@ -30,12 +30,11 @@ from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
-from mlns_fast.denormals import denormals_flushed  # noqa: E402
 from mlns_fast.losses import make_loss  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 from mlns_fast.optim import adamw, decay_groups  # noqa: E402
 
-WAYS = ("keep", "main", "team")
+WAYS = ("keep", "main")
 
 
 class MainThreadOnly:
@@ -49,8 +48,6 @@ class MainThreadOnly:
 def context(way: str):
     if way == "main":
         return MainThreadOnly()
-    if way == "team":
-        return denormals_flushed(torch.device("cpu"))
     return contextlib.nullcontext()
 
 
@@ -65,7 +62,7 @@ def main():
     ap.add_argument("--arch", default="mlns_cnn")
     ap.add_argument("--prune-stages", type=int, default=0)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps (a multiple of 3: one third each way)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps (even: half each way)")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--lr", type=float, default=None, help="the optimizer's learning rate (default: the config's)")
     ap.add_argument("--checkpoint", default=None, help="a run's checkpoint.pt of this arch: start from its weights and optimizer state")
@@ -95,7 +92,7 @@ def main():
     model.train()
     while n < a.warmup + a.steps:
         for x, *y in dls.train:
-            way = WAYS[n % 3] if n >= a.warmup else "keep"
+            way = WAYS[n % len(WAYS)] if n >= a.warmup else "keep"
             with context(way):
                 t0 = time.perf_counter()
                 loss = loss_func(model(x).float(), *y)

@@ -32,7 +32,6 @@ from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
 from .data.sources import content_hash
-from .denormals import denormals_flushed
 from .device import default_device, device_name, precision_callbacks, resolve_precision, seed_everything
 from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
@@ -169,7 +168,7 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
     if ema:
         learn.metrics += ema.metrics()
     tracker.check_checkpoint()  # a checkpoint that does not fit is refused before the status is rewritten
-    with stop, denormals_flushed(p.device):  # from the first batch until summary.json says how the run ended
+    with stop:  # from the first batch until summary.json says how the run ended
         return fit(learn, tracker, cfg, stop, live)
 
 
@@ -333,12 +332,11 @@ def lr_find(cfg: RunConfig, out: str | Path, quiet: bool = False, num_it: int = 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    p = prepare(cfg, device, runs_dir)
-    learn = p.learner(quiet)
-    with denormals_flushed(p.device), tempfile.TemporaryDirectory() as tmp:
-        if warmup:
-            warm_up(learn, warmup, cfg.train.lr / 10)
-        learn.path = Path(tmp)  # fastai's finder saves and restores the weights under learn.path
+    learn = prepare(cfg, device, runs_dir).learner(quiet)
+    if warmup:
+        warm_up(learn, warmup, cfg.train.lr / 10)
+    with tempfile.TemporaryDirectory() as tmp:  # fastai's finder saves and restores the weights under learn.path
+        learn.path = Path(tmp)
         rules = [guarded(f) for f in (valley, slide, minimum, steep, edge)]
         res = learn.lr_find(num_it=num_it, suggest_funcs=rules, show_plot=True)
     lrs, losses = learn.recorder.lrs, [float(v) for v in learn.recorder.losses]
