@@ -2,7 +2,7 @@
 
     python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --steps 24
     python benchmarks/denormals.py --arch mlns_cnn --steps 60
-    python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --checkpoint RUN/checkpoint.pt   # late in a run
+    python benchmarks/denormals.py --arch resnet18 --prune-stages 1 --run r17-r18-prune1-s0   # late in a run
 
 One process, one model, the run's loader and loss, the toolkit's optimizer (torch's fused AdamW, fastai's
 betas and eps, the weight-decay groups), from scratch or from a run's epoch checkpoint (weights and
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -33,6 +34,7 @@ from mlns_fast.data.loaders import build_dataloaders  # noqa: E402
 from mlns_fast.losses import make_loss  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
 from mlns_fast.optim import adamw, decay_groups  # noqa: E402
+from mlns_fast.runs import resolve_run  # noqa: E402
 
 WAYS = ("keep", "main")
 
@@ -65,8 +67,11 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="timed steps (even: half each way)")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--lr", type=float, default=None, help="the optimizer's learning rate (default: the config's)")
-    ap.add_argument("--checkpoint", default=None, help="a run's checkpoint.pt of this arch: start from its weights and optimizer state")
+    ap.add_argument("--run", default=None, help="a run (folder, name or latest): its model, weights and optimizer state")
     a = ap.parse_args()
+    run = resolve_run(a.run) if a.run else None
+    if run:  # the run's network, so its checkpoint fits
+        a.arch, a.prune_stages = run.config().model.arch, run.config().model.prune_stages
     cfg = resolve_config(arch=a.arch, bs=a.bs, precision="fp32", ema=0.0, prune_stages=a.prune_stages)
     device = torch.device("cpu")
     torch.manual_seed(0)
@@ -75,8 +80,8 @@ def main():
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapper = adamw(decay_groups(model), lr=a.lr or cfg.train.lr, wd=cfg.train.wd)
-    if a.checkpoint:
-        ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
+    ck = run.load_checkpoint() if run else None  # checked, weights only: a run folder is untrusted input
+    if ck:
         model.load_state_dict(ck["model"])
         wrapper.load_state_dict(ck["opt"])
     opt = wrapper.opt
@@ -84,7 +89,7 @@ def main():
     print(f"machine: {machine()}")
     print(f"arch {a.arch}{f' --prune-stages {a.prune_stages}' if a.prune_stages else ''}, bs {a.bs}, fp32, "
           f"{a.steps} timed steps after {a.warmup}, cycling {', '.join(WAYS)}"
-          + (f", from {a.checkpoint} (epoch {ck['epoch']})" if a.checkpoint else ", from scratch"))
+          + (f", from {run.path.name} (epoch {ck['epoch']})" if ck else ", from scratch"))
     print(f"denormal floats in the optimizer state at the start: {denormal_count(opt):,}")
     step_s = {w: [] for w in WAYS}
     opt_s = {w: [] for w in WAYS}
@@ -115,7 +120,6 @@ def main():
         print(f"{w:5s}: step {s:7.3f} s (x{keep / s:5.2f} of keep), optimizer {o:6.3f} s (x{keep_opt / o:6.2f}), "
               f"{len(step_s[w])} steps")
     sys.stdout.flush()
-    import os
     os._exit(0)  # a fastai DataLoader left mid-epoch can hang the interpreter's exit
 
 
