@@ -193,6 +193,28 @@ def test_cache_keys_ignore_new_fields_that_change_nothing():
 
 
 
+def test_every_committed_experiment_file_still_loads():
+    """RESULTS.md tells a reader to rerun its rows with `mlns-fast suite experiments/<file>.toml`: every
+    committed suite (and the sweep) must still parse against today's options, each run named, the
+    round files' names carrying their seeds."""
+    from pathlib import Path
+    from mlns_fast.suite import load_suite
+    from mlns_fast.sweep.spec import load_sweep
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    files = sorted(root.glob("*.toml"))
+    assert len(files) >= 20 and root / "round18.toml" in files
+    for f in files:
+        if f.name == "sweep.toml":
+            load_sweep(f)
+            continue
+        cfgs = load_suite(f)
+        assert cfgs and all(c.name for c in cfgs), f.name
+    pruned = load_suite(root / "round18.toml")
+    assert [(c.name, c.model.arch, c.model.prune_stages, c.train.seed) for c in pruned] == [
+        ("r18-r18-prune1-s1", "resnet18", 1, 1)]
+
+
+
 def _toml(path, text):
     path.write_text(text)
     return path
