@@ -71,7 +71,8 @@ def main():
     a = ap.parse_args()
     run = resolve_run(a.run) if a.run else None
     if run:  # the run's network, so its checkpoint fits
-        a.arch, a.prune_stages = run.config().model.arch, run.config().model.prune_stages
+        model_cfg = run.config().model
+        a.arch, a.prune_stages = model_cfg.arch, model_cfg.prune_stages
     cfg = resolve_config(arch=a.arch, bs=a.bs, precision="fp32", ema=0.0, prune_stages=a.prune_stages)
     device = torch.device("cpu")
     torch.manual_seed(0)
