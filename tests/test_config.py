@@ -212,6 +212,11 @@ def test_every_committed_experiment_file_still_loads():
     pruned = load_suite(root / "round18.toml")
     assert [(c.name, c.model.arch, c.model.prune_stages, c.train.seed) for c in pruned] == [
         ("r18-r18-prune1-s1", "resnet18", 1, 1)]
+    nineteenth = load_suite(root / "round19.toml")
+    assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.seed) for c in nineteenth] == [
+        ("r19-r18-prune1-s0", "resnet18", 1, 5, 0), ("r19-r18-prune1-s1", "resnet18", 1, 5, 1),
+        ("r19-default-e10-s0", "mlns_cnn", 0, 10, 0), ("r19-default-e10-s1", "mlns_cnn", 0, 10, 1),
+        ("r19-default-e10-s2", "mlns_cnn", 0, 10, 2)]
 
 
 
