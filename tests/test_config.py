@@ -216,7 +216,7 @@ def test_every_committed_experiment_file_still_loads():
     assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.seed) for c in nineteenth] == [
         ("r19-r18-prune1-s0", "resnet18", 1, 5, 0), ("r19-r18-prune1-s1", "resnet18", 1, 5, 1),
         ("r19-default-e10-s0", "mlns_cnn", 0, 10, 0), ("r19-default-e10-s1", "mlns_cnn", 0, 10, 1),
-        ("r19-default-e10-s2", "mlns_cnn", 0, 10, 2)]
+        ("r19-default-e10-s2", "mlns_cnn", 0, 10, 2), ("r19-r18-prune1-e6-s0", "resnet18", 1, 6, 0)]
 
 
 
