@@ -113,6 +113,9 @@ class DataConfig(Checked):
     workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
                           "up to 8 beside a GPU)", -1, 64)
     augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
+    real_style: float = _f(0.0, "--augment: probability that a real training image also takes one of the renderer's "
+                                "glyph styles: strokes a pixel thicker or thinner, or drawn down to 0.35-0.7 of its "
+                                "size and back up (0 = off)", 0.0, 1.0, since=True)
     repack: float = _f(0.0, "share of real training images re-laid out crowded each epoch: their ink split at blank "
                             "columns, drawn small and overlapping in the [render] crowded ranges, order and sum kept "
                             "(0 = off)", 0.0, 1.0, since=True)

@@ -217,6 +217,12 @@ def test_every_committed_experiment_file_still_loads():
         ("r19-r18-prune1-s0", "resnet18", 1, 5, 0), ("r19-r18-prune1-s1", "resnet18", 1, 5, 1),
         ("r19-default-e10-s0", "mlns_cnn", 0, 10, 0), ("r19-default-e10-s1", "mlns_cnn", 0, 10, 1),
         ("r19-default-e10-s2", "mlns_cnn", 0, 10, 2), ("r19-r18-prune1-e6-s0", "resnet18", 1, 6, 0)]
+    twentieth = load_suite(root / "round20.toml")
+    assert [(c.name, c.data.data, c.data.mix, c.data.synthetic_per_epoch, c.data.real_style, c.train.epochs,
+             c.train.seed) for c in twentieth] == [
+        ("r20-synth-s0", "synthetic", 0.75, 40064, 0.0, 9, 0), ("r20-mix625-s0", "mixed", 0.625, 20000, 0.0, 13, 0),
+        ("r20-style-s0", "mixed", 0.75, 20000, 0.5, 9, 0), ("r20-style-s1", "mixed", 0.75, 20000, 0.5, 9, 1),
+        ("r20-style-s2", "mixed", 0.75, 20000, 0.5, 9, 2)]
 
 
 

@@ -120,3 +120,43 @@ def test_batches_hold_the_rendered_pixels_scaled_to_0_1(tiny_cfg):
     want = np.stack([dl.dataset.renderer(e, j).image for _, e, j in keys]).astype(np.float32) / 255.0
     assert x.dtype == torch.float32 and np.array_equal(x[:, 0].numpy(), want)
     assert torch.equal(s, torch.tensor([dl.dataset.renderer(e, j).sum for _, e, j in keys]))
+
+
+def test_real_styles_thicken_thin_or_resample_the_strokes():
+    import albumentations as A
+
+    from mlns_fast.data.loaders import real_styles
+    img = np.zeros((40, 168), np.uint8)
+    for x in (20, 60, 100, 140):
+        img[8:32, x:x + 4] = 255  # four 4-pixel strokes
+    assert real_styles(0.0) == []
+    style = A.Compose(real_styles(1.0), seed=0)
+    kinds = set()
+    for i in range(40):
+        style.set_random_seed(i)
+        out = style(image=img)["image"]
+        assert out.shape == img.shape and out.dtype == np.uint8
+        ink, grey = int((out > 127).sum()), bool(((out > 0) & (out < 255)).any())
+        if grey:
+            kinds.add("resampled")  # drawn down and back up: soft edges
+        elif ink > (img > 127).sum():
+            kinds.add("thicker")
+            assert ink == 4 * ((24 + 2) * (4 + 2) - 4)  # a pixel on every side (a cross: corners stay dark)
+        else:
+            kinds.add("thinner")
+            assert 0 < ink < (img > 127).sum()
+    assert kinds == {"resampled", "thicker", "thinner"}
+    never = A.Compose(real_styles(1e-9), seed=0)
+    assert all(np.array_equal(never(image=img)["image"], img) for _ in range(5))
+
+
+def test_real_style_changes_real_training_images_only(tiny_cfg):
+    plain = _batches(build_dataloaders(tiny_cfg(data="real", augment=True)).train, 2)
+    styled = _batches(build_dataloaders(tiny_cfg(data="real", augment=True, real_style=1.0)).train, 2)
+    again = _batches(build_dataloaders(tiny_cfg(data="real", augment=True, real_style=1.0, workers=1)).train, 2)
+    for p, s, a in zip(plain, styled, again):
+        assert not torch.equal(p[0], s[0]) and torch.equal(s[0], a[0])  # a different image, drawn the same way
+        assert torch.equal(p[1], s[1]) and torch.equal(p[2], s[2])       # labels untouched
+    v0 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True)).valid))[0]
+    v1 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True, real_style=1.0)).valid))[0]
+    assert torch.equal(v0, v1)

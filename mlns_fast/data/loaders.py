@@ -19,6 +19,7 @@ import os
 import signal
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from fastai.data.core import DataLoaders
@@ -37,15 +38,31 @@ log = logging.getLogger(__name__)
 REAL, SYNTH = 0, 1
 
 
-def augmenter(seed: int):
-    """albumentations pipeline for real training images (mild affine, elastic, blur, noise)."""
+def augmenter(seed: int, style: float = 0.0):
+    """albumentations pipeline for real training images (mild affine, elastic, blur, noise), with
+    `real_styles(style)` after the geometry."""
     import albumentations as A
     return A.Compose([
         A.Affine(scale=(0.9, 1.1), translate_percent=(-0.04, 0.04), rotate=(-6, 6), shear=(-8, 8), p=0.7),
         A.ElasticTransform(alpha=6, sigma=4, p=0.2),
+        *real_styles(style),
         A.GaussianBlur(blur_limit=(3, 3), p=0.15),
         A.GaussNoise(std_range=(0.02, 0.06), p=0.15),
     ], seed=seed)
+
+
+def real_styles(p: float) -> list:
+    """With probability `p`, one of the renderer's glyph styles given to a whole real image: strokes a
+    pixel thicker (3 x 3 elliptical dilation) or thinner (2 x 2 erosion), as `[render] stroke` does a glyph, or the
+    image drawn down to 0.35-0.7 of its size and back up, as `[render] rescan` does (empty when p = 0)."""
+    if p <= 0:
+        return []
+    import albumentations as A
+    return [A.OneOf([A.Morphological(scale=(3, 3), operation="dilation", p=1.0),
+                     A.Morphological(scale=(2, 2), operation="erosion", p=1.0),
+                     A.Downscale(scale_range=(0.35, 0.7), p=1.0,
+                                 interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR})],
+                    p=p)]
 
 
 class Items:
@@ -54,14 +71,14 @@ class Items:
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
                  pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None,
                  repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0,
-                 boxes: bool = False):
+                 boxes: bool = False, style: float = 0.0):
         self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
         self.boxes = boxes  # items also carry each digit's (x0, x1) in pixels: the renderer's, -1 where unknown
         # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all);
         # `repack_synth`: the share of synthetic slots given to a crowded view of a random real image instead
         self.repack, self.layout, self.repack_size, self.repack_epochs = repack, layout, repack_size, repack_epochs
         self.repack_synth = repack_synth
-        self.aug = augmenter(seed) if augment and real is not None else None
+        self.aug = augmenter(seed, style) if augment and real is not None else None
         self.n_real = 0 if real is None else len(real)
         self.pseudo: np.ndarray | None = None  # (n_real, 4) digit readings used as labels; -1 = none (self-training)
 
@@ -254,7 +271,7 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
                   repack=0.0 if in_synth else d.repack, layout=cfg.render, repack_size=d.repack_size,
                   repack_epochs=round(d.repack_until * cfg.train.epochs),
                   repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0,
-                  boxes=cfg.model.box_weight > 0)
+                  boxes=cfg.model.box_weight > 0, style=d.real_style)
     n_synth = d.synthetic_per_epoch // world if d.data == "synthetic" else 0
     mix = d.mix if d.data == "mixed" else 0.0
     # pinned host memory makes the copy to a GPU a DMA transfer; not persistent workers: each epoch's
