@@ -222,7 +222,7 @@ def test_every_committed_experiment_file_still_loads():
              c.train.seed) for c in twentieth] == [
         ("r20-synth-s0", "synthetic", 0.75, 40064, 0.0, 9, 0), ("r20-mix625-s0", "mixed", 0.625, 20000, 0.0, 13, 0),
         ("r20-style-s0", "mixed", 0.75, 20000, 0.5, 9, 0), ("r20-style-s1", "mixed", 0.75, 20000, 0.5, 9, 1),
-        ("r20-style-s2", "mixed", 0.75, 20000, 0.5, 9, 2)]
+        ("r20-style-s2", "mixed", 0.75, 20000, 0.5, 9, 2), ("r20-default-s0", "mixed", 0.75, 20000, 0.0, 9, 0)]
 
 
 
