@@ -266,6 +266,9 @@ class RunConfig:
             raise ConfigError("--box-weight learns from synthetic images' boxes: --data real has none")
         if d.repack and d.data == "synthetic":
             raise ConfigError("--repack re-lays out real training images: --data synthetic has none")
+        if d.real_style and (d.data == "synthetic" or not d.augment):
+            raise ConfigError("--real-style styles augmented real training images: it needs --augment and real "
+                              "images (not --data synthetic)")
         if d.repack and d.repack_slots == "synthetic" and (d.data != "mixed" or not d.mix):
             raise ConfigError("--repack-slots synthetic replaces synthetic images in mixed batches: it needs --data "
                               "mixed and --mix > 0")

@@ -7,6 +7,8 @@ import torch
 
 from mlns_fast.data.loaders import SYNTH, PlanDL, build_dataloaders, resolve_workers
 
+from .conftest import assert_user_error, run_cli
+
 
 def _batches(dl, n=2):
     out = []
@@ -160,3 +162,12 @@ def test_real_style_changes_real_training_images_only(tiny_cfg):
     v0 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True)).valid))[0]
     v1 = next(iter(build_dataloaders(tiny_cfg(data="real", augment=True, real_style=1.0)).valid))[0]
     assert torch.equal(v0, v1)
+
+
+def test_real_style_without_augmented_real_images_is_refused(capsys, tmp_path):
+    for flags in (["--data", "synthetic"], ["--no-augment"]):
+        code, _, err = run_cli(capsys, "train", *flags, "--real-style", "0.5", "--runs-dir", tmp_path)
+        assert_user_error(code, err, "--real-style styles augmented real training images")
+    code, _, err = run_cli(capsys, "train", "--real-style", "1.5", "--runs-dir", tmp_path)
+    assert_user_error(code, err, "--real-style must be in [0.0, 1.0]")
+    assert not any(tmp_path.iterdir())  # nothing half-written
