@@ -12,7 +12,9 @@ Stages, each on one core (one thread: what a DataLoader worker gets), in images/
                including the batch transform (uint8 -> float on the device), no model attached
 Per-worker figures are the loader's img/s divided by w (w >= 1). Each --synth-pool value repeats
 the table (0 = render every synthetic image fresh, the default; N = draw from a pool of N, built
-first, or read from the cache, before the timing).
+first, or read from the cache, before the timing), and so does each --real-style value:
+
+    python benchmarks/data_throughput.py --batches 20 --workers 1 --real-style 0 0.5
 """
 from __future__ import annotations
 
@@ -78,24 +80,25 @@ def main():
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--synth-pool", type=int, nargs="+", default=[0])
+    ap.add_argument("--real-style", type=float, nargs="+", default=[0.0])
     a = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     print(f"machine: {machine()}")
-    for pool in a.synth_pool:
-        cfg = resolve_config(bs=128, synth_pool=pool)  # the default recipe: mixed data, train layout, augmentation on
+    for pool, style in [(p, st) for p in a.synth_pool for st in a.real_style]:
+        flags = dict(bs=128, synth_pool=pool, real_style=style)  # the default recipe, but for these two
+        cfg = resolve_config(**flags)
         t0 = time.perf_counter()
         build_dataloaders(cfg)  # builds the pool (all cores) or reads it from the cache
         print(f"default mix: data={cfg.data.data}, mix={cfg.data.mix}, glyphs={cfg.render.glyphs}, "
-              f"elastic={cfg.render.elastic}, augment={cfg.data.augment}, bs={cfg.data.bs}, synth_pool={pool}"
-              + (f" (ready in {time.perf_counter() - t0:.1f} s)" if pool else ""))
+              f"elastic={cfg.render.elastic}, augment={cfg.data.augment}, real_style={style}, bs={cfg.data.bs}, "
+              f"synth_pool={pool}" + (f" (ready in {time.perf_counter() - t0:.1f} s)" if pool else ""))
         for name, r in stage_rates(cfg, a.batches).items():
             print(f"{name:12s}: {r:8.0f} img/s per core")
         for w in a.workers:
-            r = loader_rate(resolve_config(bs=128, workers=w, synth_pool=pool), a.batches)
+            r = loader_rate(resolve_config(**flags, workers=w), a.batches)
             per = f", {r / w:7.0f} per worker" if w else " (in this process)"
             print(f"loader W={w}  : {r:8.0f} img/s{per}")
-
 
 if __name__ == "__main__":
     main()
