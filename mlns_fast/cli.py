@@ -395,7 +395,7 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
                layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
                glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
                seed: int = typer.Option(0, "--seed", help="renderer seed"),
-               bank: str = typer.Option("", "--bank", help="mnist.npz or IDX folder (default: embedded, training digits)")):
+               bank: str = typer.Option("", "--bank", help="mnist.npz or an MNIST / EMNIST IDX folder (default: embedded, training digits)")):
     """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
     from .data.render import render_npz
     if n <= 0:

