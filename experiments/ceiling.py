@@ -82,14 +82,26 @@ def glyph_crops(rendered, images=None, solo: bool = True) -> tuple[list[np.ndarr
     return crops, labels
 
 
-def train_classifier(epochs: int, seed: int = 0, bs: int = 128) -> GlyphNet:
-    """GlyphNet on glyphs the default training renderer draws from the run's glyphs, one at a time."""
+def trainable_bank(per_class: int = 0) -> Bank:
+    """The glyphs a run may train on (`synth` then `real` pool: 340 a digit); `per_class`: only the
+    first that many of each digit (the writers' learning curve: fewer hands, the same pools)."""
     pools = [embedded_bank(p) for p in ("synth", "real")]
     bank = Bank(*(np.concatenate([getattr(b, f) for b in pools]) for f in ("images", "labels", "ids")), "synth+real")
+    if not per_class:
+        return bank
+    keep = np.sort(np.concatenate([np.flatnonzero(bank.labels == d)[:per_class] for d in range(10)]))
+    return Bank(bank.images[keep], bank.labels[keep], bank.ids[keep], f"{bank.source}[:{per_class} a digit]")
+
+
+def train_classifier(epochs: int, seed: int = 0, bs: int = 128, per_class: int = 0) -> GlyphNet:
+    """GlyphNet on glyphs the default training renderer draws from the run's glyphs, one at a time:
+    `epochs` passes' worth of steps over all 3,400, also when `per_class` keeps fewer (the same
+    compute, fewer hands)."""
+    bank = trainable_bank(per_class)
     renderer = create_renderer(RenderConfig(), seed, bank, solo=True)
     torch.manual_seed(seed)
     net = GlyphNet()
-    steps = epochs * (len(bank.labels) // bs)
+    steps = epochs * (len(trainable_bank().labels) // bs)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     net.train()
@@ -137,11 +149,16 @@ def demo_test_glyphs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=30, help="passes over the 3,400 trainable glyphs")
+    ap.add_argument("--per-class", type=int, default=0,
+                    help="train on only the first N trainable glyphs of each digit (1-340; 0 = all 340): fewer writers")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run", action="append", default=[], help="a run (folder or name) whose robustness results to put beside")
     ap.add_argument("--weights", default="raw", choices=("raw", "ema"), help="which of a run's robustness results")
     ap.add_argument("--runs-dir", default="experiments/runs")
     ap.add_argument("--out", default="", help="write the ceilings as JSON here")
     a = ap.parse_args()
+    if not 0 <= a.per_class <= 340:
+        ap.exit(2, f"error: --per-class must be 0..340 (the trainable glyphs of a digit); got {a.per_class}\n")
     if a.out and not Path(a.out).parent.is_dir():
         ap.exit(2, f"error: --out: folder {Path(a.out).parent} does not exist\n")
     readers = {}
@@ -158,9 +175,10 @@ def main():
         readers[f"{rd.path.name[16:]} ({a.weights})"] = digits
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    net = train_classifier(a.epochs)
-    print(f"isolated-digit classifier: {a.epochs} epochs over the 3,400 trainable bank glyphs, drawn by the "
-          f"training renderer, in {time.perf_counter() - t0:.0f} s")
+    net = train_classifier(a.epochs, a.seed, per_class=a.per_class)
+    glyphs = f"{a.per_class * 10:,} of the 3,400" if a.per_class else "the 3,400"
+    print(f"isolated-digit classifier (seed {a.seed}): {a.epochs} epochs' steps over {glyphs} trainable bank glyphs, "
+          f"drawn by the training renderer, in {time.perf_counter() - t0:.0f} s")
     reserved, sk = embedded_bank("reserved"), sklearn_bank()
     ceilings = {"reserved glyphs (bare)": {"isolated": accuracy(net, np.stack([letterbox(g) for g in reserved.images]),
                                                                 reserved.labels)},
@@ -177,7 +195,7 @@ def main():
             row += f" {'':>24s}" if v is None else f" {v:>12.4f} ({v - c['isolated']:+.4f})"
         print(row)
     if a.out:
-        Path(a.out).write_text(json.dumps({"epochs": a.epochs, "classifier": "renderer-drawn isolated glyphs",
+        Path(a.out).write_text(json.dumps({"epochs": a.epochs, "per_class": a.per_class or 340, "seed": a.seed, "classifier": "renderer-drawn isolated glyphs",
                                            "ceilings": ceilings, "readers": readers}, indent=1))
 
 
