@@ -168,11 +168,16 @@ def main():
         except MlnsError as e:
             ap.exit(2, f"error: {e}\n")
         # a run folder is user input: earlier_sets keeps only well-formed rows of the battery's sets
-        rows = earlier_sets(rd.path / "robustness" / a.weights / "result.json")
-        digits = {r["set"]: r["digit_accuracy"] for r in rows if isinstance(r.get("digit_accuracy"), (int, float))}
-        if not digits:
-            ap.exit(2, f"error: {run}: no {a.weights} robustness results (run `mlns-fast robustness {run}` first)\n")
-        readers[f"{rd.path.name[16:]} ({a.weights})"] = digits
+        # the battery's default reading (shift TTA: robustness/raw-tta) first, then a plain one (robustness/raw)
+        for reading in (f"{a.weights}-tta", a.weights):
+            rows = earlier_sets(rd.path / "robustness" / reading / "result.json")
+            digits = {r["set"]: r["digit_accuracy"] for r in rows if isinstance(r.get("digit_accuracy"), (int, float))}
+            if digits:
+                break
+        else:
+            ap.exit(2, f"error: {run}: no {a.weights} robustness results (run `mlns-fast robustness {run} "
+                       f"--weights-from {a.weights}` first)\n")
+        readers[f"{rd.path.name[16:]} ({reading})"] = digits
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     net = train_classifier(a.epochs, a.seed, per_class=a.per_class)

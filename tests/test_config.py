@@ -223,6 +223,9 @@ def test_every_committed_experiment_file_still_loads():
         ("r20-synth-s0", "synthetic", 0.75, 40064, 0.0, 9, 0), ("r20-mix625-s0", "mixed", 0.625, 20000, 0.0, 13, 0),
         ("r20-style-s0", "mixed", 0.75, 20000, 0.5, 9, 0), ("r20-style-s1", "mixed", 0.75, 20000, 0.5, 9, 1),
         ("r20-style-s2", "mixed", 0.75, 20000, 0.5, 9, 2), ("r20-default-s0", "mixed", 0.75, 20000, 0.0, 9, 0)]
+    halves = load_suite(root / "round22.toml")
+    assert [(c.name, c.model.arch, c.data.data, c.train.epochs, c.train.seed) for c in halves] == [
+        ("r22-e5-s0", "mlns_cnn", "mixed", 5, 0), ("r22-e5-s1", "mlns_cnn", "mixed", 5, 1)]
 
 
 

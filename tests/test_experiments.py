@@ -3,7 +3,10 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+
+from mlns_fast.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +44,22 @@ def test_adapt_bn_reestimates_batchnorm_on_the_images_and_leaves_the_model_alone
     assert not torch.allclose(m[1].running_var, torch.ones(3), rtol=0.1)
     assert not m[1].training and not m.training
     assert torch.equal(model[1].running_mean, torch.zeros(3)) and model[1].momentum == 0.1  # the original untouched
+
+
+def test_ensemble_averages_log_probabilities_per_digit_and_per_subset_size():
+    ensemble = _script("ensemble")
+    sure, unsure = torch.full((1, 4, 10), -5.0), torch.zeros(1, 4, 10)
+    sure[..., 3], unsure[..., 5] = 5.0, 1.0  # one model sure of 3s, the other leaning to 5s
+    mean = ensemble.combine([sure, unsure])
+    assert mean.shape == (1, 4, 10) and mean.argmax(-1).tolist() == [[3, 3, 3, 3]]
+    expected = (sure.log_softmax(-1) + unsure.log_softmax(-1)) / 2
+    assert torch.allclose(mean, expected)
+    assert torch.allclose(ensemble.combine([sure]), sure.log_softmax(-1))
+    with pytest.raises(ConfigError, match="one head"):
+        ensemble.combine([sure, torch.zeros(1, 37)])
+    rows = {(0,): {"valid": 0.9, "tight": 0.8}, (1,): {"valid": 0.7, "tight": 0.6},
+            (0, 1): {"valid": 0.95, "tight": 0.85}}
+    sizes = ensemble.by_size(rows)
+    assert list(sizes) == [1, 2] and sizes[1] == pytest.approx({"valid": 0.8, "tight": 0.7})
+    assert sizes[2] == {"valid": 0.95, "tight": 0.85}
+    assert ensemble.shifted_mean({"valid": 0.1, "tight": 0.8, "small": 0.6, "demo-test": 0.2}) == pytest.approx(0.7)
