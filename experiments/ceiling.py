@@ -39,8 +39,9 @@ from mlns_fast.data.demo import SPLITS  # noqa: E402
 from mlns_fast.data.mnist import Bank, embedded_bank  # noqa: E402
 from mlns_fast.data.render import create_renderer, crop_ink  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
+from mlns_fast.files import atomic_write  # noqa: E402
 from mlns_fast.robustness import BATTERY, N_IMAGES, _lowres, earlier_sets, sklearn_bank  # noqa: E402
-from mlns_fast.runs import resolve_run  # noqa: E402
+from mlns_fast.runs import DEFAULT_TTA, reading_label, resolve_run  # noqa: E402
 
 
 def letterbox(glyph: np.ndarray) -> np.ndarray:
@@ -87,6 +88,11 @@ def trainable_bank(per_class: int = 0) -> Bank:
     first that many of each digit (the writers' learning curve: fewer hands, the same pools)."""
     pools = [embedded_bank(p) for p in ("synth", "real")]
     bank = Bank(*(np.concatenate([getattr(b, f) for b in pools]) for f in ("images", "labels", "ids")), "synth+real")
+    return first_per_class(bank, per_class)
+
+
+def first_per_class(bank: Bank, per_class: int) -> Bank:
+    """The first `per_class` glyphs of each digit in `bank` (0: all of it)."""
     if not per_class:
         return bank
     keep = np.sort(np.concatenate([np.flatnonzero(bank.labels == d)[:per_class] for d in range(10)]))
@@ -97,11 +103,12 @@ def train_classifier(epochs: int, seed: int = 0, bs: int = 128, per_class: int =
     """GlyphNet on glyphs the default training renderer draws from the run's glyphs, one at a time:
     `epochs` passes' worth of steps over all 3,400, also when `per_class` keeps fewer (the same
     compute, fewer hands)."""
-    bank = trainable_bank(per_class)
+    full = trainable_bank()
+    bank = first_per_class(full, per_class)
     renderer = create_renderer(RenderConfig(), seed, bank, solo=True)
     torch.manual_seed(seed)
     net = GlyphNet()
-    steps = epochs * (len(trainable_bank().labels) // bs)
+    steps = epochs * (len(full.labels) // bs)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     net.train()
@@ -168,8 +175,8 @@ def main():
         except MlnsError as e:
             ap.exit(2, f"error: {e}\n")
         # a run folder is user input: earlier_sets keeps only well-formed rows of the battery's sets
-        # the battery's default reading (shift TTA: robustness/raw-tta) first, then a plain one (robustness/raw)
-        for reading in (f"{a.weights}-tta", a.weights):
+        # the battery's default reading first (shift TTA: robustness/raw-tta), then the other (robustness/raw)
+        for reading in (reading_label(a.weights, DEFAULT_TTA), reading_label(a.weights, not DEFAULT_TTA)):
             rows = earlier_sets(rd.path / "robustness" / reading / "result.json")
             digits = {r["set"]: r["digit_accuracy"] for r in rows if isinstance(r.get("digit_accuracy"), (int, float))}
             if digits:
@@ -200,7 +207,7 @@ def main():
             row += f" {'':>24s}" if v is None else f" {v:>12.4f} ({v - c['isolated']:+.4f})"
         print(row)
     if a.out:
-        Path(a.out).write_text(json.dumps({"epochs": a.epochs, "per_class": a.per_class or 340, "seed": a.seed, "classifier": "renderer-drawn isolated glyphs",
+        atomic_write(a.out, json.dumps({"epochs": a.epochs, "per_class": a.per_class or 340, "seed": a.seed, "classifier": "renderer-drawn isolated glyphs",
                                            "ceilings": ceilings, "readers": readers}, indent=1))
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import ConfigError, MlnsError  # noqa: E402
 from mlns_fast.evaluation import load_trained, predict_outputs  # noqa: E402
+from mlns_fast.files import atomic_write  # noqa: E402
 from mlns_fast.losses import sum_accuracy  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> None:
     for k, r in by_size(rows).items():
         print(f"| {k} | " + " | ".join(f"{r[n]:.4f}" for n in names) + f" | {shifted_mean(r):.4f} |")
     if a.out:
-        Path(a.out).write_text(json.dumps({"runs": [r.name for r in runs], "weights": a.weights,
+        atomic_write(a.out, json.dumps({"runs": [r.name for r in runs], "weights": a.weights,
                                            "subsets": [{"runs": [runs[i].name for i in c], **r}
                                                        for c, r in rows.items()]}, indent=1) + "\n")
 
