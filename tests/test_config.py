@@ -226,6 +226,11 @@ def test_every_committed_experiment_file_still_loads():
     halves = load_suite(root / "round22.toml")
     assert [(c.name, c.model.arch, c.data.data, c.train.epochs, c.train.seed) for c in halves] == [
         ("r22-e5-s0", "mlns_cnn", "mixed", 5, 0), ("r22-e5-s1", "mlns_cnn", "mixed", 5, 1)]
+    pruned50 = load_suite(root / "round23.toml")
+    assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.lr, c.train.ema, c.train.seed)
+            for c in pruned50] == [("r23-r50-prune1-s0", "resnet50", 1, 4, 0.01, 0.99, 0),
+                                   ("r23-r50-prune1-s1", "resnet50", 1, 4, 0.01, 0.99, 1),
+                                   ("r23-r50-prune1-e3-s0", "resnet50", 1, 3, 0.01, 0.99, 0)]
 
 
 

@@ -164,6 +164,20 @@ def test_pruned_stages_are_gone_and_the_head_reads_the_stage_before(tmp_path):
     torch.testing.assert_close(loaded.backbone.layer3[1].conv2.weight, rgb.layer3[1].conv2.weight)
 
 
+def test_pruned_resnet50_reads_layer3_on_the_same_grid():
+    """The README's resnet50 CPU recipe (--prune-stages 1): a bottleneck network loses its dilated layer4
+    and reads layer3 (1,024 channels) on the same 3 x 11 grid, with 8.5 M of its 23.5 M backbone
+    parameters left."""
+    x = torch.rand(2, 1, 40, 168)
+    full = create_model(ModelConfig(arch="resnet50"), IMAGE_SIZE).eval()
+    one = create_model(ModelConfig(arch="resnet50", prune_stages=1), IMAGE_SIZE).eval()
+    assert full.features(x).shape == (2, 2048, 3, 11)
+    assert one.features(x).shape == (2, 1024, 3, 11) and one.grid == "3x11" and one(x).shape == (2, 4, 10)
+    assert not any(k.startswith("layer4") for k in one.backbone.state_dict())
+    n_full, n_one = (sum(p.numel() for p in m.backbone.parameters()) for m in (full, one))
+    assert 0.3 < n_one / n_full < 0.4
+
+
 @pytest.mark.parametrize("arch, n, msg", [("mlns_cnn", 1, "no stages to remove"),
                                           ("resnet18", 4, "--prune-stages must be in")])
 def test_prune_stages_errors(arch, n, msg):
