@@ -26,7 +26,7 @@ from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import ConfigError, MlnsError  # noqa: E402
 from mlns_fast.evaluation import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.files import atomic_write  # noqa: E402
-from mlns_fast.losses import sum_accuracy  # noqa: E402
+from mlns_fast.losses import mean_log_probs, sum_accuracy  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 
@@ -37,7 +37,7 @@ def combine(outputs: list[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(o.shape) for o in outputs}
     if len(shapes) != 1:
         raise ConfigError(f"runs read differently (outputs {sorted(shapes)}): average runs of one head only")
-    return torch.stack([o.float().log_softmax(-1) for o in outputs]).mean(0)
+    return mean_log_probs(outputs)
 
 
 def by_size(rows: dict[tuple[int, ...], dict[str, float]]) -> dict[int, dict[str, float]]:

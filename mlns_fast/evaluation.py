@@ -18,7 +18,7 @@ from .data.render import create_renderer, render_samples
 from .data.sources import Samples
 from .errors import ConfigError, ModelError, RunError
 from .files import atomic_write
-from .losses import digit_accuracy, sum_accuracy, sum_log_probs
+from .losses import digit_accuracy, mean_log_probs, sum_accuracy, sum_log_probs
 from .model import create_model, read_state_dict
 from .runs import DEFAULT_TTA, RunDir, reading_label, weights_set
 
@@ -85,9 +85,8 @@ class ShiftTTA(torch.nn.Module):
             x = self.fit(x)
         h, w, p = x.shape[-2], x.shape[-1], max(max(abs(dx), abs(dy)) for dx, dy in self.SHIFTS)
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        outs = [self.model(padded[..., p + dy:p + dy + h, p + dx:p + dx + w]).float().log_softmax(-1)
-                for dx, dy in self.SHIFTS]
-        return torch.stack(outs).mean(0)
+        return mean_log_probs([self.model(padded[..., p + dy:p + dy + h, p + dx:p + dx + w])
+                               for dx, dy in self.SHIFTS])
 
 
 def batches(images: np.ndarray, bs: int = 256):

@@ -38,6 +38,13 @@ def sum_log_probs(out: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(out.float(), dim=-1)
 
 
+def mean_log_probs(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Several readings of the same images read as one: the mean of their log-probabilities, per digit
+    ((N, 4, 10) digit logits) or per sum ((N, 37)). Shift TTA averages its shifted copies this way and
+    experiments/ensemble.py its runs; the result is read like logits (argmax, `sum_log_probs`)."""
+    return torch.stack([o.float().log_softmax(-1) for o in outputs]).mean(0)
+
+
 def sum_loss(out, sums, digits=None, known=None, label_smoothing: float = 0.0):
     """`sum` head: cross-entropy over the 37 sums (label-smoothed by `label_smoothing`). out (B, 37), sums (B,)."""
     return F.cross_entropy(out.float(), sums, label_smoothing=label_smoothing)

@@ -12,6 +12,7 @@ import logging
 import pickle
 import zipfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,13 +57,15 @@ def convnet4() -> SmallCNN:
     return SmallCNN(layers, chans[-1])
 
 
-def mlns_cnn() -> SmallCNN:
-    """Six 3x3 convs, stride 2 every other one (40x168 -> 5x21): cheap on CPU, MNIST-grade per digit."""
-    plan = [(1, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
-    return SmallCNN([_conv(a, b, s) for a, b, s in plan], 128)
+def mlns_cnn(width: float = 1.0) -> SmallCNN:
+    """Six 3x3 convs, stride 2 every other one (40x168 -> 5x21): cheap on CPU, MNIST-grade per digit.
+    `width` multiplies every layer's channels (32, 64, 128 at 1)."""
+    c1, c2, c3 = (int(round(c * width)) for c in (32, 64, 128))
+    plan = [(1, c1, 2), (c1, c1, 1), (c1, c2, 2), (c2, c2, 1), (c2, c3, 2), (c3, c3, 1)]
+    return SmallCNN([_conv(a, b, s) for a, b, s in plan], c3)
 
 
-BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn}
+BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn, "mlns_cnn_wide": partial(mlns_cnn, 1.5)}
 
 
 AUTO_STRIDE = 16  # --output-stride 0: where a family supports it (measured: experiments/RESULTS.md, timm backbones)
@@ -92,8 +95,8 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
     are built for this image size (`dynamic_img_size`, padded to whole patches)."""
     if arch in BUILTIN:
         if pretrained or output_stride:
-            raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (mlns_cnn 8, convnet4 16); "
-                             "use a timm --arch, or --init RUN")
+            raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (mlns_cnn and "
+                             "mlns_cnn_wide 8, convnet4 16); use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
     check_arch(arch)
     overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}

@@ -231,6 +231,11 @@ def test_every_committed_experiment_file_still_loads():
             for c in pruned50] == [("r23-r50-prune1-s0", "resnet50", 1, 4, 0.01, 0.99, 0),
                                    ("r23-r50-prune1-s1", "resnet50", 1, 4, 0.01, 0.99, 1),
                                    ("r23-r50-prune1-e3-s0", "resnet50", 1, 3, 0.01, 0.99, 0)]
+    wide = load_suite(root / "round24.toml")
+    assert [(c.name, c.model.arch, c.train.epochs, c.train.seed) for c in wide] == [
+        ("r24-wide-s0", "mlns_cnn_wide", 9, 0), ("r24-wide-s1", "mlns_cnn_wide", 9, 1),
+        ("r24-wide-e7-s0", "mlns_cnn_wide", 7, 0), ("r24-default-s0", "mlns_cnn", 9, 0),
+        ("r24-default-s1", "mlns_cnn", 9, 1)]
 
 
 

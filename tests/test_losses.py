@@ -3,7 +3,7 @@ import itertools
 import torch
 
 from mlns_fast.evaluation import readout
-from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, sum_accuracy, sum_log_probs,
+from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, mean_log_probs, sum_accuracy, sum_log_probs,
                               sum_log_probs_from_digits, sum_loss)
 
 ALL = torch.tensor(list(itertools.product(range(10), repeat=4)))  # (10^4, 4) every digit tuple
@@ -128,3 +128,17 @@ def test_label_smoothing_raises_the_loss_of_confident_correct_readings():
     wrong[:, 0] = 1.0
     assert make_loss("sum", label_smoothing=0.5)(wrong, sums) < sum_loss(wrong, sums)
     assert make_loss("digits", label_smoothing=0.0)(out, sums, digits, known) == digit_loss(out, sums, digits, known)
+
+
+def test_mean_log_probs_reads_several_readings_as_one():
+    """The rule shift TTA and experiments/ensemble.py share: copies of one reading give that reading's
+    log-probabilities (in float32 from bf16); a sure reading outvotes an unsure one that disagrees."""
+    one = torch.randn(3, 4, 10)
+    same = mean_log_probs([one.bfloat16(), one.bfloat16()])
+    assert same.dtype == torch.float32 and same.shape == (3, 4, 10)
+    assert torch.allclose(same, one.bfloat16().float().log_softmax(-1))
+    sure, unsure = torch.full((1, 37), -9.0), torch.zeros(1, 37)
+    sure[0, 5], unsure[0, 7] = 9.0, 0.5
+    mean = mean_log_probs([sure, unsure])
+    assert int(mean.argmax()) == 5 and int(unsure.argmax()) == 7
+    assert float(mean.exp().sum()) < 1.0  # a mean of log-probabilities: read like logits, not a distribution

@@ -10,12 +10,22 @@ from mlns_fast.errors import ConfigError, ModelError
 from mlns_fast.model import create_backbone, create_model, load_backbone_weights, read_state_dict
 
 
-@pytest.mark.parametrize("arch", ["mlns_cnn", "convnet4", "resnet18"])
+@pytest.mark.parametrize("arch", ["mlns_cnn", "mlns_cnn_wide", "convnet4", "resnet18"])
 @pytest.mark.parametrize("head, shape", [("sum", (3, 37)), ("digits", (3, 4, 10))])
 def test_output_shapes(arch, head, shape):
     m = create_model(ModelConfig(arch=arch, head=head), IMAGE_SIZE).eval()
     out = m(torch.rand(3, 1, 40, 168))
     assert out.shape == shape and torch.isfinite(out).all()
+
+
+def test_wide_cnn_is_the_default_cnn_with_half_again_the_channels():
+    """mlns_cnn_wide: the same six convs and 5 x 21 grid, 48 / 96 / 192 channels (about 2.2x the weights)."""
+    x = torch.rand(2, 1, 40, 168)
+    base, wide = (create_model(ModelConfig(arch=a), IMAGE_SIZE).eval() for a in ("mlns_cnn", "mlns_cnn_wide"))
+    assert base.features(x).shape == (2, 128, 5, 21) and wide.features(x).shape == (2, 192, 5, 21)
+    assert [m.out_channels for m in wide.backbone.modules() if isinstance(m, torch.nn.Conv2d)] == [48, 48, 96, 96, 192, 192]
+    n_base, n_wide = (sum(p.numel() for p in m.backbone.parameters()) for m in (base, wide))
+    assert 2.0 < n_wide / n_base < 2.4
 
 
 def test_unknown_arch_suggests_close_names():
