@@ -236,6 +236,10 @@ def test_every_committed_experiment_file_still_loads():
         ("r24-wide-s0", "mlns_cnn_wide", 9, 0), ("r24-wide-s1", "mlns_cnn_wide", 9, 1),
         ("r24-wide-e7-s0", "mlns_cnn_wide", 7, 0), ("r24-default-s0", "mlns_cnn", 9, 0),
         ("r24-default-s1", "mlns_cnn", 9, 1)]
+    wide8 = load_suite(root / "round25.toml")
+    assert [(c.name, c.model.arch, c.train.epochs, c.train.seed) for c in wide8] == [
+        ("r25-wide-e8-s0", "mlns_cnn_wide", 8, 0), ("r25-wide-e8-s1", "mlns_cnn_wide", 8, 1),
+        ("r25-wide-e8-s2", "mlns_cnn_wide", 8, 2), ("r25-default-s2", "mlns_cnn", 9, 2)]
 
 
 
