@@ -239,7 +239,9 @@ def test_every_committed_experiment_file_still_loads():
     wide8 = load_suite(root / "round25.toml")
     assert [(c.name, c.model.arch, c.train.epochs, c.train.seed) for c in wide8] == [
         ("r25-wide-e8-s0", "mlns_cnn_wide", 8, 0), ("r25-wide-e8-s1", "mlns_cnn_wide", 8, 1),
-        ("r25-wide-e8-s2", "mlns_cnn_wide", 8, 2), ("r25-default-s2", "mlns_cnn", 9, 2)]
+        ("r25-wide-e8-s2", "mlns_cnn_wide", 8, 2), ("r25-default-s2", "mlns_cnn", 9, 2),
+        ("r25-r50-prune1-e3-s1", "resnet50", 3, 1)]
+    assert [(c.model.prune_stages, c.train.lr, c.train.ema) for c in wide8][-1] == (1, 0.01, 0.99)
 
 
 
