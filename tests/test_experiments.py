@@ -63,3 +63,33 @@ def test_ensemble_averages_log_probabilities_per_digit_and_per_subset_size():
     assert list(sizes) == [1, 2] and sizes[1] == pytest.approx({"valid": 0.8, "tight": 0.7})
     assert sizes[2] == {"valid": 0.95, "tight": 0.85}
     assert ensemble.shifted_mean({"valid": 0.1, "tight": 0.8, "small": 0.6, "demo-test": 0.2}) == pytest.approx(0.7)
+
+
+def test_stroke_tta_thickens_and_thins_ink_and_adds_its_copies_to_shift_tta():
+    tta_strokes = _script("tta_strokes")
+    from mlns_fast.evaluation import ShiftTTA
+    x = torch.zeros(1, 1, 9, 11)
+    x[..., 4, 2:9] = 1.0  # a one-pixel stroke
+    x[..., 3:6, 5] = 1.0
+    thick, thick2 = tta_strokes.dilate(x), tta_strokes.dilate(x, 2)
+    assert thick.shape == thick2.shape == x.shape and (thick >= x).all() and (thick2 >= x).all()
+    assert int(thick.sum()) == 3 * 9 + 2 * 3 and int(thick2.sum()) > int(x.sum())
+    assert int(tta_strokes.erode(x).sum()) == 0  # a one-pixel stroke does not survive a 3 x 3 erosion
+    block = torch.zeros(1, 1, 9, 11)
+    block[..., 2:7, 3:8] = 1.0
+    assert int(tta_strokes.erode(block).sum()) == 3 * 3
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(1), torch.nn.LazyLinear(10)).eval()
+    images = torch.rand(3, 1, 9, 11)
+    with torch.no_grad():
+        plain = ShiftTTA(net)(images)
+        m = ShiftTTA(net)
+        m.__class__ = tta_strokes.StrokeTTA
+        m.extra = []
+        assert torch.allclose(m(images), plain, atol=1e-6)
+        m.extra = [(tta_strokes.dilate, False)]
+        one = net(tta_strokes.dilate(images)).log_softmax(-1)
+        assert torch.allclose(m(images), (plain * 5 + one) / 6, atol=1e-5)
+        m.extra = [(tta_strokes.dilate, True)]
+        assert torch.allclose(m(images), (plain + ShiftTTA(net)(tta_strokes.dilate(images))) / 2, atol=1e-5)
