@@ -124,10 +124,14 @@ def train_classifier(epochs: int, seed: int = 0, bs: int = 128, per_class: int =
 
 
 @torch.no_grad()
-def accuracy(net: GlyphNet, glyphs: np.ndarray, labels: np.ndarray) -> float:
+def glyph_predictions(net: GlyphNet, glyphs: np.ndarray) -> np.ndarray:
+    """The classifier's digit for each letterboxed 28 x 28 glyph."""
     x = torch.from_numpy(glyphs).float().div(255).unsqueeze(1)
-    pred = torch.cat([net(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)]).numpy()
-    return float((pred == labels).mean())
+    return torch.cat([net(x[i:i + 512]).argmax(1) for i in range(0, len(x), 512)]).numpy()
+
+
+def accuracy(net: GlyphNet, glyphs: np.ndarray, labels: np.ndarray) -> float:
+    return float((glyph_predictions(net, glyphs) == labels).mean())
 
 
 def set_glyphs(spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:

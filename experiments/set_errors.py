@@ -8,11 +8,19 @@ its neighbour's ink; by chance about 15 %: 1.5 neighbours on average, 1 in 9 wro
 how many wrong images hold the right digits in another order (the sum then stays right); and the
 error rate by how much of a glyph's box its neighbours' boxes cover (the set drawn again with its
 boxes: the renderer is deterministic, so the images are the set's own, checked).
+
+    python experiments/set_errors.py RUN --set tight --set thin --tta --ceiling-epochs 90
+
+`--ceiling-epochs N` trains `ceiling.py`'s isolated-digit classifier (N passes) and reads each set's glyphs
+alone with it: its error beside the reader's in every coverage bin, and how many of the reader's wrong
+digits the classifier reads right alone (the layout's cost) or wrong too (the glyph's). `--tta` reads the run
+through shift TTA, as `mlns-fast robustness` does by default (without it: the plain network).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -22,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.errors import MlnsError  # noqa: E402
 from mlns_fast.evaluation import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.data.render import create_renderer  # noqa: E402
-from mlns_fast.robustness import BATTERY, battery, sklearn_bank  # noqa: E402
+from mlns_fast.robustness import BATTERY, N_IMAGES, battery, sklearn_bank  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 
 
@@ -32,13 +40,20 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], choices=[s.name for s in BATTERY])
     p.add_argument("--weights", default="raw", choices=["raw", "ema", "best"])
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    p.add_argument("--tta", action="store_true", help="read through shift TTA (robustness's default reading)")
+    p.add_argument("--ceiling-epochs", type=int, default=0,
+                   help="train the isolated-digit classifier this many passes and put its error beside the reader's")
     a = p.parse_args()
+    if a.ceiling_epochs < 0:
+        p.exit(2, f"error: --ceiling-epochs must be >= 0; got {a.ceiling_epochs}\n")
     try:
-        _, model = load_trained(resolve_run(a.run, a.runs_dir), a.weights)
+        _, model = load_trained(resolve_run(a.run, a.runs_dir), a.weights, tta=a.tta)
     except MlnsError as e:
         p.exit(2, f"error: {e}\n")
     model.eval()
     names = a.set or ["tight", "sklearn-digits"]
+    ceiling = _ceiling_script() if a.ceiling_epochs else None
+    net = ceiling.train_classifier(a.ceiling_epochs) if ceiling else None
     for name, s in battery(names).items():
         if name not in names:
             continue
@@ -57,13 +72,41 @@ def main() -> None:
               f"right digits in another order: {order_only.sum()} images")
         print("  leading confusions (true -> predicted: count): "
               + ", ".join(f"{t}->{q}: {n}" for (t, q), n in pairs.most_common(8)))
+        alone = None
+        if net is not None and name != "demo-test" and len(s.images) == N_IMAGES:
+            spec = next(x for x in BATTERY if x.name == name)
+            glyphs, labels = ceiling.set_glyphs(spec)["isolated"]
+            if np.array_equal(labels.reshape(true.shape), true):  # the same glyphs, in the same order
+                alone = ceiling.glyph_predictions(net, glyphs).reshape(true.shape) != true
+                print(f"  the isolated-digit classifier, each glyph alone: digit accuracy {1 - alone.mean():.4f}; "
+                      f"of the reader's {wrong.sum()} wrong digits it reads {(wrong & ~alone).sum()} right "
+                      f"(the layout's cost) and {(wrong & alone).sum()} wrong too (the glyph's); "
+                      f"the reader reads {(~wrong & alone).sum()} of its {alone.sum()} wrong right")
         cover = covered(name, s.images) if name != "demo-test" else None
         if cover is not None:
-            bins = [0, 0.2, 0.4, 0.6, 0.8, np.inf]
-            cells = [f"{lo:.1f}-{hi:.1f}: {wrong[(cover >= lo) & (cover < hi)].mean():.3f} "
-                     f"(n={((cover >= lo) & (cover < hi)).sum()})" for lo, hi in zip(bins, bins[1:])
-                     if ((cover >= lo) & (cover < hi)).any()]
-            print("  error by the share of a glyph's box its neighbours cover: " + ", ".join(cells))
+            print("  error by the share of a glyph's box its neighbours cover: "
+                  + ", ".join(by_cover(wrong, cover, alone)))
+
+
+def by_cover(wrong: np.ndarray, cover: np.ndarray, alone: np.ndarray | None = None,
+             bins=(0, 0.2, 0.4, 0.6, 0.8, np.inf)) -> list[str]:
+    """`wrong`'s rate in each bin of `cover` (with `alone`'s beside it: the isolated classifier's on the
+    same glyphs), one "lo-hi: rate (n=...)" cell per non-empty bin."""
+    cells = []
+    for lo, hi in zip(bins, bins[1:]):
+        m = (cover >= lo) & (cover < hi)
+        if m.any():
+            beside = "" if alone is None else f" / alone {alone[m].mean():.3f}"
+            cells.append(f"{lo:.1f}-{hi:.1f}: {wrong[m].mean():.3f}{beside} (n={m.sum()})")
+    return cells
+
+
+def _ceiling_script():
+    """experiments/ceiling.py as a module (a script beside this one, not a package)."""
+    spec = importlib.util.spec_from_file_location("ceiling", Path(__file__).with_name("ceiling.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def covered(name: str, images: np.ndarray) -> np.ndarray | None:

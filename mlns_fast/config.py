@@ -153,6 +153,10 @@ class ModelConfig(Checked):
                           "the backbone, as OCR normalises a line's size: small and crowded digits read at the scale "
                           "of large ones; part of the network (evaluate, predict and export apply it too; "
                           "measured: RESULTS.md, issue 20)", 1.0, 8.0, since=True, before=1.0)
+    ink_rel: float = _f(0.3, "the ink fit's threshold: ink is where the 3x3-averaged image exceeds this share of its "
+                             "brightest value (lower keeps faint, thin strokes inside the fitted window; higher "
+                             "ignores more noise; 0.15: thin strokes +2.4, other writers -2.5: RESULTS.md, issue 20)",
+                        0.01, 0.9, since=True)
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     prune_stages: int = _f(0, "timm backbones: remove the last N stages (timm's prune_intermediate_layers) and read "

@@ -143,16 +143,19 @@ class InkFit(nn.Module):
     columns of the feature map to tell them apart.
 
     The ink's box is found on the 3x3-averaged image (isolated noise pixels fall below the threshold)
-    at `REL` of its brightest value; the box plus a margin is scaled to fill the canvas by up to
+    at `rel` of its brightest value (a one-pixel stroke averages to a third of its value: at the default
+    0.3, 6.6 % of the training renderer's images lose the thin end of an outer digit, 0.3 % at 0.15;
+    trained at 0.15 the reader gains on thin strokes and loses on other writers: RESULTS.md, issue 20's
+    twenty-seventh round); the box plus a margin is scaled to fill the canvas by up to
     `zoom` (never shrunk), the width by at most `STRETCH` times the height's factor (and the other
     way round), centred. A blank image passes through unchanged. Hand-written because neither torch
     nor timm normalises by content; plain tensor ops and grid_sample keep it in ONNX (opset 16+)."""
 
     REL, MARGIN, STRETCH = 0.3, 2.0, 2.0
 
-    def __init__(self, zoom: float, size: tuple[int, int]):
+    def __init__(self, zoom: float, size: tuple[int, int], rel: float = REL):
         super().__init__()
-        self.zoom = float(zoom)
+        self.zoom, self.rel = float(zoom), float(rel)
         H, W = size
         # pixel centres in grid_sample's normalised coordinates (align_corners=False)
         self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
@@ -173,7 +176,7 @@ class InkFit(nn.Module):
         input at cx + u / zx (x), cy + u / zy (y)."""
         H, W = x.shape[-2:]
         s = F.avg_pool2d(x.float(), 3, 1, 1)
-        ink = (s > self.REL * s.amax((2, 3), keepdim=True).clamp_min(1e-3)).float()
+        ink = (s > self.rel * s.amax((2, 3), keepdim=True).clamp_min(1e-3)).float()
         x0, x1 = self._extent(ink.amax(2).flatten(1))
         y0, y1 = self._extent(ink.amax(3).flatten(1))
         zx = (W / (x1 - x0 + 2 * self.MARGIN)).clamp(1.0, self.zoom)
@@ -309,10 +312,11 @@ class MlnsNet(nn.Module):
     """Backbone features (B, C, h, w) -> a `sum` head (B, 37) or a `digits` head (B, 4, 10)."""
 
     def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
-                 pyramid: bool = False, zoom: float = 1.0, reader: str = "gru", boxes: bool = False):
+                 pyramid: bool = False, zoom: float = 1.0, reader: str = "gru", boxes: bool = False,
+                 ink_rel: float = InkFit.REL):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
-        self.fit = InkFit(zoom, size) if zoom > 1 else None
+        self.fit = InkFit(zoom, size, ink_rel) if zoom > 1 else None
         self.lateral, self.levels = None, None
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
@@ -381,7 +385,7 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
         load_backbone_weights(backbone, cfg.backbone_weights)
     prune_stages(backbone, cfg.prune_stages, cfg.arch)  # after the weights: a file of the whole backbone still fits
     model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom, cfg.reader,
-                    boxes=cfg.box_weight > 0)
+                    boxes=cfg.box_weight > 0, ink_rel=cfg.ink_rel)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

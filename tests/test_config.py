@@ -242,6 +242,14 @@ def test_every_committed_experiment_file_still_loads():
         ("r25-wide-e8-s2", "mlns_cnn_wide", 8, 2), ("r25-default-s2", "mlns_cnn", 9, 2),
         ("r25-r50-prune1-e3-s1", "resnet50", 3, 1)]
     assert [(c.model.prune_stages, c.train.lr, c.train.ema) for c in wide8][-1] == (1, 0.01, 0.99)
+    inkrel = load_suite(root / "round27.toml")
+    assert [(c.name, c.model.arch, c.model.ink_rel, c.train.epochs, c.train.seed) for c in inkrel] == [
+        ("r27-inkrel-s0", "mlns_cnn", 0.15, 9, 0), ("r27-inkrel-s1", "mlns_cnn", 0.15, 9, 1),
+        ("r27-inkrel-s2", "mlns_cnn", 0.15, 9, 2)]
+    assert RunConfig().model.ink_rel == 0.3 and inkrel[0].digest() != RunConfig(name="r27-inkrel-s0").digest()
+    # the threshold came after every earlier round: at its default it stays out of their digests
+    from mlns_fast.config import spec_dict
+    assert "ink_rel" not in spec_dict(wide8[0].model) and spec_dict(inkrel[0].model)["ink_rel"] == 0.15
 
 
 

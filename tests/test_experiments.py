@@ -93,3 +93,42 @@ def test_stroke_tta_thickens_and_thins_ink_and_adds_its_copies_to_shift_tta():
         assert torch.allclose(m(images), (plain * 5 + one) / 6, atol=1e-5)
         m.extra = [(tta_strokes.dilate, True)]
         assert torch.allclose(m(images), (plain + ShiftTTA(net)(tta_strokes.dilate(images))) / 2, atol=1e-5)
+
+
+def test_set_errors_bins_error_by_cover_with_the_isolated_classifier_beside_it():
+    set_errors = _script("set_errors")
+    cover = np.array([[0.0, 0.1, 0.5, 0.9], [0.05, 0.3, 0.95, 2.0]])
+    wrong = np.array([[False, True, False, True], [False, False, True, False]])
+    alone = np.array([[False, False, True, False], [True, False, False, False]])
+    cells = set_errors.by_cover(wrong, cover, alone)
+    # 0-0.2 holds 0.0, 0.1, 0.05 (one wrong, one wrong alone); 0.2-0.4: 0.3; 0.4-0.6: 0.5; >= 0.8: 0.9, 0.95, 2.0
+    assert cells == ["0.0-0.2: 0.333 / alone 0.333 (n=3)", "0.2-0.4: 0.000 / alone 0.000 (n=1)",
+                     "0.4-0.6: 0.000 / alone 1.000 (n=1)", "0.8-inf: 0.667 / alone 0.000 (n=3)"]
+    assert set_errors.by_cover(wrong, cover)[0] == "0.0-0.2: 0.333 (n=3)"
+    # the classifier's glyphs come in the reader's order (image by image, left to right), one digit each
+    ceiling = set_errors._ceiling_script()
+    from mlns_fast.data.render import create_renderer
+    from mlns_fast.robustness import BATTERY
+    spec = next(s for s in BATTERY if s.name == "tight")
+    rendered = [create_renderer(spec.render, spec.seed, pool="reserved", solo=True)(i) for i in range(3)]
+    glyphs, labels = map(np.array, ceiling.glyph_crops(rendered))
+    assert glyphs.shape == (12, 28, 28) and labels.reshape(3, 4).tolist() == [list(o.digits) for o in rendered]
+    pred = ceiling.glyph_predictions(ceiling.GlyphNet().eval(), glyphs)
+    assert pred.shape == (12,) and ((pred >= 0) & (pred < 10)).all()
+
+
+def test_inkfit_threshold_measures_the_ink_its_window_cuts_off():
+    from mlns_fast.model import InkFit
+    inkfit_threshold = _script("inkfit_threshold")
+    images = np.zeros((3, 40, 168), np.uint8)
+    images[:, 12:28, 60:76] = 255  # a thick digit in each
+    images[1, 12:28, 110] = 150  # image 1: a thin, faint stroke beside it (3x3-averaged: under 0.3 of the thick ink's)
+    images[2, 12:28, 90:94] = 255  # image 2: a second thick digit
+    zooms = {}
+    for rel, cut_one in ((0.3, True), (0.15, False)):
+        cut, zooms[rel] = inkfit_threshold.ink_cut(InkFit(3.0, (40, 168), rel), images, bs=2)  # two batches
+        assert cut.shape == zooms[rel].shape == (3,) and ((zooms[rel] >= 1) & (zooms[rel] <= 3)).all()
+        assert cut[0] == 0 and cut[2] == 0  # thick ink stays inside the window
+        # the stroke, 3.5 % of the image's ink (16 pixels at 150 beside 256 at 255): cut off at 0.3 only
+        assert cut[1] == pytest.approx(16 * 150 / (16 * 150 + 256 * 255)) if cut_one else cut[1] == 0
+    assert zooms[0.15][1] < zooms[0.3][1] and zooms[0.15][0] == zooms[0.3][0]  # a window grown for the stroke zooms less

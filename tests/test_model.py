@@ -310,6 +310,26 @@ def test_ink_fit_ignores_isolated_noise_and_faint_ink_is_found():
         assert by1 - by0 >= 20 and bx1 - bx0 >= 50  # enlarged about 2x: the corners did not count as ink
 
 
+def test_ink_fit_keeps_a_thin_faint_stroke_beside_thick_ink_inside_its_window():
+    """A one-pixel stroke averages to a third of its value: at the default threshold (0.3 of the brightest
+    averaged value, a thick digit's) an outer digit's thin end falls outside the fitted window; at 0.15
+    (`[model] ink_rel`) it stays in."""
+    from mlns_fast.model import InkFit
+    x = torch.zeros(1, 1, 40, 168)
+    x[0, 0, 12:28, 60:76] = 1.0  # a thick digit
+    x[0, 0, 12:28, 110] = 0.6  # a thin, faint stroke to its right: averaged 0.2
+    old, new = InkFit(3.0, (40, 168)), InkFit(3.0, (40, 168), rel=0.15)
+    assert old.rel == 0.3 == ModelConfig().ink_rel
+    for fit, kept in ((new, True), (old, False)):
+        cx, _, zx, _ = fit.transform(x)
+        x0, x1 = ((cx - 1 / zx + 1) * 84).item(), ((cx + 1 / zx + 1) * 84).item()  # the window, in pixels
+        assert x0 <= 60 and (x1 > 111) == kept  # the thick digit inside either way; the stroke only at 0.15
+        y = fit(x)[0, 0]
+        last = (y.amax(0) > 0.1).nonzero().max().item()  # the output's rightmost inked column
+        assert y.max() > 0.9 and (last > 150 if kept else last < 120)  # the stroke near the right edge, or gone
+    assert create_model(ModelConfig(ink_rel=0.15), (40, 168)).fit.rel == 0.15  # the config reaches the network
+
+
 def test_zoom_is_part_of_the_network_and_exports(tmp_path):
     """--zoom lives in the model: the same network with and without it differs only by the enlargement,
     and the ONNX graph computes what torch does."""
