@@ -40,11 +40,10 @@ def ink_cut(fit: InkFit, images: np.ndarray, bs: int = 500) -> tuple[np.ndarray,
     cut, zoom = [], []
     for i in range(0, len(images), bs):
         x = torch.from_numpy(images[i:i + bs, None].astype(np.float32) / 255)
-        H, W = x.shape[-2:]
         cx, cy, zx, zy = fit.transform(x)
-        px, py = ((torch.arange(n) + 0.5) * 2 / n - 1 for n in (W, H))  # pixel centres, normalised
-        inside = (((py - cy[:, None]).abs() <= 1 / zy[:, None])[:, :, None]
-                  & ((px - cx[:, None]).abs() <= 1 / zx[:, None])[:, None, :])
+        # the fit's own pixel centres (normalised): a pixel is inside where the window reaches it
+        inside = (((fit.gy - cy[:, None]).abs() <= 1 / zy[:, None])[:, :, None]
+                  & ((fit.gx - cx[:, None]).abs() <= 1 / zx[:, None])[:, None, :])
         ink = x[:, 0] * (x[:, 0] > 0.05)
         cut.append(((ink * ~inside).sum((1, 2)) / ink.sum((1, 2)).clamp_min(1e-6)).numpy())
         zoom.append(zx.numpy())

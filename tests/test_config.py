@@ -1,6 +1,6 @@
 import pytest
 
-from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, write_toml
+from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, spec_dict, write_toml
 from mlns_fast.errors import ConfigError
 
 
@@ -248,7 +248,6 @@ def test_every_committed_experiment_file_still_loads():
         ("r27-inkrel-s2", "mlns_cnn", 0.15, 9, 2)]
     assert RunConfig().model.ink_rel == 0.3 and inkrel[0].digest() != RunConfig(name="r27-inkrel-s0").digest()
     # the threshold came after every earlier round: at its default it stays out of their digests
-    from mlns_fast.config import spec_dict
     assert "ink_rel" not in spec_dict(wide8[0].model) and spec_dict(inkrel[0].model)["ink_rel"] == 0.15
 
 
