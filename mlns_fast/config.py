@@ -157,6 +157,10 @@ class ModelConfig(Checked):
                              "brightest value (lower keeps faint, thin strokes inside the fitted window; higher "
                              "ignores more noise; 0.15: thin strokes +2.4, other writers -2.5: RESULTS.md, issue 20)",
                         0.01, 0.9, since=True)
+    ink_jitter: float = _f(0.0, "training only: each image's ink-fit threshold drawn from [ink_rel, ink_rel + this], "
+                                "so the network sees outer digits' thin ends both kept and cut off; reading keeps ink_rel "
+                                "(0 = off; 0.15 + 0.3: thin strokes +2.6, other writers -1.9: RESULTS.md, issue 20)",
+                           0.0, 0.89, since=True)
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     prune_stages: int = _f(0, "timm backbones: remove the last N stages (timm's prune_intermediate_layers) and read "
@@ -182,6 +186,8 @@ class ModelConfig(Checked):
 
     def __post_init__(self):
         check_fields(self)
+        if self.ink_rel + self.ink_jitter > 0.9:
+            raise ConfigError(f"--ink-rel + --ink-jitter must be at most 0.9 (got {self.ink_rel} + {self.ink_jitter})")
         if sum(map(bool, (self.pretrained, self.backbone_weights, self.init))) > 1:
             raise ConfigError("give one of --pretrained, --backbone-weights, --init (each sets the first weights)")
 

@@ -249,6 +249,11 @@ def test_every_committed_experiment_file_still_loads():
     assert RunConfig().model.ink_rel == 0.3 and inkrel[0].digest() != RunConfig(name="r27-inkrel-s0").digest()
     # the threshold came after every earlier round: at its default it stays out of their digests
     assert "ink_rel" not in spec_dict(wide8[0].model) and spec_dict(inkrel[0].model)["ink_rel"] == 0.15
+    jit = load_suite(root / "round28.toml")
+    assert [(c.name, c.model.ink_rel, c.model.ink_jitter, c.train.seed) for c in jit] == [
+        ("r28-inkjit-s0", 0.15, 0.3, 0), ("r28-inkjit-s1", 0.15, 0.3, 1), ("r28-inkjit-s2", 0.15, 0.3, 2)]
+    assert "ink_jitter" not in spec_dict(inkrel[0].model) and spec_dict(jit[0].model)["ink_jitter"] == 0.3
+    assert jit[0].digest() != inkrel[0].digest()
 
 
 

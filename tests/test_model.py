@@ -330,6 +330,25 @@ def test_ink_fit_keeps_a_thin_faint_stroke_beside_thick_ink_inside_its_window():
     assert create_model(ModelConfig(ink_rel=0.15), (40, 168)).fit.rel == 0.15  # the config reaches the network
 
 
+def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_rel():
+    """`[model] ink_jitter`: in training each image's threshold is drawn from [ink_rel, ink_rel + jitter], so
+    the same image's thin end is sometimes kept and sometimes cut; in eval the threshold is ink_rel, always."""
+    from mlns_fast.model import InkFit
+    x = torch.zeros(64, 1, 40, 168)
+    x[:, 0, 12:28, 60:76] = 1.0
+    x[:, 0, 12:28, 110] = 0.6  # averaged 0.2: kept below a threshold of 0.2, cut above it
+    fit = InkFit(3.0, (40, 168), rel=0.15, jitter=0.3)
+    torch.manual_seed(0)
+    kept = fit.train().transform(x)[0] > 0  # the window's centre moves right when the stroke is kept
+    assert 0.05 * 64 < kept.sum() < 0.4 * 64  # P(threshold < 0.2) = 0.05 / 0.3: some kept, most cut
+    cx = fit.eval().transform(x)[0]
+    assert (cx > 0).all() and torch.equal(cx, InkFit(3.0, (40, 168), rel=0.15).transform(x)[0])  # kept, every time
+    net = create_model(ModelConfig(ink_rel=0.15, ink_jitter=0.3), (40, 168))
+    assert (net.fit.rel, net.fit.jitter) == (0.15, 0.3)
+    with pytest.raises(ConfigError, match="at most 0.9"):
+        ModelConfig(ink_rel=0.5, ink_jitter=0.5)
+
+
 def test_zoom_is_part_of_the_network_and_exports(tmp_path):
     """--zoom lives in the model: the same network with and without it differs only by the enlargement,
     and the ONNX graph computes what torch does."""
