@@ -132,3 +132,34 @@ def test_inkfit_threshold_measures_the_ink_its_window_cuts_off():
         # the stroke, 3.5 % of the image's ink (16 pixels at 150 beside 256 at 255): cut off at 0.3 only
         assert cut[1] == pytest.approx(16 * 150 / (16 * 150 + 256 * 255)) if cut_one else cut[1] == 0
     assert zooms[0.15][1] < zooms[0.3][1] and zooms[0.15][0] == zooms[0.3][0]  # a window grown for the stroke zooms less
+
+
+def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
+    from mlns_fast.errors import MlnsError
+    from mlns_fast.evaluation import shift_tta
+    from mlns_fast.model import InkFit
+    tta_thresholds = _script("tta_thresholds")
+    class Net(torch.nn.Module):  # MlnsNet's shape: an ink fit (None once shift TTA has taken it), then the rest
+        def __init__(self):
+            super().__init__()
+            self.fit = InkFit(3.0, (40, 168), 0.3)
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.AdaptiveAvgPool2d((2, 4)),
+                                            torch.nn.Flatten(1), torch.nn.Linear(16, 10))
+
+        def forward(self, x):
+            return self.body(self.fit(x) if self.fit is not None else x)
+
+    torch.manual_seed(0)
+    tta = shift_tta(Net()).eval()
+    hi, lo = tta_thresholds.readings(tta, [0.3, 0.15])
+    assert (hi.fit.rel, lo.fit.rel, tta.fit.rel) == (0.3, 0.15, 0.3)  # the original keeps its threshold
+    assert hi.model is lo.model is tta.model  # one set of weights
+    x = torch.zeros(2, 1, 40, 168)
+    x[:, 0, 12:28, 60:76] = 1.0
+    x[1, 0, 12:28, 110] = 0.6  # a thin, faint stroke: inside the window at 0.15 only
+    with torch.no_grad():
+        assert torch.allclose(hi(x), tta(x))
+        assert torch.allclose(lo(x)[0], hi(x)[0]) and not torch.allclose(lo(x)[1], hi(x)[1])
+    tta.fit = None
+    with pytest.raises(MlnsError, match="no ink fit"):
+        tta_thresholds.readings(tta, [0.3, 0.15])
