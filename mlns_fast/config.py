@@ -186,6 +186,8 @@ class ModelConfig(Checked):
 
     def __post_init__(self):
         check_fields(self)
+        if self.zoom == 1 and (self.ink_jitter > 0 or self.ink_rel != ModelConfig.ink_rel):
+            raise ConfigError("--ink-rel and --ink-jitter set the ink fit's threshold: they need --zoom above 1")
         if self.ink_rel + self.ink_jitter > 0.9:
             raise ConfigError(f"--ink-rel + --ink-jitter must be at most 0.9 (got {self.ink_rel} + {self.ink_jitter})")
         if sum(map(bool, (self.pretrained, self.backbone_weights, self.init))) > 1:

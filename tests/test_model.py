@@ -347,6 +347,9 @@ def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_r
     assert (net.fit.rel, net.fit.jitter) == (0.15, 0.3)
     with pytest.raises(ConfigError, match="at most 0.9"):
         ModelConfig(ink_rel=0.5, ink_jitter=0.5)
+    with pytest.raises(ConfigError, match="need --zoom above 1"):  # no ink fit: the option would do nothing
+        ModelConfig(zoom=1.0, ink_jitter=0.3)
+    assert create_model(ModelConfig(zoom=1.0), (40, 168)).fit is None  # at the defaults, zoom 1 stays allowed
 
 
 def test_zoom_is_part_of_the_network_and_exports(tmp_path):
