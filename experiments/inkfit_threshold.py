@@ -79,7 +79,7 @@ def main() -> None:
                 net.fit.rel = rel  # the run's own ink fit (taken out before the shifts), this threshold
                 acc = [float((predict_arrays(net, x.images)["sum"] == x.sums).mean())
                        for x in (s.at_size(cfg.size) for s in sets.values())]
-                print(f"| {run.path.name[16:]}, {rel} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
+                print(f"| {cfg.name}, {rel} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
     except MlnsError as e:
         sys.exit(f"error: {e}")
 

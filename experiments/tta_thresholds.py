@@ -51,7 +51,7 @@ def main() -> None:
     try:
         sets = {"valid": demo_split("valid"), **battery()}  # the battery's demo-test: the test split
         shifted = [s for s in sets if s not in ("valid", "demo-test")]
-        names = [f"{r}" for r in rels] + [" + ".join(map(str, rels))]
+        names = [*map(str, rels), " + ".join(map(str, rels))]
         print(f"| run, threshold(s) | {' | '.join(sets)} | {len(shifted)} shifted sets |\n"
               f"|---|{'---|' * (len(sets) + 1)}", flush=True)
         acc = {}
@@ -66,7 +66,7 @@ def main() -> None:
                     acc[r, name, s] = float((read_outputs(out)["sum"] == x.sums).mean())
             for name in names:
                 cells = [acc[r, name, s] for s in sets]
-                print(f"| {run.path.name[16:]}, {name} | {' | '.join(f'{v:.4f}' for v in cells)} | "
+                print(f"| {cfg.name}, {name} | {' | '.join(f'{v:.4f}' for v in cells)} | "
                       f"{np.mean([acc[r, name, s] for s in shifted]):.4f} |", flush=True)
         if len(a.runs) > 1:
             for name in names:

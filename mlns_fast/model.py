@@ -151,8 +151,7 @@ class InkFit(nn.Module):
     way round), centred. With `jitter`, training draws each image's threshold from [rel, rel + jitter]
     (reading keeps `rel`): the network sees both the whole ink and outer digits' thin ends cut off (at
     0.15 + 0.3 it gains 0.15's thin strokes and keeps most of 0.15's loss on other writers: the
-    twenty-eighth round).
-    A blank image passes through unchanged. Hand-written because neither torch
+    twenty-eighth round). A blank image passes through unchanged. Hand-written because neither torch
     nor timm normalises by content; plain tensor ops and grid_sample keep it in ONNX (opset 16+)."""
 
     REL, MARGIN, STRETCH = 0.3, 2.0, 2.0

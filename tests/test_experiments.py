@@ -139,6 +139,7 @@ def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
     from mlns_fast.evaluation import shift_tta
     from mlns_fast.model import InkFit
     tta_thresholds = _script("tta_thresholds")
+
     class Net(torch.nn.Module):  # MlnsNet's shape: an ink fit (None once shift TTA has taken it), then the rest
         def __init__(self):
             super().__init__()
