@@ -11,6 +11,8 @@ split and every battery set (its demo-test: the test split): the share of images
 their ink (pixels over 0.05) outside the window, the mean horizontal zoom, and each run's sum accuracy read
 by default (shift TTA after the fit) with that threshold. The training images' ink cut and the valid split
 decide; the battery is a test. On the noise set the share counts noise pixels outside the ink's box.
+`--margin PX` (repeatable) sets the pixels added around the box (`InkFit.MARGIN`, 2) instead: a wider window
+keeps more of a thin end for less zoom.
 """
 from __future__ import annotations
 
@@ -54,32 +56,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="*", help="run folders or names (none: only the ink cut)")
     p.add_argument("--rel", type=float, action="append", default=[], help="thresholds (default: 0.3, 0.2, 0.15)")
+    p.add_argument("--margin", type=float, action="append", default=[],
+                   help=f"pixels around the ink's box (default: {InkFit.MARGIN:g}, the fit's)")
     p.add_argument("--zoom", type=float, default=3.0, help="the fit's largest enlargement, for the ink cut")
     p.add_argument("--weights", default="raw", help="best | raw | ema")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     a = p.parse_args()
     rels = a.rel or [0.3, 0.2, 0.15]
+    margins = a.margin or [InkFit.MARGIN]
     if not all(0 < r < 1 for r in rels):
         p.exit(2, f"error: --rel must be in (0, 1); got {rels}\n")
+    if not all(0 <= m <= 64 for m in margins):
+        p.exit(2, f"error: --margin must be in [0, 64] pixels; got {margins}\n")
+    settings = [(rel, m) for rel in rels for m in margins]
+    label = (lambda rel, m: f"{rel}") if margins == [InkFit.MARGIN] else (lambda rel, m: f"{rel}, margin {m:g}")
     try:
         # the training renderer's own images (its ranges, seed 0, noise off: noise passes for ink) first: the
         # threshold is chosen where they lose no ink, not on the battery
         synthetic = render_samples(create_renderer(replace(RenderConfig(), noise_p=0.0), 0), 2000)
         sets = {"synthetic": synthetic, "valid": demo_split("valid"), **battery()}  # battery's demo-test: the test split
         print("| threshold | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
-        for rel in rels:
+        for rel, margin in settings:
             fit = InkFit(a.zoom, next(iter(sets.values())).images.shape[1:], rel)
+            fit.MARGIN = margin
             cells = [ink_cut(fit, s.images) for s in sets.values()]
-            print(f"| {rel}: images > 1 % cut (zoom) | "
+            print(f"| {label(rel, margin)}: images > 1 % cut (zoom) | "
                   + " | ".join(f"{(c > 0.01).mean():.3f} ({z.mean():.2f})" for c, z in cells) + " |")
         for r in a.runs:
             run = resolve_run(r, a.runs_dir)
             cfg, net = load_trained(run, a.weights, tta=True)
-            for rel in rels:
-                net.fit.rel = rel  # the run's own ink fit (taken out before the shifts), this threshold
+            for rel, margin in settings:
+                net.fit.rel, net.fit.MARGIN = rel, margin  # the run's own fit (taken out before the shifts)
                 acc = [float((predict_arrays(net, x.images)["sum"] == x.sums).mean())
                        for x in (s.at_size(cfg.size) for s in sets.values())]
-                print(f"| {cfg.name}, {rel} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
+                print(f"| {cfg.name}, {label(rel, margin)} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
     except MlnsError as e:
         sys.exit(f"error: {e}")
 

@@ -13,8 +13,14 @@ boxes: the renderer is deterministic, so the images are the set's own, checked).
 
 `--ceiling-epochs N` trains `ceiling.py`'s isolated-digit classifier (N passes) and reads each set's glyphs
 alone with it: its error beside the reader's in every coverage bin, and how many of the reader's wrong
-digits the classifier reads right alone (the layout's cost) or wrong too (the glyph's). `--tta` reads the run
-through shift TTA, as `mlns-fast robustness` does by default (without it: the plain network).
+digits the classifier reads right alone (the layout's cost) or wrong too (the glyph's). `--context-epochs N`
+trains the same classifier on glyphs cut out of whole training rows by their boxes (`ceiling.py --context`:
+neighbours' ink included, the box known) and reads each set's glyphs cut from its rows: the in-row ceiling,
+what digit labels and the true box get where the overlap lies over a glyph, beside the reader in every bin.
+`--beside RUN` (repeatable) reads other runs the same way and puts their wrong digits beside the reader's:
+how many of its errors another seed of the same recipe shares (two readers' shared errors against a
+classifier's). `--tta` reads the runs through shift TTA, as `mlns-fast robustness` does by default
+(without it: the plain network).
 """
 from __future__ import annotations
 
@@ -43,17 +49,24 @@ def main() -> None:
     p.add_argument("--tta", action="store_true", help="read through shift TTA (robustness's default reading)")
     p.add_argument("--ceiling-epochs", type=int, default=0,
                    help="train the isolated-digit classifier this many passes and put its error beside the reader's")
+    p.add_argument("--context-epochs", type=int, default=0,
+                   help="train the in-row classifier (glyphs cut from training rows) this many passes and put its "
+                        "error on the sets' cut glyphs beside the reader's")
+    p.add_argument("--beside", action="append", default=[], metavar="RUN",
+                   help="another run, read the same way, whose wrong digits to put beside the reader's (repeatable)")
     a = p.parse_args()
-    if a.ceiling_epochs < 0:
-        p.exit(2, f"error: --ceiling-epochs must be >= 0; got {a.ceiling_epochs}\n")
+    for flag in ("ceiling_epochs", "context_epochs"):
+        if getattr(a, flag) < 0:
+            p.exit(2, f"error: --{flag.replace('_', '-')} must be >= 0; got {getattr(a, flag)}\n")
     try:
-        _, model = load_trained(resolve_run(a.run, a.runs_dir), a.weights, tta=a.tta)
+        model, *others = (load_trained(resolve_run(r, a.runs_dir), a.weights, tta=a.tta)[1].eval()
+                          for r in [a.run, *a.beside])
     except MlnsError as e:
         p.exit(2, f"error: {e}\n")
-    model.eval()
     names = a.set or ["tight", "sklearn-digits"]
-    ceiling = _ceiling_script() if a.ceiling_epochs else None
-    net = ceiling.train_classifier(a.ceiling_epochs) if ceiling else None
+    ceiling = _ceiling_script() if a.ceiling_epochs or a.context_epochs else None
+    net = ceiling.train_classifier(a.ceiling_epochs) if a.ceiling_epochs else None
+    row_net = ceiling.train_classifier(a.context_epochs, context=True) if a.context_epochs else None
     for name, s in battery(names).items():
         if name not in names:
             continue
@@ -72,32 +85,46 @@ def main() -> None:
               f"right digits in another order: {order_only.sum()} images")
         print("  leading confusions (true -> predicted: count): "
               + ", ".join(f"{t}->{q}: {n}" for (t, q), n in pairs.most_common(8)))
-        alone = None
-        if net is not None and name != "demo-test" and len(s.images) == N_IMAGES:
+        beside = {}  # other readings' wrong digits on the same glyphs: other runs', the classifiers'
+        for run, other in zip(a.beside, others):
+            miss = beside[run] = predict_outputs(other, s.images).argmax(-1).numpy() != true
+            print(f"  {run}: {shared(wrong, miss)}")
+        if ceiling is not None and name != "demo-test" and len(s.images) == N_IMAGES:
             spec = next(x for x in BATTERY if x.name == name)
-            glyphs, labels = ceiling.set_glyphs(spec)["isolated"]
-            if np.array_equal(labels.reshape(true.shape), true):  # the same glyphs, in the same order
-                alone = ceiling.glyph_predictions(net, glyphs).reshape(true.shape) != true
-                print(f"  the isolated-digit classifier, each glyph alone: digit accuracy {1 - alone.mean():.4f}; "
-                      f"of the reader's {wrong.sum()} wrong digits it reads {(wrong & ~alone).sum()} right "
-                      f"(the layout's cost) and {(wrong & alone).sum()} wrong too (the glyph's); "
-                      f"the reader reads {(~wrong & alone).sum()} of its {alone.sum()} wrong right")
+            drawn = ceiling.set_glyphs(spec)
+            for label, clf, view in (("alone", net, "isolated"), ("in-row", row_net, "cut")):
+                glyphs, labels = drawn[view]
+                if clf is None or not np.array_equal(labels.reshape(true.shape), true):  # same glyphs, same order
+                    continue
+                miss = beside[label] = ceiling.glyph_predictions(clf, glyphs).reshape(true.shape) != true
+                what = ("the isolated-digit classifier, each glyph alone" if view == "isolated" else
+                        "the in-row classifier, each glyph's box cut from its row")
+                print(f"  {what}: {shared(wrong, miss)}")
         cover = covered(name, s.images) if name != "demo-test" else None
         if cover is not None:
             print("  error by the share of a glyph's box its neighbours cover: "
-                  + ", ".join(by_cover(wrong, cover, alone)))
+                  + ", ".join(by_cover(wrong, cover, **beside)))
+
+
+def shared(wrong: np.ndarray, miss: np.ndarray) -> str:
+    """Another reading's wrong digits (`miss`) against the reader's (`wrong`), on the same glyphs."""
+    return (f"digit accuracy {1 - miss.mean():.4f}; of the reader's {wrong.sum()} wrong digits it reads "
+            f"{(wrong & ~miss).sum()} right and {(wrong & miss).sum()} wrong too; "
+            f"the reader reads {(~wrong & miss).sum()} of its {miss.sum()} wrong right")
 
 
 def by_cover(wrong: np.ndarray, cover: np.ndarray, alone: np.ndarray | None = None,
-             bins=(0, 0.2, 0.4, 0.6, 0.8, np.inf)) -> list[str]:
+             bins=(0, 0.2, 0.4, 0.6, 0.8, np.inf), **others: np.ndarray) -> list[str]:
     """`wrong`'s rate in each bin of `cover` (with `alone`'s beside it: the isolated classifier's on the
-    same glyphs), one "lo-hi: rate (n=...)" cell per non-empty bin."""
+    same glyphs, then each of `others`' by its name, e.g. the in-row classifier's), one
+    "lo-hi: rate / alone rate / NAME rate (n=...)" cell per non-empty bin."""
+    beside = {"alone": alone, **others}
     cells = []
     for lo, hi in zip(bins, bins[1:]):
         m = (cover >= lo) & (cover < hi)
         if m.any():
-            beside = "" if alone is None else f" / alone {alone[m].mean():.3f}"
-            cells.append(f"{lo:.1f}-{hi:.1f}: {wrong[m].mean():.3f}{beside} (n={m.sum()})")
+            rates = "".join(f" / {k} {v[m].mean():.3f}" for k, v in beside.items() if v is not None)
+            cells.append(f"{lo:.1f}-{hi:.1f}: {wrong[m].mean():.3f}{rates} (n={m.sum()})")
     return cells
 
 

@@ -1,5 +1,7 @@
 """Building blocks of the experiment scripts whose figures RESULTS.md reports."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,14 @@ def test_set_errors_bins_error_by_cover_with_the_isolated_classifier_beside_it()
     assert cells == ["0.0-0.2: 0.333 / alone 0.333 (n=3)", "0.2-0.4: 0.000 / alone 0.000 (n=1)",
                      "0.4-0.6: 0.000 / alone 1.000 (n=1)", "0.8-inf: 0.667 / alone 0.000 (n=3)"]
     assert set_errors.by_cover(wrong, cover)[0] == "0.0-0.2: 0.333 (n=3)"
+    in_row = np.array([[True, True, True, False], [False, False, False, True]])  # the in-row classifier's, beside
+    cells = set_errors.by_cover(wrong, cover, alone, **{"in-row": in_row})
+    assert cells[0] == "0.0-0.2: 0.333 / alone 0.333 / in-row 0.667 (n=3)"
+    assert cells[-1] == "0.8-inf: 0.667 / alone 0.000 / in-row 0.333 (n=3)"
+    assert set_errors.by_cover(wrong, cover, **{"in-row": in_row})[2] == "0.4-0.6: 0.000 / in-row 1.000 (n=1)"
+    # another reading against the reader's 3 wrong digits: it misses 4, one of them the reader's too
+    assert set_errors.shared(wrong, in_row) == ("digit accuracy 0.5000; of the reader's 3 wrong digits it reads "
+                                                "2 right and 1 wrong too; the reader reads 3 of its 4 wrong right")
     # the classifier's glyphs come in the reader's order (image by image, left to right), one digit each
     ceiling = set_errors._ceiling_script()
     from mlns_fast.data.render import create_renderer
@@ -115,6 +125,44 @@ def test_set_errors_bins_error_by_cover_with_the_isolated_classifier_beside_it()
     assert glyphs.shape == (12, 28, 28) and labels.reshape(3, 4).tolist() == [list(o.digits) for o in rendered]
     pred = ceiling.glyph_predictions(ceiling.GlyphNet().eval(), glyphs)
     assert pred.shape == (12,) and ((pred >= 0) & (pred < 10)).all()
+
+
+def test_in_row_ceiling_trains_on_glyphs_cut_from_whole_rows_with_their_neighbours_ink(monkeypatch):
+    ceiling = _script("ceiling")
+    from mlns_fast.data.render import create_renderer
+    from mlns_fast.robustness import BATTERY
+    spec = next(s for s in BATTERY if s.name == "tight")
+    rendered = [create_renderer(spec.render, spec.seed, pool="reserved", solo=True)(i) for i in range(4)]
+    alone, labels = map(np.array, ceiling.glyph_crops(rendered))
+    cut, cut_labels = map(np.array, ceiling.glyph_crops(rendered, solo=False))
+    assert (labels == cut_labels).all() and cut.shape == alone.shape == (16, 28, 28)
+    # tight's neighbours overlap: a cut glyph holds ink its isolated self does not have, in most glyphs
+    assert ((cut.astype(int) - alone.astype(int)) > 60).any((1, 2)).mean() > 0.5
+    seen = []  # what the training loop cut its glyphs from
+    real = ceiling.glyph_crops
+    monkeypatch.setattr(ceiling, "glyph_crops", lambda r, images=None, solo=True: seen.append(
+        (solo, all(o.solo is None for o in r))) or real(r, images, solo))
+    net = ceiling.train_classifier(1, bs=1700, context=True)  # two steps of 425 rows each
+    assert seen == [(False, True)] * 2 and not net.training
+    seen.clear()
+    ceiling.train_classifier(1, bs=1700)
+    assert seen == [(True, False)] * 2  # isolated: each glyph drawn alone as well, read alone
+    assert "cut from their rows" in ceiling.CLASSIFIERS[True] and "isolated" in ceiling.CLASSIFIERS[False]
+
+
+@pytest.mark.parametrize("flag", ["--ceiling-epochs", "--context-epochs"])
+def test_set_errors_refuses_a_negative_classifier_budget_in_one_line(flag, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "set_errors.py"), "some-run", flag, "-1",
+                        "--runs-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"error: {flag} must be >= 0; got -1"
+    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())
+
+
+def test_set_errors_names_a_missing_run_beside_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "set_errors.py"), "no-such-run", "--beside",
+                        "other", "--runs-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no-such-run" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_inkfit_threshold_measures_the_ink_its_window_cuts_off():
@@ -132,6 +180,16 @@ def test_inkfit_threshold_measures_the_ink_its_window_cuts_off():
         # the stroke, 3.5 % of the image's ink (16 pixels at 150 beside 256 at 255): cut off at 0.3 only
         assert cut[1] == pytest.approx(16 * 150 / (16 * 150 + 256 * 255)) if cut_one else cut[1] == 0
     assert zooms[0.15][1] < zooms[0.3][1] and zooms[0.15][0] == zooms[0.3][0]  # a window grown for the stroke zooms less
+    wide = InkFit(3.0, (40, 168), 0.3)
+    wide.MARGIN = 40.0  # the box (59-77 once averaged) plus 40 pixels a side reaches the stroke at 110: kept,
+    cut, zoom = inkfit_threshold.ink_cut(wide, images)  # for less zoom: 168 / (18 + 80)
+    assert cut[1] == 0 and (zoom < zooms[0.3]).all() and zoom[0] == pytest.approx(168 / 98)
+
+
+def test_inkfit_threshold_refuses_a_margin_outside_its_range_in_one_line():
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "inkfit_threshold.py"), "--margin", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "error: --margin must be in [0, 64] pixels; got [-1.0]"
 
 
 def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
