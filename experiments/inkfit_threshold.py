@@ -12,7 +12,9 @@ their ink (pixels over 0.05) outside the window, the mean horizontal zoom, and e
 by default (shift TTA after the fit) with that threshold. The training images' ink cut and the valid split
 decide; the battery is a test. On the noise set the share counts noise pixels outside the ink's box.
 `--margin PX` (repeatable) sets the pixels added around the box (`InkFit.MARGIN`, 2) instead: a wider window
-keeps more of a thin end for less zoom.
+keeps more of a thin end for less zoom. `--map lines` finds the ink on the largest of four 3-pixel line
+averages (vertical, horizontal, both diagonals) instead of the 3x3 average: a one-pixel stroke in any of
+those directions keeps its full value, an isolated pixel still a third of it, and a soft edge much the same.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import replace  # noqa: E402
@@ -52,12 +55,26 @@ def ink_cut(fit: InkFit, images: np.ndarray, bs: int = 500) -> tuple[np.ndarray,
     return np.concatenate(cut), np.concatenate(zoom)
 
 
+def line_map(x: torch.Tensor) -> torch.Tensor:
+    """The largest of four 3-pixel line averages through each pixel (|, -, \\, /): `--map lines`."""
+    k = torch.zeros(4, 1, 3, 3)
+    k[0, 0, :, 1] = k[1, 0, 1, :] = 1 / 3
+    k[2, 0] = torch.eye(3) / 3
+    k[3, 0] = torch.eye(3).flip(1) / 3
+    return F.conv2d(x, k.to(x), padding=1).amax(1, keepdim=True)
+
+
+MAPS = {"box": InkFit.ink_map, "lines": line_map}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="*", help="run folders or names (none: only the ink cut)")
     p.add_argument("--rel", type=float, action="append", default=[], help="thresholds (default: 0.3, 0.2, 0.15)")
     p.add_argument("--margin", type=float, action="append", default=[],
                    help=f"pixels around the ink's box (default: {InkFit.MARGIN:g}, the fit's)")
+    p.add_argument("--map", action="append", default=[], choices=sorted(MAPS),
+                   help="where the ink is before the threshold: box (the fit's 3x3 average) | lines (repeatable)")
     p.add_argument("--zoom", type=float, default=3.0, help="the fit's largest enlargement, for the ink cut")
     p.add_argument("--weights", default="raw", help="best | raw | ema")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
@@ -68,28 +85,32 @@ def main() -> None:
         p.exit(2, f"error: --rel must be in (0, 1); got {rels}\n")
     if not all(0 <= m <= 64 for m in margins):
         p.exit(2, f"error: --margin must be in [0, 64] pixels; got {margins}\n")
-    settings = [(rel, m) for rel in rels for m in margins]
-    label = (lambda rel, m: f"{rel}") if margins == [InkFit.MARGIN] else (lambda rel, m: f"{rel}, margin {m:g}")
+    maps = a.map or ["box"]
+    settings = [(rel, m, k) for rel in rels for m in margins for k in maps]
+
+    def label(rel, margin, kind):
+        return (f"{rel}" + ("" if margins == [InkFit.MARGIN] else f", margin {margin:g}")
+                + ("" if maps == ["box"] else f", {kind}"))
     try:
         # the training renderer's own images (its ranges, seed 0, noise off: noise passes for ink) first: the
         # threshold is chosen where they lose no ink, not on the battery
         synthetic = render_samples(create_renderer(replace(RenderConfig(), noise_p=0.0), 0), 2000)
         sets = {"synthetic": synthetic, "valid": demo_split("valid"), **battery()}  # battery's demo-test: the test split
         print("| threshold | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
-        for rel, margin in settings:
+        for rel, margin, kind in settings:
             fit = InkFit(a.zoom, next(iter(sets.values())).images.shape[1:], rel)
-            fit.MARGIN = margin
+            fit.MARGIN, fit.ink_map = margin, MAPS[kind]
             cells = [ink_cut(fit, s.images) for s in sets.values()]
-            print(f"| {label(rel, margin)}: images > 1 % cut (zoom) | "
+            print(f"| {label(rel, margin, kind)}: images > 1 % cut (zoom) | "
                   + " | ".join(f"{(c > 0.01).mean():.3f} ({z.mean():.2f})" for c, z in cells) + " |")
         for r in a.runs:
             run = resolve_run(r, a.runs_dir)
             cfg, net = load_trained(run, a.weights, tta=True)
-            for rel, margin in settings:
-                net.fit.rel, net.fit.MARGIN = rel, margin  # the run's own fit (taken out before the shifts)
+            for rel, margin, kind in settings:  # the run's own fit (taken out before the shifts), set so
+                net.fit.rel, net.fit.MARGIN, net.fit.ink_map = rel, margin, MAPS[kind]
                 acc = [float((predict_arrays(net, x.images)["sum"] == x.sums).mean())
                        for x in (s.at_size(cfg.size) for s in sets.values())]
-                print(f"| {cfg.name}, {label(rel, margin)} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
+                print(f"| {cfg.name}, {label(rel, margin, kind)} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
     except MlnsError as e:
         sys.exit(f"error: {e}")
 

@@ -174,11 +174,17 @@ class InkFit(nn.Module):
         empty = hi <= lo
         return torch.where(empty, torch.zeros_like(lo), lo), torch.where(empty, torch.full_like(hi, n), hi)
 
+    @staticmethod
+    def ink_map(x: torch.Tensor) -> torch.Tensor:
+        """Where the ink is, before the threshold: the 3x3-averaged image (one method, so that a probe can
+        read a run with another map: experiments/inkfit_threshold.py --map lines)."""
+        return F.avg_pool2d(x, 3, 1, 1)
+
     def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(cx, cy, zx, zy), each (B,): output point u (grid_sample's normalised coordinates) samples the
         input at cx + u / zx (x), cy + u / zy (y)."""
         H, W = x.shape[-2:]
-        s = F.avg_pool2d(x.float(), 3, 1, 1)
+        s = self.ink_map(x.float())
         rel = self.rel
         if self.training and self.jitter > 0:  # one threshold per image, in [rel, rel + jitter]
             rel = rel + self.jitter * torch.rand(x.shape[0], 1, 1, 1, device=x.device)
