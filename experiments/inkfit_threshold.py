@@ -15,6 +15,8 @@ decide; the battery is a test. On the noise set the share counts noise pixels ou
 keeps more of a thin end for less zoom. `--map lines` finds the ink on the largest of four 3-pixel line
 averages (vertical, horizontal, both diagonals) instead of the 3x3 average: a one-pixel stroke in any of
 those directions keeps its full value, an isolated pixel still a third of it, and a soft edge much the same.
+`--digits` also prints each run's per-digit accuracy per setting (a digits head; the battery's ceilings are
+per digit).
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main() -> None:
                    help=f"pixels around the ink's box (default: {InkFit.MARGIN:g}, the fit's)")
     p.add_argument("--map", action="append", default=[], choices=sorted(MAPS),
                    help="where the ink is before the threshold: box (the fit's 3x3 average) | lines (repeatable)")
+    p.add_argument("--digits", action="store_true", help="a second row per run and setting: per-digit accuracy")
     p.add_argument("--zoom", type=float, default=3.0, help="the fit's largest enlargement, for the ink cut")
     p.add_argument("--weights", default="raw", help="best | raw | ema")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
@@ -95,7 +98,7 @@ def main() -> None:
         # the training renderer's own images (its ranges, seed 0, noise off: noise passes for ink) first: the
         # threshold is chosen where they lose no ink, not on the battery
         synthetic = render_samples(create_renderer(replace(RenderConfig(), noise_p=0.0), 0), 2000)
-        sets = {"synthetic": synthetic, "valid": demo_split("valid"), **battery()}  # battery's demo-test: the test split
+        sets = {"synthetic": synthetic, "valid": demo_split("valid", with_digits=True), **battery()}  # battery's demo-test: the test split
         print("| threshold | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
         for rel, margin, kind in settings:
             fit = InkFit(a.zoom, next(iter(sets.values())).images.shape[1:], rel)
@@ -108,9 +111,13 @@ def main() -> None:
             cfg, net = load_trained(run, a.weights, tta=True)
             for rel, margin, kind in settings:  # the run's own fit (taken out before the shifts), set so
                 net.fit.rel, net.fit.MARGIN, net.fit.ink_map = rel, margin, MAPS[kind]
-                acc = [float((predict_arrays(net, x.images)["sum"] == x.sums).mean())
-                       for x in (s.at_size(cfg.size) for s in sets.values())]
+                read = [(predict_arrays(net, x.images), x) for x in (s.at_size(cfg.size) for s in sets.values())]
+                acc = [float((pred["sum"] == x.sums).mean()) for pred, x in read]
                 print(f"| {cfg.name}, {label(rel, margin, kind)} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)
+                if a.digits:
+                    print(f"| {cfg.name}, {label(rel, margin, kind)}, per digit | " + " | ".join(
+                        "-" if pred["digits"] is None or x.digits is None else f"{(pred['digits'] == x.digits).mean():.4f}"
+                        for pred, x in read) + " |", flush=True)
     except MlnsError as e:
         sys.exit(f"error: {e}")
 
