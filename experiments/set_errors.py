@@ -103,7 +103,7 @@ def main() -> None:
         cover = covered(name, s.images) if name != "demo-test" else None
         if cover is not None:
             print("  error by the share of a glyph's box its neighbours cover: "
-                  + ", ".join(by_cover(wrong, cover, **beside)))
+                  + ", ".join(by_cover(wrong, cover, beside.pop("alone", None), others=beside)))
 
 
 def shared(wrong: np.ndarray, miss: np.ndarray) -> str:
@@ -114,11 +114,11 @@ def shared(wrong: np.ndarray, miss: np.ndarray) -> str:
 
 
 def by_cover(wrong: np.ndarray, cover: np.ndarray, alone: np.ndarray | None = None,
-             bins=(0, 0.2, 0.4, 0.6, 0.8, np.inf), **others: np.ndarray) -> list[str]:
+             bins=(0, 0.2, 0.4, 0.6, 0.8, np.inf), others: dict[str, np.ndarray] | None = None) -> list[str]:
     """`wrong`'s rate in each bin of `cover` (with `alone`'s beside it: the isolated classifier's on the
-    same glyphs, then each of `others`' by its name, e.g. the in-row classifier's), one
+    same glyphs, then each of `others`' by its name: another run's, the in-row classifier's), one
     "lo-hi: rate / alone rate / NAME rate (n=...)" cell per non-empty bin."""
-    beside = {"alone": alone, **others}
+    beside = {"alone": alone, **(others or {})}
     cells = []
     for lo, hi in zip(bins, bins[1:]):
         m = (cover >= lo) & (cover < hi)

@@ -108,10 +108,10 @@ def test_set_errors_bins_error_by_cover_with_the_isolated_classifier_beside_it()
                      "0.4-0.6: 0.000 / alone 1.000 (n=1)", "0.8-inf: 0.667 / alone 0.000 (n=3)"]
     assert set_errors.by_cover(wrong, cover)[0] == "0.0-0.2: 0.333 (n=3)"
     in_row = np.array([[True, True, True, False], [False, False, False, True]])  # the in-row classifier's, beside
-    cells = set_errors.by_cover(wrong, cover, alone, **{"in-row": in_row})
+    cells = set_errors.by_cover(wrong, cover, alone, others={"in-row": in_row})
     assert cells[0] == "0.0-0.2: 0.333 / alone 0.333 / in-row 0.667 (n=3)"
     assert cells[-1] == "0.8-inf: 0.667 / alone 0.000 / in-row 0.333 (n=3)"
-    assert set_errors.by_cover(wrong, cover, **{"in-row": in_row})[2] == "0.4-0.6: 0.000 / in-row 1.000 (n=1)"
+    assert set_errors.by_cover(wrong, cover, others={"in-row": in_row})[2] == "0.4-0.6: 0.000 / in-row 1.000 (n=1)"
     # another reading against the reader's 3 wrong digits: it misses 4, one of them the reader's too
     assert set_errors.shared(wrong, in_row) == ("digit accuracy 0.5000; of the reader's 3 wrong digits it reads "
                                                 "2 right and 1 wrong too; the reader reads 3 of its 4 wrong right")
