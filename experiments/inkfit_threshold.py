@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import replace  # noqa: E402
@@ -57,26 +56,15 @@ def ink_cut(fit: InkFit, images: np.ndarray, bs: int = 500) -> tuple[np.ndarray,
     return np.concatenate(cut), np.concatenate(zoom)
 
 
-def line_map(x: torch.Tensor) -> torch.Tensor:
-    """The largest of four 3-pixel line averages through each pixel (|, -, \\, /): `--map lines`."""
-    k = torch.zeros(4, 1, 3, 3)
-    k[0, 0, :, 1] = k[1, 0, 1, :] = 1 / 3
-    k[2, 0] = torch.eye(3) / 3
-    k[3, 0] = torch.eye(3).flip(1) / 3
-    return F.conv2d(x, k.to(x), padding=1).amax(1, keepdim=True)
-
-
-MAPS = {"box": InkFit.ink_map, "lines": line_map}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="*", help="run folders or names (none: only the ink cut)")
     p.add_argument("--rel", type=float, action="append", default=[], help="thresholds (default: 0.3, 0.2, 0.15)")
     p.add_argument("--margin", type=float, action="append", default=[],
                    help=f"pixels around the ink's box (default: {InkFit.MARGIN:g}, the fit's)")
-    p.add_argument("--map", action="append", default=[], choices=sorted(MAPS),
-                   help="where the ink is before the threshold: box (the fit's 3x3 average) | lines (repeatable)")
+    p.add_argument("--map", action="append", default=[], choices=InkFit.MAPS,
+                   help="where the ink is before the threshold: box (3x3 average) | lines (3-pixel line averages); "
+                        "repeatable (default: each run's own; box for the ink cut)")
     p.add_argument("--digits", action="store_true", help="a second row per run and setting: per-digit accuracy")
     p.add_argument("--zoom", type=float, default=3.0, help="the fit's largest enlargement, for the ink cut")
     p.add_argument("--weights", default="raw", help="best | raw | ema")
@@ -88,12 +76,12 @@ def main() -> None:
         p.exit(2, f"error: --rel must be in (0, 1); got {rels}\n")
     if not all(0 <= m <= 64 for m in margins):
         p.exit(2, f"error: --margin must be in [0, 64] pixels; got {margins}\n")
-    maps = a.map or ["box"]
+    maps = a.map or [None]  # None: the run's own map (the fit's default, box, for the ink cut)
     settings = [(rel, m, k) for rel in rels for m in margins for k in maps]
 
     def label(rel, margin, kind):
         return (f"{rel}" + ("" if margins == [InkFit.MARGIN] else f", margin {margin:g}")
-                + ("" if maps == ["box"] else f", {kind}"))
+                + ("" if kind is None else f", {kind}"))
     try:
         # the training renderer's own images (its ranges, seed 0, noise off: noise passes for ink) first: the
         # threshold is chosen where they lose no ink, not on the battery
@@ -101,16 +89,17 @@ def main() -> None:
         sets = {"synthetic": synthetic, "valid": demo_split("valid", with_digits=True), **battery()}  # battery's demo-test: the test split
         print("| threshold | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
         for rel, margin, kind in settings:
-            fit = InkFit(a.zoom, next(iter(sets.values())).images.shape[1:], rel)
-            fit.MARGIN, fit.ink_map = margin, MAPS[kind]
+            fit = InkFit(a.zoom, next(iter(sets.values())).images.shape[1:], rel, kind=kind or "box")  # both modes
+            fit.MARGIN = margin
             cells = [ink_cut(fit, s.images) for s in sets.values()]
             print(f"| {label(rel, margin, kind)}: images > 1 % cut (zoom) | "
                   + " | ".join(f"{(c > 0.01).mean():.3f} ({z.mean():.2f})" for c, z in cells) + " |")
         for r in a.runs:
             run = resolve_run(r, a.runs_dir)
             cfg, net = load_trained(run, a.weights, tta=True)
-            for rel, margin, kind in settings:  # the run's own fit (taken out before the shifts), set so
-                net.fit.rel, net.fit.MARGIN, net.fit.ink_map = rel, margin, MAPS[kind]
+            own = net.fit.kind
+            for rel, margin, kind in settings:  # the run's own fit (taken out before the shifts; eval: `kind` reads)
+                net.fit.rel, net.fit.MARGIN, net.fit.kind = rel, margin, kind or own
                 read = [(predict_arrays(net, x.images), x) for x in (s.at_size(cfg.size) for s in sets.values())]
                 acc = [float((pred["sum"] == x.sums).mean()) for pred, x in read]
                 print(f"| {cfg.name}, {label(rel, margin, kind)} | " + " | ".join(f"{v:.4f}" for v in acc) + " |", flush=True)

@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
 TRACKERS = ("mlflow", "tensorboard")
 REPACK_SIZES = ("small", "any")  # --repack-size: the smallest third of glyph_height, or all of it
+INK_MAPS = ("box", "lines")  # --ink-map: where model.InkFit finds the ink (box: 3x3 average; lines: line averages)
 REPACK_SLOTS = ("real", "synthetic")  # --repack-slots: whose place in the batch a crowded view takes
 # The task's shape, owned here: model heads, losses, loaders and data checks derive from it.
 N_DIGITS, N_CLASSES = 4, 10
@@ -161,6 +162,17 @@ class ModelConfig(Checked):
                                 "so the network sees outer digits' thin ends both kept and cut off; reading keeps ink_rel "
                                 "(0 = off; 0.15 + 0.3: thin strokes +2.6, other writers -1.9: RESULTS.md, issue 20)",
                            0.0, 0.89, since=True)
+    ink_map: str = _f("lines", "where the ink fit finds the ink when reading (validation, evaluate, predict, export): "
+                               "lines (the largest of four 3-pixel line averages, |, -, \\ and /: a one-pixel stroke "
+                               "keeps its whole value, a lone noise pixel a third) | box (the 3x3-averaged image: a "
+                               "one-pixel stroke keeps a third, so a faint thin end can fall outside the window; "
+                               "lines since issue 20's thirtieth round, box before: thin strokes +2.5, other writers "
+                               "the same: RESULTS.md)", choices=INK_MAPS, since=True, before="box")
+    ink_map_train: str = _f("box", "training only: where the ink fit finds the ink on training images: box | lines | "
+                                   "same (as --ink-map). Box cuts an outer digit's thin end off 6.6 % of the training "
+                                   "renderer's images, and the reader learns from it: trained on lines it reads other "
+                                   "writers 1.1 points worse (RESULTS.md, issue 20's thirtieth round)",
+                            choices=("same",) + INK_MAPS, since=True, before="same")
     output_stride: int = _f(0, "timm CNNs: feature stride the head reads (8 / 16 / 32; 0 = 16 where the family "
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     prune_stages: int = _f(0, "timm backbones: remove the last N stages (timm's prune_intermediate_layers) and read "
@@ -186,6 +198,8 @@ class ModelConfig(Checked):
 
     def __post_init__(self):
         check_fields(self)
+        if self.ink_map_train == self.ink_map:  # one spelling per experiment: its digest, and the runs before the field
+            object.__setattr__(self, "ink_map_train", "same")
         if self.zoom == 1 and (self.ink_jitter > 0 or self.ink_rel != ModelConfig.ink_rel):
             raise ConfigError("--ink-rel and --ink-jitter set the ink fit's threshold: they need --zoom above 1")
         if self.ink_rel + self.ink_jitter > 0.9:

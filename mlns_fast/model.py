@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import N_CLASSES, N_DIGITS, N_SUMS, ModelConfig
+from .config import INK_MAPS, N_CLASSES, N_DIGITS, N_SUMS, ModelConfig
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,11 @@ class InkFit(nn.Module):
     at `rel` of its brightest value (a one-pixel stroke averages to a third of its value: at the default
     0.3, 6.6 % of the training renderer's images lose the thin end of an outer digit, 0.3 % at 0.15;
     trained at 0.15 the reader gains on thin strokes and loses on other writers: RESULTS.md, issue 20's
-    twenty-seventh round); the box plus a margin is scaled to fill the canvas by up to
+    twenty-seventh round), or, with `kind` lines, on the largest of four 3-pixel line averages, where a
+    thin stroke keeps its value and noise is dimmed as before. Training may find it on another map
+    (`train_kind`): the default trains on the 3x3 average, whose cut thin ends the reader learns from
+    (trained on lines, it reads other writers 1.1 points worse), and reads on lines (thin strokes +2.5,
+    other writers the same: RESULTS.md, issue 20's thirtieth round); the box plus a margin is scaled to fill the canvas by up to
     `zoom` (never shrunk), the width by at most `STRETCH` times the height's factor (and the other
     way round), centred. With `jitter`, training draws each image's threshold from [rel, rel + jitter]
     (reading keeps `rel`): the network sees both the whole ink and outer digits' thin ends cut off (at
@@ -155,10 +159,15 @@ class InkFit(nn.Module):
     nor timm normalises by content; plain tensor ops and grid_sample keep it in ONNX (opset 16+)."""
 
     REL, MARGIN, STRETCH = 0.3, 2.0, 2.0
+    MAPS = INK_MAPS  # `kind`: which map of the image the threshold reads (`ink_map`)
 
-    def __init__(self, zoom: float, size: tuple[int, int], rel: float = REL, jitter: float = 0.0):
+    def __init__(self, zoom: float, size: tuple[int, int], rel: float = REL, jitter: float = 0.0, kind: str = "box",
+                 train_kind: str | None = None):
         super().__init__()
-        self.zoom, self.rel, self.jitter = float(zoom), float(rel), float(jitter)
+        if kind not in self.MAPS or train_kind not in (None, *self.MAPS):
+            raise ValueError(f"the ink map is one of {self.MAPS}; got {kind!r} (training: {train_kind!r})")
+        self.zoom, self.rel, self.jitter, self.kind = float(zoom), float(rel), float(jitter), kind
+        self.train_kind = train_kind or kind
         H, W = size
         # pixel centres in grid_sample's normalised coordinates (align_corners=False)
         self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
@@ -175,10 +184,27 @@ class InkFit(nn.Module):
         return torch.where(empty, torch.zeros_like(lo), lo), torch.where(empty, torch.full_like(hi, n), hi)
 
     @staticmethod
-    def ink_map(x: torch.Tensor) -> torch.Tensor:
-        """Where the ink is, before the threshold: the 3x3-averaged image (one method, so that a probe can
-        read a run with another map: experiments/inkfit_threshold.py --map lines)."""
+    def box_map(x: torch.Tensor) -> torch.Tensor:
+        """Where the ink is, before the threshold: the 3x3-averaged image (a one-pixel stroke keeps a third
+        of its value)."""
         return F.avg_pool2d(x, 3, 1, 1)
+
+    @staticmethod
+    def line_map(x: torch.Tensor) -> torch.Tensor:
+        """Where the ink is, before the threshold: the largest of four 3-pixel line averages through each
+        pixel (|, -, \\, /). A one-pixel stroke along any of them keeps its whole value, an isolated pixel
+        a third of its own, a soft edge about what the 3x3 average gives it. One conv2d and a max: ONNX."""
+        k = torch.zeros(4, 1, 3, 3, device=x.device, dtype=x.dtype)
+        k[0, 0, :, 1] = k[1, 0, 1, :] = 1 / 3
+        k[2, 0] = torch.eye(3, device=x.device, dtype=x.dtype) / 3
+        k[3, 0] = torch.eye(3, device=x.device, dtype=x.dtype).flip(1) / 3
+        return F.conv2d(x, k, padding=1).amax(1, keepdim=True)
+
+    def ink_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The map the threshold reads: `kind`, box or lines, and `train_kind` in training (plain attributes,
+        so a probe can swap them)."""
+        kind = self.train_kind if self.training else self.kind
+        return self.line_map(x) if kind == "lines" else self.box_map(x)
 
     def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(cx, cy, zx, zy), each (B,): output point u (grid_sample's normalised coordinates) samples the
@@ -325,10 +351,11 @@ class MlnsNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: str, drop: float, size: tuple[int, int], columns: str = "mean",
                  pyramid: bool = False, zoom: float = 1.0, reader: str = "gru", boxes: bool = False,
-                 ink_rel: float = InkFit.REL, ink_jitter: float = 0.0):
+                 ink_rel: float = InkFit.REL, ink_jitter: float = 0.0, ink_map: str = "box",
+                 ink_map_train: str | None = None):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
-        self.fit = InkFit(zoom, size, ink_rel, ink_jitter) if zoom > 1 else None
+        self.fit = InkFit(zoom, size, ink_rel, ink_jitter, ink_map, ink_map_train) if zoom > 1 else None
         self.lateral, self.levels = None, None
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
             was = backbone.training
@@ -397,7 +424,8 @@ def create_model(cfg: ModelConfig, size: tuple[int, int]) -> MlnsNet:
         load_backbone_weights(backbone, cfg.backbone_weights)
     prune_stages(backbone, cfg.prune_stages, cfg.arch)  # after the weights: a file of the whole backbone still fits
     model = MlnsNet(backbone, cfg.head, cfg.drop, size, cfg.columns, cfg.pyramid, cfg.zoom, cfg.reader,
-                    boxes=cfg.box_weight > 0, ink_rel=cfg.ink_rel, ink_jitter=cfg.ink_jitter)
+                    boxes=cfg.box_weight > 0, ink_rel=cfg.ink_rel, ink_jitter=cfg.ink_jitter,
+                    ink_map=cfg.ink_map, ink_map_train=None if cfg.ink_map_train == "same" else cfg.ink_map_train)
     if cfg.init:
         load_init_weights(model, cfg.init)
     return model

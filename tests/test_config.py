@@ -155,19 +155,22 @@ def test_bad_tracking_and_control_values(flags, msg):
 
 
 def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
-    """`[render] crowded` (0.75), `rescan` (0.3), `crowded_clean` (true) and `[model] zoom` (3) became defaults
-    after runs were recorded without them: a run's config.toml without them reads back as what that run
-    trained on, its digest stays the one it had, and a user's config file without them gets today's default."""
-    old = resolve_config(str(_toml(tmp_path / "f.toml", "[model]\nzoom = 1.0\n[render]\ncrowded = 0.0\nrescan = 0.0\n"
-                                                        "crowded_clean = false\n")))
+    """`[render] crowded` (0.75), `rescan` (0.3), `crowded_clean` (true), `[model] zoom` (3) and `ink_map` (lines,
+    trained on box) became defaults after runs were recorded without them: a run's config.toml without them reads
+    back as what that run trained on, its digest stays the one it had, and a user's config file without them gets
+    today's default."""
+    old = resolve_config(str(_toml(tmp_path / "f.toml", "[model]\nzoom = 1.0\nink_map = \"box\"\n[render]\n"
+                                                        "crowded = 0.0\nrescan = 0.0\ncrowded_clean = false\n")))
+    assert (old.model.ink_map, old.model.ink_map_train) == ("box", "same")  # box trained on box: one spelling
     text = "\n".join(line for line in write_toml(old).splitlines()
-                     if not line.startswith(("crowded =", "rescan =", "zoom =", "crowded_clean =")))
+                     if not line.startswith(("crowded =", "rescan =", "zoom =", "crowded_clean =", "ink_map")))
     run_file = _toml(tmp_path / "config.toml", text)
     back = load_run_config(run_file)
     assert (back.render.crowded, back.render.rescan, back.model.zoom, back.render.crowded_clean) == (0.0, 0.0, 1.0, False)
     assert back == old and old.digest() != RunConfig().digest()
     mine = resolve_config(str(run_file))  # a user's file: today's defaults
     assert (mine.render.crowded, mine.render.rescan, mine.model.zoom, mine.render.crowded_clean) == (0.75, 0.3, 3.0, True)
+    assert (mine.model.ink_map, mine.model.ink_map_train) == ("lines", "box")
     # the digest of a run without the field is computed as before the field existed
     import hashlib, json
     d = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
@@ -179,6 +182,7 @@ def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
             if f.metadata.get("since") and sec in d:
                 d[sec].pop(f.name)  # every field added since: the old run sits at each one's earlier value
     assert "crowded" not in d["render"] and "zoom" not in d["model"] and "label_smoothing" not in d["train"]
+    assert "ink_map" not in d["model"] and "ink_map_train" not in d["model"]
     assert old.digest() == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -254,6 +258,15 @@ def test_every_committed_experiment_file_still_loads():
         ("r28-inkjit-s0", 0.15, 0.3, 0), ("r28-inkjit-s1", 0.15, 0.3, 1), ("r28-inkjit-s2", 0.15, 0.3, 2)]
     assert "ink_jitter" not in spec_dict(inkrel[0].model) and spec_dict(jit[0].model)["ink_jitter"] == 0.3
     assert jit[0].digest() != inkrel[0].digest()
+    lines = load_suite(root / "round30.toml")
+    assert [(c.name, c.model.ink_map, c.model.ink_map_train, c.train.seed) for c in lines] == [
+        ("r30-lines-s0", "lines", "same", 0), ("r30-lines-s1", "lines", "same", 1), ("r30-lines-s2", "lines", "same", 2),
+        ("r30-default-s0", "lines", "box", 0), ("r30-default-s1", "lines", "box", 1), ("r30-default-s2", "lines", "box", 2)]
+    # the earlier rounds pin the map they were made with: their digests are the ones recorded before the field
+    assert (jit[0].model.ink_map, jit[0].model.ink_map_train) == ("box", "same")
+    assert "ink_map" not in spec_dict(jit[0].model) and "ink_map_train" not in spec_dict(jit[0].model)
+    assert spec_dict(lines[0].model)["ink_map"] == "lines" and "ink_map_train" not in spec_dict(lines[0].model)
+    assert lines[3].digest() == RunConfig(name="r30-default-s0").digest() != lines[0].digest()
 
 
 

@@ -184,27 +184,9 @@ def test_inkfit_threshold_measures_the_ink_its_window_cuts_off():
     wide.MARGIN = 40.0  # the box (59-77 once averaged) plus 40 pixels a side reaches the stroke at 110: kept,
     cut, zoom = inkfit_threshold.ink_cut(wide, images)  # for less zoom: 168 / (18 + 80)
     assert cut[1] == 0 and (zoom < zooms[0.3]).all() and zoom[0] == pytest.approx(168 / 98)
-    lines = InkFit(3.0, (40, 168), 0.3)
-    lines.ink_map = inkfit_threshold.MAPS["lines"]  # the stroke keeps its value along its length: kept at 0.3
+    lines = InkFit(3.0, (40, 168), 0.3, kind="lines")  # the stroke keeps its value along its length: kept at 0.3
     cut, zoom = inkfit_threshold.ink_cut(lines, images)
     assert (cut == 0).all() and zoom[0] == zooms[0.3][0]  # the thick digit alone: the same window
-
-
-def test_line_map_keeps_a_one_pixel_stroke_in_four_directions_and_dims_a_lone_pixel():
-    inkfit_threshold = _script("inkfit_threshold")
-    from mlns_fast.model import InkFit
-    x = torch.zeros(5, 1, 9, 9)
-    x[0, 0, :, 4] = 1  # |
-    x[1, 0, 4, :] = 1  # -
-    x[2, 0] = torch.eye(9)  # \
-    x[3, 0] = torch.eye(9).flip(1)  # /
-    x[4, 0, 4, 4] = 1  # a lone pixel (noise)
-    lines, box = inkfit_threshold.line_map(x), InkFit.ink_map(x)
-    assert lines.shape == x.shape
-    assert torch.allclose(lines[:4, 0, 4, 4], torch.ones(4)) and torch.allclose(box[:4, 0, 4, 4], torch.full((4,), 1 / 3))
-    assert lines[4, 0, 4, 4] == pytest.approx(1 / 3) and box[4, 0, 4, 4] == pytest.approx(1 / 9)
-    blank = torch.ones(1, 1, 9, 9)  # flat ink (a soft edge's inside): the same value either way
-    assert torch.allclose(inkfit_threshold.line_map(blank)[..., 1:-1, 1:-1], InkFit.ink_map(blank)[..., 1:-1, 1:-1])
 
 
 def test_inkfit_threshold_refuses_a_margin_outside_its_range_in_one_line():

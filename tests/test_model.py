@@ -318,16 +318,59 @@ def test_ink_fit_keeps_a_thin_faint_stroke_beside_thick_ink_inside_its_window():
     x = torch.zeros(1, 1, 40, 168)
     x[0, 0, 12:28, 60:76] = 1.0  # a thick digit
     x[0, 0, 12:28, 110] = 0.6  # a thin, faint stroke to its right: averaged 0.2
-    old, new = InkFit(3.0, (40, 168)), InkFit(3.0, (40, 168), rel=0.15)
-    assert old.rel == 0.3 == ModelConfig().ink_rel
-    for fit, kept in ((new, True), (old, False)):
+    old, new, lines = InkFit(3.0, (40, 168)), InkFit(3.0, (40, 168), rel=0.15), InkFit(3.0, (40, 168), kind="lines")
+    assert old.rel == 0.3 == ModelConfig().ink_rel and old.kind == "box"
+    for fit, kept in ((new, True), (old, False), (lines, True)):  # on line averages the stroke keeps its 0.6
         cx, _, zx, _ = fit.transform(x)
         x0, x1 = ((cx - 1 / zx + 1) * 84).item(), ((cx + 1 / zx + 1) * 84).item()  # the window, in pixels
-        assert x0 <= 60 and (x1 > 111) == kept  # the thick digit inside either way; the stroke only at 0.15
+        assert x0 <= 60 and (x1 > 111) == kept  # the thick digit inside either way; the stroke at 0.15 or on lines
         y = fit(x)[0, 0]
         last = (y.amax(0) > 0.1).nonzero().max().item()  # the output's rightmost inked column
         assert y.max() > 0.9 and (last > 150 if kept else last < 120)  # the stroke near the right edge, or gone
     assert create_model(ModelConfig(ink_rel=0.15), (40, 168)).fit.rel == 0.15  # the config reaches the network
+    assert create_model(ModelConfig(ink_map="lines"), (40, 168)).fit.kind == "lines"
+
+
+def test_the_default_fit_finds_the_ink_on_the_3x3_average_in_training_and_on_line_averages_when_reading():
+    """`[model] ink_map` lines, `ink_map_train` box (the defaults): a training batch's thin, faint end is cut
+    off as it always was; validation, evaluate and predict keep it inside the window."""
+    from mlns_fast.model import InkFit
+    x = torch.zeros(1, 1, 40, 168)
+    x[0, 0, 12:28, 60:76] = 1.0
+    x[0, 0, 12:28, 110] = 0.6  # averaged 0.2 over 3x3: below 0.3 of the thick digit's 1.0; 0.6 on line averages
+    fit = create_model(ModelConfig(), (40, 168)).fit
+    assert (fit.kind, fit.train_kind) == ("lines", "box")
+
+    def right_edge(f):  # the fitted window's right end, in input pixels
+        cx, _, zx, _ = f.transform(x)
+        return ((cx + 1 / zx + 1) * 84).item()
+    assert right_edge(fit.train()) < 100 and right_edge(fit.eval()) > 111
+    same = create_model(ModelConfig(ink_map_train="same"), (40, 168)).fit  # trained as it reads: lines both ways
+    assert same.train_kind == "lines" and right_edge(same.train()) > 111
+    old = create_model(ModelConfig(ink_map="box"), (40, 168)).fit  # the map before the thirtieth round, both ways
+    assert (old.kind, old.train_kind) == ("box", "box") and right_edge(old.train()) < 100 and right_edge(old.eval()) < 100
+    with pytest.raises(ConfigError, match="--ink-map-train must be one of same, box, lines"):
+        ModelConfig(ink_map_train="disc")
+    with pytest.raises(ConfigError, match="--ink-map must be one of box, lines"):
+        ModelConfig(ink_map="disc")
+    with pytest.raises(ValueError, match="one of"):
+        InkFit(3.0, (40, 168), kind="disc")
+
+
+def test_line_map_keeps_a_one_pixel_stroke_in_four_directions_and_dims_a_lone_pixel():
+    from mlns_fast.model import InkFit
+    x = torch.zeros(5, 1, 9, 9)
+    x[0, 0, :, 4] = 1  # |
+    x[1, 0, 4, :] = 1  # -
+    x[2, 0] = torch.eye(9)  # \
+    x[3, 0] = torch.eye(9).flip(1)  # /
+    x[4, 0, 4, 4] = 1  # a lone pixel (noise)
+    lines, box = InkFit.line_map(x), InkFit.box_map(x)
+    assert lines.shape == x.shape
+    assert torch.allclose(lines[:4, 0, 4, 4], torch.ones(4)) and torch.allclose(box[:4, 0, 4, 4], torch.full((4,), 1 / 3))
+    assert lines[4, 0, 4, 4] == pytest.approx(1 / 3) and box[4, 0, 4, 4] == pytest.approx(1 / 9)
+    blank = torch.ones(1, 1, 9, 9)  # flat ink (a soft edge's inside): the same value either way
+    assert torch.allclose(InkFit.line_map(blank)[..., 1:-1, 1:-1], InkFit.box_map(blank)[..., 1:-1, 1:-1])
 
 
 def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_rel():
@@ -352,11 +395,12 @@ def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_r
     assert create_model(ModelConfig(zoom=1.0), (40, 168)).fit is None  # at the defaults, zoom 1 stays allowed
 
 
-def test_zoom_is_part_of_the_network_and_exports(tmp_path):
+@pytest.mark.parametrize("ink_map", ["box", "lines"])
+def test_zoom_is_part_of_the_network_and_exports(tmp_path, ink_map):
     """--zoom lives in the model: the same network with and without it differs only by the enlargement,
-    and the ONNX graph computes what torch does."""
+    and the ONNX graph computes what torch does, with either ink map."""
     import onnxruntime as ort
-    m = create_model(ModelConfig(zoom=2.5), IMAGE_SIZE).eval()
+    m = create_model(ModelConfig(zoom=2.5, ink_map=ink_map), IMAGE_SIZE).eval()
     x = torch.zeros(2, 1, 40, 168)
     x[0, 0, 15:25, 60:100] = 1.0
     x[1, 0, 5:35, 10:150] = torch.rand(30, 140)
