@@ -172,6 +172,10 @@ class InkFit(nn.Module):
         # pixel centres in grid_sample's normalised coordinates (align_corners=False)
         self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
         self.register_buffer("gx", (torch.arange(W) + 0.5) * 2 / W - 1, persistent=False)
+        lines = torch.zeros(4, 1, 3, 3)  # line_map's kernels, built once: |, -, \, /
+        lines[0, 0, :, 1] = lines[1, 0, 1, :] = 1 / 3
+        lines[2, 0], lines[3, 0] = torch.eye(3) / 3, torch.eye(3).flip(1) / 3
+        self.register_buffer("lines", lines, persistent=False)
 
     @staticmethod
     def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,16 +193,11 @@ class InkFit(nn.Module):
         of its value)."""
         return F.avg_pool2d(x, 3, 1, 1)
 
-    @staticmethod
-    def line_map(x: torch.Tensor) -> torch.Tensor:
+    def line_map(self, x: torch.Tensor) -> torch.Tensor:
         """Where the ink is, before the threshold: the largest of four 3-pixel line averages through each
         pixel (|, -, \\, /). A one-pixel stroke along any of them keeps its whole value, an isolated pixel
         a third of its own, a soft edge about what the 3x3 average gives it. One conv2d and a max: ONNX."""
-        k = torch.zeros(4, 1, 3, 3, device=x.device, dtype=x.dtype)
-        k[0, 0, :, 1] = k[1, 0, 1, :] = 1 / 3
-        k[2, 0] = torch.eye(3, device=x.device, dtype=x.dtype) / 3
-        k[3, 0] = torch.eye(3, device=x.device, dtype=x.dtype).flip(1) / 3
-        return F.conv2d(x, k, padding=1).amax(1, keepdim=True)
+        return F.conv2d(x, self.lines.to(x.dtype), padding=1).amax(1, keepdim=True)
 
     def ink_map(self, x: torch.Tensor) -> torch.Tensor:
         """The map the threshold reads: `kind`, box or lines, and `train_kind` in training (plain attributes,

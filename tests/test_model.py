@@ -365,12 +365,13 @@ def test_line_map_keeps_a_one_pixel_stroke_in_four_directions_and_dims_a_lone_pi
     x[2, 0] = torch.eye(9)  # \
     x[3, 0] = torch.eye(9).flip(1)  # /
     x[4, 0, 4, 4] = 1  # a lone pixel (noise)
-    lines, box = InkFit.line_map(x), InkFit.box_map(x)
+    fit = InkFit(3.0, (9, 9))
+    lines, box = fit.line_map(x), InkFit.box_map(x)
     assert lines.shape == x.shape
     assert torch.allclose(lines[:4, 0, 4, 4], torch.ones(4)) and torch.allclose(box[:4, 0, 4, 4], torch.full((4,), 1 / 3))
     assert lines[4, 0, 4, 4] == pytest.approx(1 / 3) and box[4, 0, 4, 4] == pytest.approx(1 / 9)
     blank = torch.ones(1, 1, 9, 9)  # flat ink (a soft edge's inside): the same value either way
-    assert torch.allclose(InkFit.line_map(blank)[..., 1:-1, 1:-1], InkFit.box_map(blank)[..., 1:-1, 1:-1])
+    assert torch.allclose(fit.line_map(blank)[..., 1:-1, 1:-1], InkFit.box_map(blank)[..., 1:-1, 1:-1])
 
 
 def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_rel():
