@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, spec_dict, write_toml
@@ -267,6 +269,17 @@ def test_every_committed_experiment_file_still_loads():
     assert "ink_map" not in spec_dict(jit[0].model) and "ink_map_train" not in spec_dict(jit[0].model)
     assert spec_dict(lines[0].model)["ink_map"] == "lines" and "ink_map_train" not in spec_dict(lines[0].model)
     assert lines[3].digest() == RunConfig(name="r30-default-s0").digest() != lines[0].digest()
+    # the thirty-first round: the timm budgets of the nineteenth / twenty-third rounds, read on line averages
+    timm = load_suite(root / "round31.toml")
+    assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.lr, c.train.seed,
+             c.model.ink_map, c.model.ink_map_train) for c in timm] == [
+        ("r31-r18-prune1-s0", "resnet18", 1, 5, 0.01, 0, "lines", "box"),
+        ("r31-r18-prune1-s1", "resnet18", 1, 5, 0.01, 1, "lines", "box"),
+        ("r31-r50-prune1-s0", "resnet50", 1, 4, 0.01, 0, "lines", "box")]
+    # the same trainings as those rounds' runs: read on the 3x3 average, they are the same experiment
+    boxed = [replace(c, model=replace(c.model, ink_map="box")) for c in timm]
+    assert [c.digest() for c in boxed] == [nineteenth[0].digest(), nineteenth[1].digest(), pruned50[0].digest()]
+    assert timm[0].digest() != nineteenth[0].digest()
 
 
 
