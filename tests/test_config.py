@@ -280,6 +280,20 @@ def test_every_committed_experiment_file_still_loads():
     boxed = [replace(c, model=replace(c.model, ink_map="box")) for c in timm]
     assert [c.digest() for c in boxed] == [nineteenth[0].digest(), nineteenth[1].digest(), pruned50[0].digest()]
     assert timm[0].digest() != nineteenth[0].digest()
+    # the thirty-second round: resnet50's recipe of the thirty-first round at its second seed
+    second = load_suite(root / "round32.toml")
+    assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.lr, c.train.ema, c.train.seed)
+            for c in second[:1]] == [("r32-r50-prune1-s1", "resnet50", 1, 4, 0.01, 0.99, 1)]
+    assert replace(second[0], train=replace(second[0].train, seed=0)).digest() == timm[2].digest()
+    # read on the 3x3 average it is the twenty-third round's seed 1: the same training
+    assert replace(second[0], model=replace(second[0].model, ink_map="box")).digest() == pruned50[1].digest()
+    assert second[0].digest() != pruned50[1].digest()
+    # and the default recipe at twice and at half its peak lr, nothing else changed
+    assert [(c.name, c.model.arch, c.train.lr, c.train.epochs, c.train.seed) for c in second[1:]] == [
+        ("r32-lr6e3-s0", "mlns_cnn", 0.006, 9, 0), ("r32-lr6e3-s1", "mlns_cnn", 0.006, 9, 1),
+        ("r32-lr1p5e3-s0", "mlns_cnn", 0.0015, 9, 0), ("r32-lr1p5e3-s1", "mlns_cnn", 0.0015, 9, 1)]
+    for c, default in zip(second[1:], [lines[3], lines[4]] * 2):
+        assert replace(c, train=replace(c.train, lr=3e-3)).digest() == default.digest() != c.digest()
 
 
 
