@@ -1,5 +1,3 @@
-from dataclasses import replace
-
 import pytest
 
 from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, spec_dict, write_toml
@@ -199,6 +197,11 @@ def test_cache_keys_ignore_new_fields_that_change_nothing():
 
 
 
+def _override(cfg, **sections):
+    """`cfg` with some fields changed, the way a suite file's table changes them (config_from_dict on a base)."""
+    return config_from_dict(sections, "test", base=cfg)
+
+
 def test_every_committed_experiment_file_still_loads():
     """RESULTS.md tells a reader to rerun its rows with `mlns-fast suite experiments/<file>.toml`: every
     committed suite (and the sweep) must still parse against today's options, each run named, the
@@ -277,23 +280,23 @@ def test_every_committed_experiment_file_still_loads():
         ("r31-r18-prune1-s1", "resnet18", 1, 5, 0.01, 1, "lines", "box"),
         ("r31-r50-prune1-s0", "resnet50", 1, 4, 0.01, 0, "lines", "box")]
     # the same trainings as those rounds' runs: read on the 3x3 average, they are the same experiment
-    boxed = [replace(c, model=replace(c.model, ink_map="box")) for c in timm]
+    boxed = [_override(c, model={"ink_map": "box"}) for c in timm]
     assert [c.digest() for c in boxed] == [nineteenth[0].digest(), nineteenth[1].digest(), pruned50[0].digest()]
     assert timm[0].digest() != nineteenth[0].digest()
     # the thirty-second round: resnet50's recipe of the thirty-first round at its second seed
     second = load_suite(root / "round32.toml")
     assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.lr, c.train.ema, c.train.seed)
             for c in second[:1]] == [("r32-r50-prune1-s1", "resnet50", 1, 4, 0.01, 0.99, 1)]
-    assert replace(second[0], train=replace(second[0].train, seed=0)).digest() == timm[2].digest()
+    assert _override(second[0], train={"seed": 0}).digest() == timm[2].digest()
     # read on the 3x3 average it is the twenty-third round's seed 1: the same training
-    assert replace(second[0], model=replace(second[0].model, ink_map="box")).digest() == pruned50[1].digest()
+    assert _override(second[0], model={"ink_map": "box"}).digest() == pruned50[1].digest()
     assert second[0].digest() != pruned50[1].digest()
     # and the default recipe at twice and at half its peak lr, nothing else changed
     assert [(c.name, c.model.arch, c.train.lr, c.train.epochs, c.train.seed) for c in second[1:]] == [
         ("r32-lr6e3-s0", "mlns_cnn", 0.006, 9, 0), ("r32-lr6e3-s1", "mlns_cnn", 0.006, 9, 1),
         ("r32-lr1p5e3-s0", "mlns_cnn", 0.0015, 9, 0), ("r32-lr1p5e3-s1", "mlns_cnn", 0.0015, 9, 1)]
     for c, default in zip(second[1:], [lines[3], lines[4]] * 2):
-        assert replace(c, train=replace(c.train, lr=3e-3)).digest() == default.digest() != c.digest()
+        assert _override(c, train={"lr": 3e-3}).digest() == default.digest() != c.digest()
 
 
 
