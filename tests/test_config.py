@@ -297,6 +297,18 @@ def test_every_committed_experiment_file_still_loads():
         ("r32-lr1p5e3-s0", "mlns_cnn", 0.0015, 9, 0), ("r32-lr1p5e3-s1", "mlns_cnn", 0.0015, 9, 1)]
     for c, default in zip(second[1:], [lines[3], lines[4]] * 2):
         assert _override(c, train={"lr": 3e-3}).digest() == default.digest() != c.digest()
+    # the thirty-third round: printed digits beside the handwriting, the default on this round's machine, and
+    # twice the re-sampled glyphs; each differs from the thirtieth round's default only in what it names
+    fonts = load_suite(root / "round33.toml")
+    assert [(c.name, c.render.glyphs, c.render.font_ratio, c.render.rescan, c.train.seed) for c in fonts] == [
+        ("r33-mixed15-s0", "mixed", 0.15, 0.3, 0), ("r33-mixed15-s1", "mixed", 0.15, 0.3, 1),
+        ("r33-mixed15-s2", "mixed", 0.15, 0.3, 2), ("r33-default-s0", "handwriting", 0.3, 0.3, 0),
+        ("r33-default-s1", "handwriting", 0.3, 0.3, 1), ("r33-default-s2", "handwriting", 0.3, 0.3, 2),
+        ("r33-rescan6-s0", "handwriting", 0.3, 0.6, 0), ("r33-rescan6-s1", "handwriting", 0.3, 0.6, 1)]
+    for c, default in zip(fonts, lines[3:] * 2 + lines[3:5]):
+        plain = _override(c, render={"glyphs": "handwriting", "font_ratio": 0.3, "rescan": 0.3})
+        assert plain.digest() == default.digest()
+    assert len({c.digest() for c in fonts}) == 8 and [c.digest() for c in fonts[3:6]] == [c.digest() for c in lines[3:]]
 
 
 
