@@ -37,6 +37,7 @@ WEIGHTS_FROM = typer.Option("best", "--weights-from",
                             help="best (the set that scored better on validation at the end of the run) | raw | ema")
 RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
 GLYPHS_HELP = next(f for f in fields(RenderConfig) if f.name == "glyphs").metadata["help"]
+FACES = typer.Option(RenderConfig.faces, "--faces", help=next(f for f in fields(RenderConfig) if f.name == "faces").metadata["help"])
 TTA = typer.Option(DEFAULT_TTA, "--tta/--no-tta", help="shift test-time augmentation: the image and 4 copies shifted by "
                    "2 px, their per-digit log-probabilities averaged (5x the compute; --no-tta: the plain network)")
 
@@ -394,6 +395,7 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
                out: Path = typer.Option(..., "--out", help=".npz file (images, labels, digits)"),
                layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
                glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
+               faces: str = FACES,
                seed: int = typer.Option(0, "--seed", help="renderer seed"),
                bank: str = typer.Option("", "--bank", help="mnist.npz or an MNIST / EMNIST IDX folder (default: embedded, training digits)")):
     """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
@@ -401,7 +403,7 @@ def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
     _npz_out(out, "synth.npz")
-    seconds = render_npz(n, out, layout, glyphs, seed, bank, progress=True)
+    seconds = render_npz(n, out, layout, glyphs, seed, bank, progress=True, faces=faces)
     typer.echo(f"{out}: {n} images in {seconds:.1f}s ({n / seconds:.0f} img/s)")
 
 
@@ -435,6 +437,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
                  glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
+                 faces: str = FACES,
                  seed: int = typer.Option(0, "--seed"),
                  repack: bool = typer.Option(False, "--repack",
                                              help="real images re-laid out crowded, as train --repack draws them"),
@@ -444,7 +447,7 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
     if n <= 0:
         raise ConfigError(f"--n must be > 0, got {n}")
     out = out or Path(runs_dir) / "preview.png"  # never into the repository
-    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed, repack, repack_size))
+    typer.echo(preview(source, _png_out(out), n, layout, glyphs, seed, repack, repack_size, faces))
 
 
 def main(argv: list[str] | None = None) -> int:

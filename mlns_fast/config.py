@@ -26,6 +26,7 @@ HEADS = ("sum", "digits")
 DATA_MODES = ("real", "synthetic", "mixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 GLYPHS = ("handwriting", "fonts", "mixed")
+FACES = ("hershey", "ttf")  # --faces: the printed glyphs of --glyphs fonts / mixed
 TRACKERS = ("mlflow", "tensorboard")
 REPACK_SIZES = ("small", "any")  # --repack-size: the smallest third of glyph_height, or all of it
 INK_MAPS = ("box", "lines")  # --ink-map: where model.InkFit finds the ink (box: 3x3 average; lines: line averages)
@@ -93,6 +94,9 @@ class RenderConfig(Checked):
                            "keeps wide gaps) instead of the ink's bounding box; glyph_height is then the cell's")
     glyphs: str = _f("handwriting", "synthetic glyphs: handwriting | fonts | mixed", choices=GLYPHS, flag=True)
     font_ratio: float = _f(0.3, "fraction of font glyphs when --glyphs mixed", 0.0, 1.0, flag=True)
+    faces: str = _f("hershey", "the printed glyphs of --glyphs fonts / mixed: hershey (OpenCV's 16 vector faces, "
+                               "the battery's fonts set) | ttf (the TrueType faces matplotlib ships: DejaVu, STIX, "
+                               "Computer Modern; not the battery's)", choices=FACES, flag=True, since=True)
 
 
 @dataclass(frozen=True)

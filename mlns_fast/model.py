@@ -172,10 +172,6 @@ class InkFit(nn.Module):
         # pixel centres in grid_sample's normalised coordinates (align_corners=False)
         self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
         self.register_buffer("gx", (torch.arange(W) + 0.5) * 2 / W - 1, persistent=False)
-        lines = torch.zeros(4, 1, 3, 3)  # line_map's kernels, built once: |, -, \, /
-        lines[0, 0, :, 1] = lines[1, 0, 1, :] = 1 / 3
-        lines[2, 0], lines[3, 0] = torch.eye(3) / 3, torch.eye(3).flip(1) / 3
-        self.register_buffer("lines", lines, persistent=False)
 
     @staticmethod
     def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,14 +186,27 @@ class InkFit(nn.Module):
     @staticmethod
     def box_map(x: torch.Tensor) -> torch.Tensor:
         """Where the ink is, before the threshold: the 3x3-averaged image (a one-pixel stroke keeps a third
-        of its value)."""
+        of its value). torch's op, not slices as `line_map`: slices are faster but round differently, and a
+        threshold that flips on one pixel in training gives another run of the same seed (benchmarks/README.md)."""
         return F.avg_pool2d(x, 3, 1, 1)
 
-    def line_map(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def line_map(x: torch.Tensor) -> torch.Tensor:
         """Where the ink is, before the threshold: the largest of four 3-pixel line averages through each
         pixel (|, -, \\, /). A one-pixel stroke along any of them keeps its whole value, an isolated pixel
-        a third of its own, a soft edge about what the 3x3 average gives it. One conv2d and a max: ONNX."""
-        return F.conv2d(x, self.lines.to(x.dtype), padding=1).amax(1, keepdim=True)
+        a third of its own, a soft edge about what the 3x3 average gives it. Sums of shifted slices of the
+        padded image, not a conv2d with the four kernels: on one channel the conv takes a slow CPU path (a
+        batch of 128 on a 2-core host: ~19 ms against 2.6; the same values to float rounding:
+        benchmarks/README.md). Pads, slices, adds and a max export to ONNX as they are."""
+        H, W = x.shape[-2:]
+        p = F.pad(x, (1, 1, 1, 1))
+
+        def at(dy: int, dx: int) -> torch.Tensor:  # the image shifted by (dy, dx), zeros outside
+            return p[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+
+        c = at(0, 0)
+        lines = [at(-1, 0) + c + at(1, 0), at(0, -1) + c + at(0, 1), at(-1, -1) + c + at(1, 1), at(-1, 1) + c + at(1, -1)]
+        return torch.maximum(torch.maximum(lines[0], lines[1]), torch.maximum(lines[2], lines[3])) / 3
 
     def ink_map(self, x: torch.Tensor) -> torch.Tensor:
         """The map the threshold reads: `kind`, box or lines, and `train_kind` in training (plain attributes,

@@ -218,6 +218,12 @@ def test_data_commands(capsys, tmp_path):
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 5000
     code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "s.npz", "--glyphs", "fonts")
     assert code == 0 and "64 images" in out
+    code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "t.npz", "--glyphs", "fonts",
+                           "--faces", "ttf")
+    hershey, ttf = np.load(tmp_path / "s.npz"), np.load(tmp_path / "t.npz")
+    assert code == 0 and (hershey["labels"] == ttf["labels"]).all() and not (hershey["images"] == ttf["images"]).all()
+    code, _, err = run_cli(capsys, "data", "synth", "--n", "8", "--out", tmp_path / "u.npz", "--faces", "arial")
+    assert code == 2 and "faces" in err and err.count("\n") == 1 and not (tmp_path / "u.npz").exists()
     code, out, _ = run_cli(capsys, "data", "demo", "--out", tmp_path / "demo")
     assert code == 0 and np.load(tmp_path / "demo" / "data0.npy").shape == (10000, 40, 168)
     assert np.load(tmp_path / "demo" / "lab2.npy").shape == (2000,)
@@ -326,6 +332,7 @@ def _bad_inputs(tmp_path, tiny_data):
         (["--head", "both"], "--head"),
         (["--data", "web"], "--data"),
         (["--precision", "fp8"], "--precision"),
+        (["--faces", "helvetica"], "--faces"),
         (["--ema", "1.0"], "--ema"),
         (["--epochs", "0"], "--epochs"),
         (["--bs", "0"], "--bs"),

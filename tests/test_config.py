@@ -309,6 +309,12 @@ def test_every_committed_experiment_file_still_loads():
         plain = _override(c, render={"glyphs": "handwriting", "font_ratio": 0.3, "rescan": 0.3})
         assert plain.digest() == default.digest()
     assert len({c.digest() for c in fonts}) == 8 and [c.digest() for c in fonts[3:6]] == [c.digest() for c in lines[3:]]
+    # the thirty-fourth round: the thirty-third's printed digits drawn from matplotlib's TrueType faces instead
+    ttf = load_suite(root / "round34.toml")
+    assert [(c.name, c.render.glyphs, c.render.font_ratio, c.render.faces, c.train.seed) for c in ttf] == [
+        (f"r34-ttf15-s{s}", "mixed", 0.15, "ttf", s) for s in range(3)]
+    for c, hershey in zip(ttf, fonts[:3]):
+        assert _override(c, render={"faces": "hershey"}).digest() == hershey.digest() != c.digest()
 
 
 

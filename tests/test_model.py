@@ -4,6 +4,7 @@ import numpy as np
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlns_fast.config import IMAGE_SIZE, ModelConfig
 from mlns_fast.errors import ConfigError, ModelError
@@ -372,6 +373,22 @@ def test_line_map_keeps_a_one_pixel_stroke_in_four_directions_and_dims_a_lone_pi
     assert lines[4, 0, 4, 4] == pytest.approx(1 / 3) and box[4, 0, 4, 4] == pytest.approx(1 / 9)
     blank = torch.ones(1, 1, 9, 9)  # flat ink (a soft edge's inside): the same value either way
     assert torch.allclose(fit.line_map(blank)[..., 1:-1, 1:-1], InkFit.box_map(blank)[..., 1:-1, 1:-1])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_line_map_is_the_four_line_kernels_zero_padded(layout):
+    """The line map is written as shifted slices (fast on one channel); it is what a conv2d with the four
+    3-pixel line kernels and a max give, borders included, on either memory layout."""
+    from mlns_fast.model import InkFit
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 1, 40, 168, generator=g) * (torch.rand(6, 1, 40, 168, generator=g) > 0.7))
+    x = x.contiguous(memory_format=layout)
+    kernels = torch.zeros(4, 1, 3, 3)
+    kernels[0, 0, :, 1] = kernels[1, 0, 1, :] = 1 / 3
+    kernels[2, 0], kernels[3, 0] = torch.eye(3) / 3, torch.eye(3).flip(1) / 3
+    lines = InkFit.line_map(x)
+    assert lines.shape == x.shape and lines.dtype == x.dtype
+    assert torch.allclose(lines, F.conv2d(x, kernels, padding=1).amax(1, keepdim=True), atol=1e-6)
 
 
 def test_ink_jitter_draws_each_training_images_threshold_and_reading_keeps_ink_rel():

@@ -3,9 +3,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mlns_fast.config import LAYOUTS, RenderConfig
+from mlns_fast.config import LAYOUTS, RenderConfig, resolve_config
 from mlns_fast.data.mnist import embedded_bank
-from mlns_fast.data.render import Renderer, render_npz
+from mlns_fast.data.render import TTF_FACES, Renderer, font_glyphs, render_npz, ttf_glyphs
 from mlns_fast.data.sources import load_npz
 from mlns_fast.errors import ConfigError
 
@@ -51,6 +51,31 @@ def test_fonts_need_no_bank():
     assert o.image.max() > 100
     with pytest.raises(ConfigError, match="needs a handwriting bank"):
         Renderer(RenderConfig(), None)
+
+
+def test_ttf_faces_draw_every_digit_and_none_is_a_hershey_glyph():
+    """`--faces ttf`: one glyph per face and digit, each a cropped upright-sized digit, the ten of a face
+    all different, and none the same bitmap as any of the battery's Hershey glyphs."""
+    pools = ttf_glyphs()
+    assert len(pools) == 10 and {len(p) for p in pools} == {len(TTF_FACES)} and len(TTF_FACES) >= 20
+    for glyph in (g for p in pools for g in p):
+        assert glyph.dtype == np.uint8 and glyph.ndim == 2 and glyph.max() > 200
+        assert 15 <= glyph.shape[0] <= 60 and 3 <= glyph.shape[1] <= 50  # 48 px type cropped (cmmi10: old-style)
+    for face in range(len(TTF_FACES)):
+        assert len({pools[d][face].tobytes() for d in range(10)}) == 10
+    hershey = {(g.shape, g.tobytes()) for p in font_glyphs() for g in p}
+    assert not hershey & {(g.shape, g.tobytes()) for p in pools for g in p}
+
+
+@pytest.mark.parametrize("glyphs", ["fonts", "mixed"])
+def test_faces_picks_the_printed_glyphs_and_only_ttf_enters_the_digest(bank, glyphs):
+    ttf = Renderer(replace(RenderConfig(), glyphs=glyphs, font_ratio=1.0, faces="ttf"), bank, seed=1)
+    hershey = Renderer(replace(RenderConfig(), glyphs=glyphs, font_ratio=1.0), bank, seed=1)
+    assert [len(p) for p in ttf.fonts] == [len(TTF_FACES)] * 10 and [len(p) for p in hershey.fonts] == [64] * 10
+    a, b = ttf(3), hershey(3)
+    assert (a.digits == b.digits).all() and not (a.image == b.image).all()  # same digits, other shapes
+    assert resolve_config(faces="hershey").digest() == resolve_config().digest()  # the runs before the field
+    assert resolve_config(faces="ttf", glyphs=glyphs).digest() != resolve_config(glyphs=glyphs).digest()
 
 
 def test_render_digits_given(bank):

@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -63,6 +64,41 @@ def font_glyphs() -> list[list[np.ndarray]]:
     return pools
 
 
+# matplotlib's TrueType faces with digits (its others are symbol fonts): sans, mono, serif, STIX and
+# Computer Modern (cmmi10's digits are old-style), upright, bold and slanted
+TTF_FACES = tuple(f"DejaVu{family}{style}" for family in ("Sans", "SansMono")
+                  for style in ("", "-Bold", "-Oblique", "-BoldOblique")) + \
+    tuple(f"DejaVuSerif{style}" for style in ("", "-Bold", "-Italic", "-BoldItalic")) + \
+    tuple(f"STIXGeneral{style}" for style in ("", "Bol", "Italic", "BolIta")) + \
+    ("cmr10", "cmb10", "cmss10", "cmtt10", "cmti10", "cmmi10")
+
+
+@lru_cache(maxsize=1)
+def ttf_glyphs() -> tuple[tuple[np.ndarray, ...], ...]:
+    """The digits of matplotlib's TrueType faces (`TTF_FACES`: printed shapes that are not the battery's
+    Hershey faces), drawn once by Pillow at 48 px and cropped: [digit] -> glyphs."""
+    import matplotlib  # its fonts ship with it: no download, the same faces everywhere
+    from PIL import Image, ImageDraw, ImageFont
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pools: list[list[np.ndarray]] = [[] for _ in range(10)]
+    for face in TTF_FACES:
+        if not (folder / f"{face}.ttf").is_file():  # another matplotlib may ship fewer
+            continue
+        font = ImageFont.truetype(str(folder / f"{face}.ttf"), 48)
+        for d in range(10):
+            canvas = Image.new("L", (96, 96))
+            ImageDraw.Draw(canvas).text((48, 48), str(d), fill=255, font=font, anchor="mm")
+            pools[d].append(crop_ink(np.asarray(canvas)))
+    if not pools[0]:
+        raise ConfigError(f"--faces ttf: none of matplotlib's TrueType faces were found in {folder}")
+    return tuple(tuple(p) for p in pools)
+
+
+def printed_glyphs(faces: str) -> list[list[np.ndarray]]:
+    """The printed glyphs of `--faces`: [digit] -> glyphs."""
+    return font_glyphs() if faces == "hershey" else [list(p) for p in ttf_glyphs()]
+
+
 def bank_glyphs(bank: Bank, cell: bool = False) -> list[list[np.ndarray]]:
     """The bank's glyphs, cropped to their ink (or whole cells when `cell`): [digit] -> glyphs."""
     return [[bank.images[i] if cell else crop_ink(bank.images[i]) for i in idx] for idx in bank.by_digit()]
@@ -76,7 +112,7 @@ class Renderer:
             raise ConfigError(f"glyphs={cfg.glyphs!r} needs a handwriting bank")
         self.cfg, self.seed, self.solo = cfg, seed, solo
         self.hand = bank_glyphs(bank, cfg.cell) if cfg.glyphs != "fonts" else None
-        self.fonts = font_glyphs() if cfg.glyphs != "handwriting" else None
+        self.fonts = printed_glyphs(cfg.faces) if cfg.glyphs != "handwriting" else None
 
     def __call__(self, *key: int) -> Rendered:
         rng = np.random.default_rng([self.seed, *key])
@@ -273,9 +309,9 @@ def render_samples(renderer: Renderer, n: int, progress: bool = False, source: s
 
 
 def render_npz(n: int, out, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
-               bank: str = "", progress: bool = False) -> float:
+               bank: str = "", progress: bool = False, faces: str = "hershey") -> float:
     """Pre-render n images to an .npz (images, labels, digits), written atomically; returns seconds."""
-    renderer = create_renderer(replace(layout_config(layout), glyphs=glyphs), seed, bank)
+    renderer = create_renderer(replace(layout_config(layout), glyphs=glyphs, faces=faces), seed, bank)
     t0 = time.perf_counter()
     samples = render_samples(renderer, n, progress)
     seconds = time.perf_counter() - t0
