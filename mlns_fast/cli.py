@@ -36,8 +36,15 @@ RUNS_DIR = typer.Option(DEFAULT_RUNS_DIR, "--runs-dir", help="folder of run fold
 WEIGHTS_FROM = typer.Option("best", "--weights-from",
                             help="best (the set that scored better on validation at the end of the run) | raw | ema")
 RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
-GLYPHS_HELP = next(f for f in fields(RenderConfig) if f.name == "glyphs").metadata["help"]
-FACES = typer.Option(RenderConfig.faces, "--faces", help=next(f for f in fields(RenderConfig) if f.name == "faces").metadata["help"])
+
+
+def _render_option(name: str):
+    """A data command's option for a `[render]` field: its flag, default and help, as `train` has them."""
+    f = next(f for f in fields(RenderConfig) if f.name == name)
+    return typer.Option(f.default, "--" + name.replace("_", "-"), help=f.metadata["help"])
+
+
+GLYPHS_OPTION, FACES_OPTION = _render_option("glyphs"), _render_option("faces")
 TTA = typer.Option(DEFAULT_TTA, "--tta/--no-tta", help="shift test-time augmentation: the image and 4 copies shifted by "
                    "2 px, their per-digit log-probabilities averaged (5x the compute; --no-tta: the plain network)")
 
@@ -394,8 +401,8 @@ def data_demo(out: Path = typer.Option(..., "--out", help="folder for data0..2.n
 def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
                out: Path = typer.Option(..., "--out", help=".npz file (images, labels, digits)"),
                layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
-               glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
-               faces: str = FACES,
+               glyphs: str = GLYPHS_OPTION,
+               faces: str = FACES_OPTION,
                seed: int = typer.Option(0, "--seed", help="renderer seed"),
                bank: str = typer.Option("", "--bank", help="mnist.npz or an MNIST / EMNIST IDX folder (default: embedded, training digits)")):
     """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
@@ -436,8 +443,8 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                  runs_dir: str = RUNS_DIR,
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
-                 glyphs: str = typer.Option(RenderConfig.glyphs, "--glyphs", help=GLYPHS_HELP),
-                 faces: str = FACES,
+                 glyphs: str = GLYPHS_OPTION,
+                 faces: str = FACES_OPTION,
                  seed: int = typer.Option(0, "--seed"),
                  repack: bool = typer.Option(False, "--repack",
                                              help="real images re-laid out crowded, as train --repack draws them"),

@@ -196,8 +196,8 @@ class InkFit(nn.Module):
         pixel (|, -, \\, /). A one-pixel stroke along any of them keeps its whole value, an isolated pixel
         a third of its own, a soft edge about what the 3x3 average gives it. Sums of shifted slices of the
         padded image, not a conv2d with the four kernels: on one channel the conv takes a slow CPU path (a
-        batch of 128 on a 2-core host: ~19 ms against 2.6; the same values to float rounding:
-        benchmarks/README.md). Pads, slices, adds and a max export to ONNX as they are."""
+        batch of 128 on a 2-core host: ~19 ms against ~3; eager reading 1.07-1.09x; the same values to float
+        rounding: benchmarks/ink_maps.py). Pads, slices, adds and a max export to ONNX as they are."""
         H, W = x.shape[-2:]
         p = F.pad(x, (1, 1, 1, 1))
 

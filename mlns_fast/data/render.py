@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -94,9 +95,9 @@ def ttf_glyphs() -> tuple[tuple[np.ndarray, ...], ...]:
     return tuple(tuple(p) for p in pools)
 
 
-def printed_glyphs(faces: str) -> list[list[np.ndarray]]:
+def printed_glyphs(faces: str) -> Sequence[Sequence[np.ndarray]]:
     """The printed glyphs of `--faces`: [digit] -> glyphs."""
-    return font_glyphs() if faces == "hershey" else [list(p) for p in ttf_glyphs()]
+    return font_glyphs() if faces == "hershey" else ttf_glyphs()
 
 
 def bank_glyphs(bank: Bank, cell: bool = False) -> list[list[np.ndarray]]:
