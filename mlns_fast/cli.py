@@ -20,7 +20,7 @@ try:  # typer >= 0.22 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from .config import FLAG_SECTIONS, LAYOUTS, SECTIONS, RenderConfig, resolve_config
+from .config import FLAG_SECTIONS, HANDWRITTEN, LAYOUTS, SECTIONS, RenderConfig, resolve_config
 from .errors import ConfigError, MlnsError, one_line
 from .logs import configure_logging
 from .runs import DEFAULT_RUNS_DIR, DEFAULT_TTA
@@ -39,9 +39,11 @@ RAW = typer.Option(False, "--raw", help="shorthand for --weights-from raw")
 
 
 def _render_option(name: str):
-    """A data command's option for a `[render]` field: its flag, default and help, as `train` has them."""
+    """A data command's option for a `[render]` field: its flag and help as `train` has them; not given,
+    the --layout's own (train: the training default, course / tight: handwriting)."""
     f = next(f for f in fields(RenderConfig) if f.name == name)
-    return typer.Option(f.default, "--" + name.replace("_", "-"), help=f.metadata["help"])
+    return typer.Option(None, "--" + name.replace("_", "-"), help=f.metadata["help"],
+                        show_default=f"the --layout's: train {f.default}, course / tight {HANDWRITTEN[name]}")
 
 
 GLYPHS_OPTION, FACES_OPTION = _render_option("glyphs"), _render_option("faces")
@@ -401,8 +403,8 @@ def data_demo(out: Path = typer.Option(..., "--out", help="folder for data0..2.n
 def data_synth(n: int = typer.Option(50_000, "--n", help="images to render"),
                out: Path = typer.Option(..., "--out", help=".npz file (images, labels, digits)"),
                layout: str = typer.Option("train", "--layout", help=f"one of {', '.join(LAYOUTS)}"),
-               glyphs: str = GLYPHS_OPTION,
-               faces: str = FACES_OPTION,
+               glyphs: Optional[str] = GLYPHS_OPTION,
+               faces: Optional[str] = FACES_OPTION,
                seed: int = typer.Option(0, "--seed", help="renderer seed"),
                bank: str = typer.Option("", "--bank", help="mnist.npz or an MNIST / EMNIST IDX folder (default: embedded, training digits)")):
     """Pre-render synthetic images to an .npz (training loaders can also render on the fly)."""
@@ -443,8 +445,8 @@ def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                  runs_dir: str = RUNS_DIR,
                  n: int = typer.Option(16, "--n", help="images in the grid"),
                  layout: str = typer.Option("train", "--layout", help="synthetic layout"),
-                 glyphs: str = GLYPHS_OPTION,
-                 faces: str = FACES_OPTION,
+                 glyphs: Optional[str] = GLYPHS_OPTION,
+                 faces: Optional[str] = FACES_OPTION,
                  seed: int = typer.Option(0, "--seed"),
                  repack: bool = typer.Option(False, "--repack",
                                              help="real images re-laid out crowded, as train --repack draws them"),

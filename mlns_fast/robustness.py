@@ -21,7 +21,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .config import LAYOUTS, RenderConfig, spec_dict
+from .config import HANDWRITTEN, LAYOUTS, RenderConfig, spec_dict
 from .data.demo import cache_root, demo_split
 from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
@@ -37,7 +37,7 @@ N_IMAGES = 1000  # per set: a sum accuracy within about +-1.4 points (95 %) at 9
 # so that its sets stay the same when the demo stand-in changes; each set pushes one range out of it.
 BASE = RenderConfig(glyph_height=(0.5, 0.95), aspect=(0.85, 1.2), rotation=(-10.0, 10.0), shear=(-0.2, 0.2),
                     stroke=(0, 1), elastic=0.0, gap=(-0.3, 1.3), blur_p=0.0, noise_p=0.0, contrast=(1.0, 1.0),
-                    coherence=0.0, crowded=0.0, rescan=0.0, crowded_clean=False)
+                    coherence=0.0, crowded=0.0, rescan=0.0, crowded_clean=False, **HANDWRITTEN)
 
 
 @dataclass(frozen=True)

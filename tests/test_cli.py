@@ -216,12 +216,24 @@ def test_export_onnx_and_predict_with_onnxruntime(trained, capsys, tmp_path):
 def test_data_commands(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "data", "preview", "--source", "synthetic", "--out", tmp_path / "g.png", "--n", "8")
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 5000
-    code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "s.npz", "--glyphs", "fonts")
+    code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "s.npz", "--glyphs", "fonts",
+                           "--faces", "hershey")
     assert code == 0 and "64 images" in out
     code, out, _ = run_cli(capsys, "data", "synth", "--n", "64", "--out", tmp_path / "t.npz", "--glyphs", "fonts",
                            "--faces", "ttf")
     hershey, ttf = np.load(tmp_path / "s.npz"), np.load(tmp_path / "t.npz")
     assert code == 0 and (hershey["labels"] == ttf["labels"]).all() and not (hershey["images"] == ttf["images"]).all()
+    # not given, --glyphs / --faces are the --layout's own: tight its handwriting, train the training default's
+    rendered = {}
+    for layout, glyphs in (("tight", None), ("tight", "handwriting"), ("train", None), ("train", "mixed"),
+                           ("train", "handwriting")):
+        f = tmp_path / f"{layout}-{glyphs}.npz"
+        code, _, _ = run_cli(capsys, "data", "synth", "--n", "16", "--out", f, "--layout", layout,
+                             *(["--glyphs", glyphs] if glyphs else []))
+        rendered[layout, glyphs] = np.load(f)["images"]
+    assert (rendered["tight", None] == rendered["tight", "handwriting"]).all()
+    assert (rendered["train", None] == rendered["train", "mixed"]).all()
+    assert not (rendered["train", None] == rendered["train", "handwriting"]).all()
     code, _, err = run_cli(capsys, "data", "synth", "--n", "8", "--out", tmp_path / "u.npz", "--faces", "arial")
     assert code == 2 and "faces" in err and err.count("\n") == 1 and not (tmp_path / "u.npz").exists()
     code, out, _ = run_cli(capsys, "data", "demo", "--out", tmp_path / "demo")

@@ -1,6 +1,7 @@
 import pytest
 
-from mlns_fast.config import RunConfig, config_from_dict, load_run_config, resolve_config, spec_dict, write_toml
+from mlns_fast.config import (HANDWRITTEN, RenderConfig, RunConfig, config_from_dict, load_run_config, resolve_config,
+                              spec_dict, write_toml)
 from mlns_fast.errors import ConfigError
 
 
@@ -155,22 +156,23 @@ def test_bad_tracking_and_control_values(flags, msg):
 
 
 def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
-    """`[render] crowded` (0.75), `rescan` (0.3), `crowded_clean` (true), `[model] zoom` (3) and `ink_map` (lines,
-    trained on box) became defaults after runs were recorded without them: a run's config.toml without them reads
-    back as what that run trained on, its digest stays the one it had, and a user's config file without them gets
-    today's default."""
+    """`[render] crowded` (0.75), `rescan` (0.3), `crowded_clean` (true), `faces` (ttf), `[model] zoom` (3) and
+    `ink_map` (lines, trained on box) became defaults after runs were recorded without them: a run's config.toml
+    without them reads back as what that run trained on, its digest stays the one it had, and a user's config file
+    without them gets today's default."""
     old = resolve_config(str(_toml(tmp_path / "f.toml", "[model]\nzoom = 1.0\nink_map = \"box\"\n[render]\n"
-                                                        "crowded = 0.0\nrescan = 0.0\ncrowded_clean = false\n")))
+                                                        "crowded = 0.0\nrescan = 0.0\ncrowded_clean = false\n"
+                                                        "glyphs = \"mixed\"\nfaces = \"hershey\"\n")))
     assert (old.model.ink_map, old.model.ink_map_train) == ("box", "same")  # box trained on box: one spelling
     text = "\n".join(line for line in write_toml(old).splitlines()
-                     if not line.startswith(("crowded =", "rescan =", "zoom =", "crowded_clean =", "ink_map")))
+                     if not line.startswith(("crowded =", "rescan =", "zoom =", "crowded_clean =", "ink_map", "faces")))
     run_file = _toml(tmp_path / "config.toml", text)
     back = load_run_config(run_file)
     assert (back.render.crowded, back.render.rescan, back.model.zoom, back.render.crowded_clean) == (0.0, 0.0, 1.0, False)
-    assert back == old and old.digest() != RunConfig().digest()
+    assert back.render.faces == "hershey" and back == old and old.digest() != RunConfig().digest()
     mine = resolve_config(str(run_file))  # a user's file: today's defaults
     assert (mine.render.crowded, mine.render.rescan, mine.model.zoom, mine.render.crowded_clean) == (0.75, 0.3, 3.0, True)
-    assert (mine.model.ink_map, mine.model.ink_map_train) == ("lines", "box")
+    assert (mine.model.ink_map, mine.model.ink_map_train, mine.render.faces) == ("lines", "box", "ttf")
     # the digest of a run without the field is computed as before the field existed
     import hashlib, json
     d = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
@@ -182,19 +184,48 @@ def test_a_run_recorded_before_a_new_default_keeps_what_it_did(tmp_path):
             if f.metadata.get("since") and sec in d:
                 d[sec].pop(f.name)  # every field added since: the old run sits at each one's earlier value
     assert "crowded" not in d["render"] and "zoom" not in d["model"] and "label_smoothing" not in d["train"]
-    assert "ink_map" not in d["model"] and "ink_map_train" not in d["model"]
+    assert "ink_map" not in d["model"] and "ink_map_train" not in d["model"] and "faces" not in d["render"]
     assert old.digest() == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def test_cache_keys_ignore_new_fields_that_change_nothing():
     """A cache key (`spec_dict`) leaves out a `since` field at its earlier value -- a pair too, which a
     section dict holds as a list -- and keeps it once it changes what is rendered."""
-    from mlns_fast.config import RenderConfig, spec_dict
     plain = spec_dict(RenderConfig())
     assert "rescan" in plain and "rescan_px" not in plain and "glyph_height" in plain  # rescan's default is new
     assert "rescan" not in spec_dict(RenderConfig(rescan=0.0))
     assert spec_dict(RenderConfig(rescan_px=(5.0, 9.0)))["rescan_px"] == [5.0, 9.0]
 
+
+
+def test_round_files_keep_the_glyphs_their_runs_were_made_with():
+    """Since the thirty-fifth round the default renders 15 % printed TrueType glyphs: every earlier round file
+    pins the glyphs its runs were made with (handwriting, font_ratio 0.3, Hershey faces), so it still names the
+    same runs; the few rows that printed name their glyphs, and the new default is the thirty-fourth round's
+    TrueType recipe, the same experiment seed for seed."""
+    from pathlib import Path
+    from mlns_fast.suite import load_suite
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    printed = {}
+    for f in sorted(root.glob("*.toml")):
+        if f.name == "sweep.toml":  # a study around today's defaults, not a record of runs
+            continue
+        printed |= {c.name: (c.render.glyphs, c.render.font_ratio, c.render.faces)
+                    for c in load_suite(f) if c.render.glyphs != "handwriting"}
+    assert printed == {"abl-fonts-only": ("fonts", 0.15, "hershey"), "fonts-s0": ("fonts", 0.15, "hershey"),
+                       "fonts-s1": ("fonts", 0.15, "hershey"), "r35-ttf15-s3": ("mixed", 0.15, "ttf"),
+                       "r35-ttf15-s4": ("mixed", 0.15, "ttf"),
+                       **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
+                       **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
+    ttf = load_suite(root / "round34.toml")
+    assert [resolve_config(seed=s).digest() for s in range(3)] == [c.digest() for c in ttf]
+    assert resolve_config(glyphs="handwriting").digest() == \
+        load_suite(root / "round30.toml")[3].digest()  # r30-default-s0: the default before
+    # the thirty-fifth round: a fourth and a fifth seed of each, today's default and the default before
+    more = load_suite(root / "round35.toml")
+    assert [c.name for c in more] == ["r35-ttf15-s3", "r35-ttf15-s4", "r35-handwriting-s3", "r35-handwriting-s4"]
+    assert [c.digest() for c in more[:2]] == [resolve_config(seed=s).digest() for s in (3, 4)]
+    assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
 def _override(cfg, **sections):
@@ -271,7 +302,8 @@ def test_every_committed_experiment_file_still_loads():
     assert (jit[0].model.ink_map, jit[0].model.ink_map_train) == ("box", "same")
     assert "ink_map" not in spec_dict(jit[0].model) and "ink_map_train" not in spec_dict(jit[0].model)
     assert spec_dict(lines[0].model)["ink_map"] == "lines" and "ink_map_train" not in spec_dict(lines[0].model)
-    assert lines[3].digest() == RunConfig(name="r30-default-s0").digest() != lines[0].digest()
+    handwritten = RunConfig(name="r30-default-s0", render=RenderConfig(**HANDWRITTEN))  # the default until round 35
+    assert lines[3].digest() == handwritten.digest() != lines[0].digest()
     # the thirty-first round: the timm budgets of the nineteenth / twenty-third rounds, read on line averages
     timm = load_suite(root / "round31.toml")
     assert [(c.name, c.model.arch, c.model.prune_stages, c.train.epochs, c.train.lr, c.train.seed,
@@ -300,7 +332,8 @@ def test_every_committed_experiment_file_still_loads():
     # the thirty-third round: printed digits beside the handwriting, the default on this round's machine, and
     # twice the re-sampled glyphs; each differs from the thirtieth round's default only in what it names
     fonts = load_suite(root / "round33.toml")
-    assert [(c.name, c.render.glyphs, c.render.font_ratio, c.render.rescan, c.train.seed) for c in fonts] == [
+    assert [(c.name, c.render.glyphs, spec_dict(c.render)["font_ratio"], c.render.rescan, c.train.seed)
+            for c in fonts] == [  # the share in effect: handwriting reads none
         ("r33-mixed15-s0", "mixed", 0.15, 0.3, 0), ("r33-mixed15-s1", "mixed", 0.15, 0.3, 1),
         ("r33-mixed15-s2", "mixed", 0.15, 0.3, 2), ("r33-default-s0", "handwriting", 0.3, 0.3, 0),
         ("r33-default-s1", "handwriting", 0.3, 0.3, 1), ("r33-default-s2", "handwriting", 0.3, 0.3, 2),

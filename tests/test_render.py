@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mlns_fast.config import LAYOUTS, RenderConfig, resolve_config
+from mlns_fast.config import LAYOUTS, RenderConfig, resolve_config, spec_dict
 from mlns_fast.data.mnist import embedded_bank
 from mlns_fast.data.render import TTF_FACES, Renderer, font_glyphs, render_npz, ttf_glyphs
 from mlns_fast.data.sources import load_npz
@@ -70,12 +70,44 @@ def test_ttf_faces_draw_every_digit_and_none_is_a_hershey_glyph():
 @pytest.mark.parametrize("glyphs", ["fonts", "mixed"])
 def test_faces_picks_the_printed_glyphs_and_only_ttf_enters_the_digest(bank, glyphs):
     ttf = Renderer(replace(RenderConfig(), glyphs=glyphs, font_ratio=1.0, faces="ttf"), bank, seed=1)
-    hershey = Renderer(replace(RenderConfig(), glyphs=glyphs, font_ratio=1.0), bank, seed=1)
+    hershey = Renderer(replace(RenderConfig(), glyphs=glyphs, font_ratio=1.0, faces="hershey"), bank, seed=1)
     assert [len(p) for p in ttf.fonts] == [len(TTF_FACES)] * 10 and [len(p) for p in hershey.fonts] == [64] * 10
     a, b = ttf(3), hershey(3)
     assert (a.digits == b.digits).all() and not (a.image == b.image).all()  # same digits, other shapes
-    assert resolve_config(faces="hershey").digest() == resolve_config().digest()  # the runs before the field
-    assert resolve_config(faces="ttf", glyphs=glyphs).digest() != resolve_config(glyphs=glyphs).digest()
+    # hershey is what the runs before the field rendered: out of the digest, as if the field were not there
+    assert "faces" not in spec_dict(RenderConfig(faces="hershey")) and spec_dict(RenderConfig())["faces"] == "ttf"
+    assert resolve_config(faces="hershey", glyphs=glyphs).digest() != resolve_config(glyphs=glyphs).digest()
+
+
+def test_glyph_fields_a_layout_never_reads_stay_out_of_digests_and_pixels(bank):
+    """Handwriting reads neither font_ratio nor faces, fonts not font_ratio: the same pixels and the same
+    digest (`--glyphs handwriting` is the default before the thirty-fifth round, runs and caches included);
+    a mix reads both."""
+    hand = RenderConfig(glyphs="handwriting")  # today's font_ratio 0.15 and TrueType faces, unread
+    earlier = RenderConfig(glyphs="handwriting", font_ratio=0.3, faces="hershey")
+    assert (Renderer(hand, bank, seed=2)(4).image == Renderer(earlier, bank, seed=2)(4).image).all()
+    assert spec_dict(hand) == spec_dict(earlier) and "faces" not in spec_dict(hand)
+    assert resolve_config(glyphs="handwriting").digest() == \
+        resolve_config(glyphs="handwriting", font_ratio=0.3, faces="hershey").digest()
+    assert resolve_config(glyphs="fonts", font_ratio=0.6).digest() == resolve_config(glyphs="fonts").digest()
+    assert resolve_config(glyphs="fonts", faces="hershey").digest() != resolve_config(glyphs="fonts").digest()
+    assert resolve_config(font_ratio=0.3).digest() != resolve_config().digest()  # a mix reads its share
+
+
+def test_default_glyphs_are_mixed_and_the_test_layouts_keep_handwriting(bank):
+    """Since the thirty-fifth round training renders 15 % printed TrueType glyphs; the layouts the demo and
+    the evaluation sets render from (course, tight) keep handwriting alone, their pixels as before."""
+    cfg = RenderConfig()
+    assert (cfg.glyphs, cfg.font_ratio, cfg.faces) == ("mixed", 0.15, "ttf") and LAYOUTS["train"] == cfg
+    printed = {(g.shape, g.tobytes()) for pool in ttf_glyphs() for g in pool}
+    r = Renderer(cfg, bank, seed=0)
+    drawn = [r._plan(d, np.random.default_rng(i).random(7))[0] for i in range(400) for d in [i % 10]]
+    share = np.mean([(g.shape, g.tobytes()) in printed for g in drawn])
+    assert 0.1 < share < 0.2  # font_ratio of the glyphs printed, the rest from the bank
+    for name in ("course", "tight"):
+        layout = LAYOUTS[name]
+        assert (layout.glyphs, layout.font_ratio, layout.faces) == ("handwriting", 0.3, "hershey")
+        assert Renderer(layout, bank, seed=0).fonts is None
 
 
 def test_render_digits_given(bank):

@@ -27,6 +27,9 @@ def test_every_set_renders_deterministically_from_unseen_handwriting(spec, monke
     assert (a.images == b.images).all() and (a.sums == a.digits.sum(1)).all()
     assert a.images.max() > 40  # something was drawn
     assert set(asked) <= {"reserved"}  # never a training or validation glyph
+    # the training default's printed glyphs never reach a set: handwriting alone, or the fonts set's Hershey faces
+    r = spec.render
+    assert (r.glyphs, r.faces) == ("fonts" if spec.name == "fonts" else "handwriting", "hershey")
 
 
 def test_sets_differ_the_way_they_say():

@@ -1,12 +1,11 @@
 """`data preview`: a labelled grid of synthetic, demo or user images."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..config import REPACK_SIZES, layout_config
+from ..config import REPACK_SIZES, layout_config, layout_render
 from ..errors import ConfigError
 from .demo import demo_split
 from .render import create_renderer, render_samples
@@ -14,14 +13,15 @@ from .repack import repack as crowd
 from .sources import Samples, load_source
 
 
-def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
-                    repack: bool = False, repack_size: str = "small", faces: str = "hershey") -> Samples:
-    """The first n images of `source`: synthetic (rendered), demo (train split) or a data path; with
-    `repack`, real images re-laid out crowded in `layout`'s ranges, as `train --repack` draws them."""
+def preview_samples(source: str, n: int, layout: str = "train", glyphs: str | None = None, seed: int = 0,
+                    repack: bool = False, repack_size: str = "small", faces: str | None = None) -> Samples:
+    """The first n images of `source`: synthetic (rendered; `glyphs` / `faces` None: the layout's own),
+    demo (train split) or a data path; with `repack`, real images re-laid out crowded in `layout`'s
+    ranges, as `train --repack` draws them."""
     if source == "synthetic":
         if repack:
             raise ConfigError("--repack previews real images (--source demo or a data path), not synthetic ones")
-        return render_samples(create_renderer(replace(layout_config(layout), glyphs=glyphs, faces=faces), seed), n)
+        return render_samples(create_renderer(layout_render(layout, glyphs=glyphs, faces=faces), seed), n)
     s = demo_split("train", with_digits=True) if source == "demo" else load_source(source)
     s = s.subset(slice(0, n))
     if repack:
@@ -33,14 +33,16 @@ def preview_samples(source: str, n: int, layout: str = "train", glyphs: str = "h
     return s
 
 
-def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", glyphs: str = "handwriting",
-            seed: int = 0, repack: bool = False, repack_size: str = "small", faces: str = "hershey") -> Path:
+def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", glyphs: str | None = None,
+            seed: int = 0, repack: bool = False, repack_size: str = "small", faces: str | None = None) -> Path:
     """Write a grid PNG with `sum = ... (digits)` over each image."""
     from ..plots import image_grid
     s = preview_samples(source, n, layout, glyphs, seed, repack, repack_size, faces)
     titles = [f"sum {int(s.sums[i])}" + (f"  ({' '.join(map(str, s.digits[i]))})" if s.digits is not None else "")
               for i in range(len(s))]
     crowded = f" re-laid out crowded ({repack_size})" if repack else ""
-    printed = f", {faces} faces" if glyphs != "handwriting" else ""
-    label = f"{source} ({layout}, {glyphs}{printed})" if source == "synthetic" else source + crowded
+    cfg = layout_render(layout, glyphs=glyphs, faces=faces)
+    printed = f", {cfg.font_ratio:g} printed ({cfg.faces} faces)" if cfg.glyphs == "mixed" else \
+        f", {cfg.faces} faces" if cfg.glyphs == "fonts" else ""
+    label = f"{source} ({layout}, {cfg.glyphs}{printed})" if source == "synthetic" else source + crowded
     return image_grid(s.images, titles, out, suptitle=label)

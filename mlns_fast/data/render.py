@@ -10,14 +10,14 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..config import N_CLASSES, N_DIGITS, RenderConfig, layout_config
+from ..config import N_CLASSES, N_DIGITS, RenderConfig, layout_render
 from ..errors import ConfigError
 from .mnist import Bank, load_bank
 from .sources import Samples, save_npz
@@ -309,10 +309,11 @@ def render_samples(renderer: Renderer, n: int, progress: bool = False, source: s
                    np.stack([o.digits for o in out]), source or f"synthetic:seed{renderer.seed}")
 
 
-def render_npz(n: int, out, layout: str = "train", glyphs: str = "handwriting", seed: int = 0,
-               bank: str = "", progress: bool = False, faces: str = "hershey") -> float:
-    """Pre-render n images to an .npz (images, labels, digits), written atomically; returns seconds."""
-    renderer = create_renderer(replace(layout_config(layout), glyphs=glyphs, faces=faces), seed, bank)
+def render_npz(n: int, out, layout: str = "train", glyphs: str | None = None, seed: int = 0,
+               bank: str = "", progress: bool = False, faces: str | None = None) -> float:
+    """Pre-render n images to an .npz (images, labels, digits), written atomically; returns seconds.
+    `glyphs` / `faces` None: the layout's own."""
+    renderer = create_renderer(layout_render(layout, glyphs=glyphs, faces=faces), seed, bank)
     t0 = time.perf_counter()
     samples = render_samples(renderer, n, progress)
     seconds = time.perf_counter() - t0
