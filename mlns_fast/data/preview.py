@@ -40,9 +40,17 @@ def preview(source: str, out: str | Path, n: int = 16, layout: str = "train", gl
     s = preview_samples(source, n, layout, glyphs, seed, repack, repack_size, faces)
     titles = [f"sum {int(s.sums[i])}" + (f"  ({' '.join(map(str, s.digits[i]))})" if s.digits is not None else "")
               for i in range(len(s))]
-    crowded = f" re-laid out crowded ({repack_size})" if repack else ""
-    cfg = layout_render(layout, glyphs=glyphs, faces=faces)
-    printed = f", {cfg.font_ratio:g} printed ({cfg.faces} faces)" if cfg.glyphs == "mixed" else \
-        f", {cfg.faces} faces" if cfg.glyphs == "fonts" else ""
-    label = f"{source} ({layout}, {cfg.glyphs}{printed})" if source == "synthetic" else source + crowded
+    if source == "synthetic":
+        label = f"{source} ({layout}, {glyph_source(layout_render(layout, glyphs=glyphs, faces=faces))})"
+    else:
+        label = source + (f" re-laid out crowded ({repack_size})" if repack else "")
     return image_grid(s.images, titles, out, suptitle=label)
+
+
+def glyph_source(cfg) -> str:
+    """Where a layout's glyphs come from, in a few words: `mixed, 0.15 printed (ttf faces)`."""
+    if cfg.glyphs == "mixed":
+        return f"mixed, {cfg.font_ratio:g} printed ({cfg.faces} faces)"
+    if cfg.glyphs == "fonts":
+        return f"fonts, {cfg.faces} faces"
+    return cfg.glyphs
