@@ -216,6 +216,7 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                        "fonts-s1": ("fonts", 0.15, "hershey"), "r35-ttf15-s3": ("mixed", 0.15, "ttf"),
                        "r35-ttf15-s4": ("mixed", 0.15, "ttf"), "r36-ttf30-s1": ("mixed", 0.3, "ttf"),
                        "r36-ttf30-s3": ("mixed", 0.3, "ttf"), "r36-r18-prune1-s0": ("mixed", 0.15, "ttf"),
+                       "r36-r18-prune1-s1": ("mixed", 0.15, "ttf"),
                        "r36-default-s2": ("mixed", 0.15, "ttf"),
                        "r36-r50-prune1-s0": ("mixed", 0.15, "ttf"),
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
@@ -233,14 +234,15 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     # glyphs; each differs from an earlier run only in what it names
     r36 = load_suite(root / "round36.toml")
     assert [c.name for c in r36] == ["r36-ttf30-s1", "r36-ttf30-s3", "r36-default-s2", "r36-r18-prune1-s0",
-                                     "r36-r18-prune1-hand-s0", "r36-r50-prune1-s0"]
+                                     "r36-r18-prune1-s1", "r36-r18-prune1-hand-s0", "r36-r50-prune1-s0"]
     assert [_override(c, render={"font_ratio": 0.15}).digest() for c in r36[:2]] == \
         [resolve_config(seed=s).digest() for s in (1, 3)]
     assert r36[2].digest() == resolve_config(seed=2).digest() == ttf[2].digest()  # r34-ttf15-s2's configuration
     timm = load_suite(root / "round31.toml")
     hand = {"glyphs": "handwriting"}
-    assert r36[4].digest() == _override(r36[3], render=hand).digest() == timm[0].digest() != r36[3].digest()
-    assert _override(r36[5], render=hand).digest() == timm[2].digest() != r36[5].digest()
+    assert r36[5].digest() == _override(r36[3], render=hand).digest() == timm[0].digest() != r36[3].digest()
+    assert _override(r36[4], render=hand).digest() == timm[1].digest() != r36[4].digest()
+    assert _override(r36[6], render=hand).digest() == timm[2].digest() != r36[6].digest()
 
 
 def _override(cfg, **sections):
