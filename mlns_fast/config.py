@@ -192,7 +192,9 @@ class ModelConfig(Checked):
                                "supports it, else its own)", choices=(0, 8, 16, 32))
     prune_stages: int = _f(0, "timm backbones: remove the last N stages (timm's prune_intermediate_layers) and read "
                               "the stage before them: --prune-stages 1 reads layer3 (stride 16 without dilation) at 0.41 "
-                              "of resnet18's FLOPs, 0.49 of resnet50's; 0 = every stage", 0, 3, since=True)
+                              "of resnet18's FLOPs, 0.49 of resnet50's; 2 reads layer2 on a 5 x 21 grid (stride 8) at "
+                              "0.26 / 0.24, the CPU-budget recipes (RESULTS.md, thirty-seventh round); 0 = every stage",
+                           0, 3, since=True)
     drop: float = _f(0.1, "dropout before the head", 0.0, 1.0, open_hi=True)
     columns: str = _f("mean", "digits head: how it reads a feature-map column: mean (its rows averaged) | stack "
                               "(its rows side by side, so ink in different rows of one column stays apart: "

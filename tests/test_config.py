@@ -219,6 +219,9 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                        "r36-r18-prune1-s1": ("mixed", 0.15, "ttf"),
                        "r36-default-s2": ("mixed", 0.15, "ttf"),
                        "r36-r50-prune1-s0": ("mixed", 0.15, "ttf"),
+                       **{n: ("mixed", 0.15, "ttf") for n in ("r37-r18-prune2-s0", "r37-r18-prune2-s1",
+                                                              "r37-r18-prune2-e8-s0", "r37-r18-prune2-e8-s1",
+                                                              "r37-r50-prune2-s0", "r37-r50-prune2-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -243,6 +246,18 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert r36[5].digest() == _override(r36[3], render=hand).digest() == timm[0].digest() != r36[3].digest()
     assert _override(r36[4], render=hand).digest() == timm[1].digest() != r36[4].digest()
     assert _override(r36[6], render=hand).digest() == timm[2].digest() != r36[6].digest()
+    # the thirty-seventh round: the same timm recipes read at stride 8 (two stages pruned), the resnet18 one also
+    # for eight epochs; each is a thirty-sixth-round run with prune_stages (and epochs) changed and nothing else
+    r37 = load_suite(root / "round37.toml")
+    assert [c.name for c in r37] == ["r37-r18-prune2-s0", "r37-r18-prune2-s1", "r37-r18-prune2-e8-s0",
+                                     "r37-r18-prune2-e8-s1", "r37-r50-prune2-s0", "r37-r50-prune2-s1"]
+    one = {"prune_stages": 1}
+    assert [_override(c, model=one).digest() for c in r37[:2]] == [r36[3].digest(), r36[4].digest()]
+    assert [_override(c, model=one, train={"epochs": 5}).digest() for c in r37[2:4]] == \
+        [r36[3].digest(), r36[4].digest()]
+    assert _override(r37[4], model=one).digest() == r36[6].digest() != r37[4].digest()
+    assert _override(r37[5], train={"seed": 0}).digest() == r37[4].digest() != r37[5].digest()
+    assert (r37[0].model.prune_stages, r37[2].train.epochs, r37[4].model.arch) == (2, 8, "resnet50")
 
 
 def _override(cfg, **sections):
