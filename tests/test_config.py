@@ -215,11 +215,9 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert printed == {"abl-fonts-only": ("fonts", 0.15, "hershey"), "fonts-s0": ("fonts", 0.15, "hershey"),
                        "fonts-s1": ("fonts", 0.15, "hershey"), "r35-ttf15-s3": ("mixed", 0.15, "ttf"),
                        "r35-ttf15-s4": ("mixed", 0.15, "ttf"), "r36-ttf30-s1": ("mixed", 0.3, "ttf"),
-                       "r36-ttf30-s3": ("mixed", 0.3, "ttf"), "r36-r18-prune1-s0": ("mixed", 0.15, "ttf"),
-                       "r36-r18-prune1-s1": ("mixed", 0.15, "ttf"),
-                       "r36-default-s2": ("mixed", 0.15, "ttf"),
-                       "r36-r50-prune1-s0": ("mixed", 0.15, "ttf"),
-                       **{n: ("mixed", 0.15, "ttf") for n in ("r37-r18-prune2-s0", "r37-r18-prune2-s1",
+                       "r36-ttf30-s3": ("mixed", 0.3, "ttf"),
+                       **{n: ("mixed", 0.15, "ttf") for n in ("r36-r18-prune1-s0", "r36-r18-prune1-s1", "r36-default-s2",
+                                                              "r36-r50-prune1-s0", "r37-r18-prune2-s0", "r37-r18-prune2-s1",
                                                               "r37-r18-prune2-e8-s0", "r37-r18-prune2-e8-s1",
                                                               "r37-r50-prune2-s0", "r37-r50-prune2-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
@@ -233,6 +231,15 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert [c.name for c in more] == ["r35-ttf15-s3", "r35-ttf15-s4", "r35-handwriting-s3", "r35-handwriting-s4"]
     assert [c.digest() for c in more[:2]] == [resolve_config(seed=s).digest() for s in (3, 4)]
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
+
+
+def test_round36_and_37_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth and thirty-seventh rounds is an earlier run with the fields its note names
+    changed and nothing else, so its figures are set beside the right run."""
+    from pathlib import Path
+    from mlns_fast.suite import load_suite
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    ttf = load_suite(root / "round34.toml")
     # the thirty-sixth round: twice the printed share, and the timm budgets of the thirty-first round at today's
     # glyphs; each differs from an earlier run only in what it names
     r36 = load_suite(root / "round36.toml")
