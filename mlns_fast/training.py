@@ -26,8 +26,8 @@ from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
 from .callbacks import (Accumulate, BoxTarget, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
-                        LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop, keep_losses_on_device,
-                        scorer)
+                        HeapTrim, LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop, heap_trim_every,
+                        keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
@@ -64,7 +64,8 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
     calibration scorers make their own precision callbacks from it) and `learn.stop_reason`
     (None, or the (status, message) a `callbacks.stop_fit` recorded)."""
     t = cfg.train
-    cbs = [EpochPlan(), DivergenceGuard(), *precision_callbacks(precision, device), *extra_cbs]
+    cbs = [EpochPlan(), DivergenceGuard(), HeapTrim(heap_trim_every()), *precision_callbacks(precision, device),
+           *extra_cbs]
     if cfg.model.channels_last:
         cbs.append(ChannelsLast())
     if cfg.model.box_weight:
@@ -106,6 +107,7 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     weights, seed, precision, architecture check, loaders, model -- each resolved here once. User
     errors (arch, data, weights, options) are raised here, before any run folder exists."""
     device = torch.device(device) if device else default_device()
+    heap_trim_every()  # a bad $MLNS_FAST_HEAP_TRIM is refused here too, before any run folder exists
     cfg = resolve_init(cfg, runs_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     precision = resolve_precision(cfg.train.precision, device)

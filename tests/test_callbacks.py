@@ -219,3 +219,63 @@ def test_epoch_table_prints_rows_without_bars_and_honours_no_logging(capsys):
     with learn.no_logging():  # lr_find's sweep logs nothing
         learn.fit(1, 1e-3)
     assert capsys.readouterr().out == ""
+
+
+def test_heap_trim_runs_every_n_training_batches_and_after_each_validation(tiny_cfg, monkeypatch):
+    """$MLNS_FAST_HEAP_TRIM=5 over 2 epochs of 12 training batches: train_iter 5, 10, 15, 20 and the two
+    validations; never inside validation. The trim moves no number: the weights equal an untrimmed run's."""
+    from mlns_fast.callbacks import HeapTrim
+    cfg = tiny_cfg(epochs=2)
+
+    def fit(every):
+        monkeypatch.setenv("MLNS_FAST_HEAP_TRIM", str(every))
+        torch.manual_seed(0)
+        learn = _learner(cfg, create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE))
+        trim = next(cb for cb in learn.cbs if isinstance(cb, HeapTrim))
+        calls = []
+        if trim.trim is not None:
+            real = trim.trim
+            trim.trim = lambda pad: calls.append((learn.training, learn.train_iter)) or real(pad)
+        learn.fit_one_cycle(2, lr_max=1e-3)
+        return learn, calls
+
+    learn, calls = fit(5)
+    assert learn.train_iter == 24 and len(learn.dls.valid) == 3
+    if sys.platform.startswith("linux"):  # glibc
+        assert calls == [(True, 5), (True, 10), (False, 12), (True, 15), (True, 20), (False, 24)]
+    plain, none = fit(0)
+    assert none == []
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, learn.model.state_dict()[k]), k
+
+
+def test_heap_trim_gives_the_heaps_freed_memory_back():
+    """The pattern that grew a run's RSS: blocks freed in the middle of glibc's heap (a small block above
+    them stops the heap shrinking from its top) stay resident until the trim."""
+    from mlns_fast.callbacks import HeapTrim
+    cb = HeapTrim(1)
+    if cb.trim is None or not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+
+    def rss_mib():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+
+    big = torch.ones(16 << 18)  # a 16 MiB block, mmapped; freeing it raises glibc's mmap threshold,
+    del big                     # so the 1 MiB blocks below come from the heap
+    blocks = [t for _ in range(256) for t in (torch.ones(1 << 18), torch.ones(8))]
+    del blocks[0::2]  # the 1 MiB blocks; the small ones stay, above them
+    before = rss_mib()
+    cb.after_validate()
+    assert before - rss_mib() >= 128, (before, rss_mib())
+
+
+@pytest.mark.parametrize("value", ["fifty", "-1", "2.5"])
+def test_bad_heap_trim_setting_is_a_user_error_before_any_run_folder(value, tiny_cfg, tmp_path, monkeypatch, capsys):
+    from .conftest import assert_user_error, run_cli
+    from mlns_fast.errors import ConfigError
+    monkeypatch.setenv("MLNS_FAST_HEAP_TRIM", value)
+    with pytest.raises(ConfigError, match="MLNS_FAST_HEAP_TRIM"):
+        train(tiny_cfg(epochs=1), runs_dir=tmp_path / "runs", quiet=True)
+    code, _, err = run_cli(capsys, "train", "--epochs", 1, "--runs-dir", tmp_path / "runs")
+    assert_user_error(code, err, f"$MLNS_FAST_HEAP_TRIM={value!r}")
+    assert not (tmp_path / "runs").exists()
