@@ -233,8 +233,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_and_37_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth and thirty-seventh rounds is an earlier run with the fields its note names
+def test_round36_to_38_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to thirty-eighth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -265,6 +265,11 @@ def test_round36_and_37_rows_change_only_what_they_name():
     assert _override(r37[4], model=one).digest() == r36[6].digest() != r37[4].digest()
     assert _override(r37[5], train={"seed": 0}).digest() == r37[4].digest() != r37[5].digest()
     assert (r37[0].model.prune_stages, r37[2].train.epochs, r37[4].model.arch) == (2, 8, "resnet50")
+    # the thirty-eighth round: the thirty-sixth round's resnet50 at seed 1, the pair of r37-r50-prune2-s1
+    r38 = load_suite(root / "round38.toml")
+    assert [c.name for c in r38] == ["r38-r50-prune1-s1"]
+    assert _override(r38[0], train={"seed": 0}).digest() == r36[6].digest() != r38[0].digest()
+    assert _override(r38[0], model={"prune_stages": 2}).digest() == r37[5].digest()
 
 
 def _override(cfg, **sections):
