@@ -219,7 +219,7 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                        **{n: ("mixed", 0.15, "ttf") for n in ("r36-r18-prune1-s0", "r36-r18-prune1-s1", "r36-default-s2",
                                                               "r36-r50-prune1-s0", "r37-r18-prune2-s0", "r37-r18-prune2-s1",
                                                               "r37-r18-prune2-e8-s0", "r37-r18-prune2-e8-s1",
-                                                              "r37-r50-prune2-s0", "r37-r50-prune2-s1")},
+                                                              "r37-r50-prune2-s0", "r37-r50-prune2-s1", "r38-r50-prune1-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
