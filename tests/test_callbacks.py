@@ -1,4 +1,5 @@
 import copy
+import os
 import sys
 
 import pytest
@@ -258,7 +259,7 @@ def test_heap_trim_gives_the_heaps_freed_memory_back():
         pytest.skip("glibc only")
 
     def rss_mib():
-        return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 
     big = torch.ones(16 << 18)  # a 16 MiB block, mmapped; freeing it raises glibc's mmap threshold,
     del big                     # so the 1 MiB blocks below come from the heap
