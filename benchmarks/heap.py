@@ -1,12 +1,22 @@
-"""Memory of a training process with and without the heap trim (`callbacks.HeapTrim`), side by side.
+"""The C heap under CPU torch (`mlns_fast/heap.py`), side by side: a training process's memory with and
+without the heap trim, and a reading process's speed with glibc's default mmap policy and with large blocks
+kept in the heap.
 
     python benchmarks/heap.py                                   # resnet18 --prune-stages 2, 300 steps
     python benchmarks/heap.py --arch mlns_cnn --steps 200 --every 0 25 50 100
+    python benchmarks/heap.py --read r38-r50-prune1-s1 --images 512 --pairs 2
 
-Each setting trains `--steps` batches of the same run (default data, seed 0) in a process of its own
-($MLNS_FAST_HEAP_TRIM=every; 0 = no trim) and prints its peak RSS, the RSS and the C heap's resident
-size after the last step, the median step time and the mean time of a trim call. The losses are the
-same in every setting (a trim moves no number): the table prints the last one to show it. Linux only (it reads /proc).
+Training: each setting trains `--steps` batches of the same run (default data, seed 0) in a process of
+its own ($MLNS_FAST_HEAP_TRIM=every; 0 = no trim) and prints its peak RSS, the RSS and the C heap's
+resident size after the last step, the median step time and the mean time of a trim call. The losses
+are the same in every setting (a trim moves no number): the table prints the last one to show it.
+
+Reading (`--read RUN`): each setting reads the first `--images` demo-test images through the run's raw
+weights with shift TTA (`predict_outputs`, batches of 256: what `robustness` and `evaluate` do) in a
+process of its own, after one warm-up batch, and prints wall, user and system seconds, minor page
+faults, peak RSS and the largest difference of its outputs from the first setting's. "glibc" runs with
+glibc's policy as it is ($MLNS_FAST_HEAP_KEEP=0), "kept" with `heap.keep_large_blocks` (the default).
+The settings alternate, `--pairs` times. Linux only (it reads /proc).
 """
 from __future__ import annotations
 
@@ -86,16 +96,65 @@ def child(arch: str, prune: int, steps: int) -> None:
                       "trim_ms": 1000 * statistics.mean(watch.trims) if watch.trims else 0.0}))
 
 
+def read_child(run: str, images: int, out: str) -> None:
+    """One reading setting, in this process: read, save the outputs, print a JSON line."""
+    import numpy as np
+    from mlns_fast.data.demo import demo_split
+    from mlns_fast.evaluation import load_trained, predict_outputs
+    from mlns_fast.runs import resolve_run
+    cfg, model = load_trained(resolve_run(run), "raw", tta=True)
+    x = demo_split("test", cfg.size).images[:images]
+    predict_outputs(model, x[:256])  # warm-up: the weights' first touch, oneDNN's kernels
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    y = predict_outputs(model, x)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    np.save(out, y.numpy())
+    print(json.dumps({"wall": wall, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
+                      "faults": r1.ru_minflt - r0.ru_minflt, "peak": r1.ru_maxrss >> 10, "n": len(x)}))
+
+
+def read_table(a) -> None:
+    """Reading, glibc's default mmap policy against large blocks kept, alternating in fresh processes."""
+    import numpy as np
+    settings = {"glibc": {"MLNS_FAST_HEAP_KEEP": "0"}, "kept": {"MLNS_FAST_HEAP_KEEP": "1"}}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    print(f"reading {a.read}: {a.images} demo-test images, raw weights, shift TTA, batches of 256")
+    print(f"{'setting':>8} {'wall s':>7} {'img/s':>6} {'user s':>7} {'sys s':>6} {'faults':>10} {'peak MiB':>9} "
+          f"{'max diff':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        first = None
+        for _ in range(a.pairs):
+            for name, env in settings.items():
+                out = os.path.join(tmp, f"{name}.npy")
+                p = subprocess.run([sys.executable, __file__, "--read-child", a.read, "--images", str(a.images),
+                                    "--out", out], capture_output=True, text=True, env={**base, **env})
+                if p.returncode:
+                    sys.exit(p.stderr)
+                r, y = json.loads(p.stdout.strip().splitlines()[-1]), np.load(out)
+                first = y if first is None else first
+                print(f"{name:>8} {r['wall']:>7.2f} {r['n'] / r['wall']:>6.0f} {r['user']:>7.2f} {r['sys']:>6.2f} "
+                      f"{r['faults']:>10,} {r['peak']:>9,} {float(np.abs(y - first).max()):>9.2g}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--prune-stages", type=int, default=2)
     ap.add_argument("--steps", type=int, default=300, help="training batches per setting")
     ap.add_argument("--every", type=int, nargs="+", default=[0, 50], help="batches between trims (0 = none)")
+    ap.add_argument("--read", metavar="RUN", help="time reading through this run instead of training")
+    ap.add_argument("--images", type=int, default=512, help="demo-test images read per setting (--read)")
+    ap.add_argument("--pairs", type=int, default=2, help="glibc / kept pairs, alternating (--read)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--read-child", metavar="RUN", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a.arch, a.prune_stages, a.steps)
+    if a.read_child:
+        return read_child(a.read_child, a.images, a.out)
+    if a.read:
+        return read_table(a)
     print(f"{a.arch} --prune-stages {a.prune_stages}, {a.steps} steps a setting")
     print(f"{'every':>6} {'peak MiB':>9} {'end RSS':>8} {'end heap':>9} {'step ms':>8} {'last loss':>10} {'trim ms':>8}")
     for every in a.every:

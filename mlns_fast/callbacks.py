@@ -2,10 +2,8 @@
 accumulation, early stopping), the heap trim, the run tracker."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -26,7 +24,8 @@ from fastcore.foundation import L
 from timm.utils import ModelEmaV3, unwrap_model
 
 from .device import precision_callbacks
-from .errors import ConfigError, RunError
+from .errors import RunError
+from .heap import HEAP_TRIM_EVERY, malloc_trim
 from .losses import acc, box_loss
 from .runs import METRIC_COLUMNS, state_dict_problem
 
@@ -311,28 +310,6 @@ class LazyProgress(ProgressCallback):
             self.pbar.comment = f"{self.learn.smooth_loss.item():.4f}"
 
 
-HEAP_TRIM_ENV = "MLNS_FAST_HEAP_TRIM"  # training batches between trims; 0 = never
-HEAP_TRIM_EVERY = 50  # measured: benchmarks/heap.py
-
-
-def heap_trim_every() -> int:
-    """$MLNS_FAST_HEAP_TRIM, else HEAP_TRIM_EVERY."""
-    v = os.environ.get(HEAP_TRIM_ENV, "").strip()
-    if not v:
-        return HEAP_TRIM_EVERY
-    if not v.isdigit():
-        raise ConfigError(f"${HEAP_TRIM_ENV}={v!r}: give the training batches between heap trims (0 = never)")
-    return int(v)
-
-
-def malloc_trim():
-    """glibc's `malloc_trim`, or None where the C library has none (macOS, Windows, musl)."""
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
 class HeapTrim(Callback):
     """Every `every` training batches and after each validation, give the C heap's freed memory back to
     the system (glibc's `malloc_trim(0)`).
@@ -341,7 +318,8 @@ class HeapTrim(Callback):
     is CUDA's), and glibc keeps the activation buffers a step frees in its heap: in a resnet18 run the
     heap grew by 6-10 MiB a step and the run peaked at 11.4 GiB of RSS; the same run trimmed peaked
     at 2.2 GiB with the same weights (RESULTS.md, thirty-eighth round). Neither torch nor fastai
-    trims it. One trim costs about 29 ms, 0.2 % of the 50 steps it follows (benchmarks/heap.py)."""
+    trims it. One trim costs about 29 ms, 0.2 % of the 50 steps it follows (benchmarks/heap.py).
+    The C heap's other settings: `heap`."""
     order = Recorder.order + 1
 
     def __init__(self, every: int = HEAP_TRIM_EVERY):

@@ -29,6 +29,7 @@ from .data.sources import Samples, load_npz, save_npz
 from .errors import ConfigError
 from .evaluation import load_trained, results_dir, score
 from .files import atomic_write
+from .heap import keep_large_blocks
 from .runs import DEFAULT_TTA, reading_label, weights_set
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def robustness(run, which: str = "best", names: list[str] | None = None, tta: bo
     unknown = sorted(set(names or []) - set(NAMES))
     if unknown:
         raise ConfigError(f"--set: unknown set {unknown[0]!r} (known: {', '.join(NAMES)})")
+    keep_large_blocks()  # a bad $MLNS_FAST_HEAP_KEEP is refused before the results folder is made
     weights = reading_label(weights_set(run, which), tta)
     out_dir = results_dir(run, "robustness", weights, "robustness")
     cfg, model = load_trained(run, which, tta)

@@ -26,7 +26,7 @@ from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
 from .callbacks import (Accumulate, BoxTarget, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
-                        HeapTrim, LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop, heap_trim_every,
+                        HeapTrim, LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
                         keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.demo import demo_version
@@ -35,6 +35,7 @@ from .data.sources import content_hash
 from .device import default_device, device_name, precision_callbacks, resolve_precision, seed_everything
 from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
+from .heap import heap_trim_every
 from .losses import acc, fit_temperature, make_loss
 from .model import check_arch, count_params, create_model
 from .optim import adamw, decay_groups

@@ -108,6 +108,18 @@ def test_evaluate_json_and_files(trained, capsys, tmp_path):
     assert f"at temperature {t:.3g}" in out and "; ECE 0." in out
 
 
+@pytest.mark.parametrize("command", [("evaluate", "toy"), ("robustness", "toy", "--set", "tight"), ("predict", "toy")])
+def test_bad_heap_keep_setting_is_a_user_error_before_any_output(command, trained, capsys, tmp_path, monkeypatch):
+    """A reading command refuses a bad $MLNS_FAST_HEAP_KEEP in one line, exit 2, and writes nothing."""
+    np.save(tmp_path / "x.npy", np.zeros((2, 40, 168), np.uint8))
+    monkeypatch.setenv("MLNS_FAST_HEAP_KEEP", "yes")
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    extra = [str(tmp_path / "x.npy")] if command[0] == "predict" else []
+    code, out, err = run_cli(capsys, *command, *extra, "--runs-dir", trained)
+    assert_user_error(code, err, "$MLNS_FAST_HEAP_KEEP='yes'")
+    assert out == "" and sorted(p.relative_to(trained) for p in trained.rglob("*")) == before
+
+
 def test_evaluate_takes_real_in_every_format(trained, capsys, tmp_path, tiny_data):
     from mlns_fast.data.sources import load_npz
     s = load_npz(tiny_data["train"]).subset(slice(0, 20))
