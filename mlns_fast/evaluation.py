@@ -106,7 +106,7 @@ def readout(probs: np.ndarray, digit_logits: np.ndarray | None) -> dict[str, np.
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, images: np.ndarray, bs: int = 256) -> torch.Tensor:
     """The network's raw output for every image: (N, 37) sum logits or (N, 4, 10) digit logits. Every
-    batch reuses the last one's memory (`heap.keep_large_blocks`: about twice as fast on a CPU,
+    batch reuses the last one's memory (`heap.keep_large_blocks`: 1.4-1.8x as fast on a CPU,
     benchmarks/heap.py --read)."""
     keep_large_blocks()
     return torch.cat([model(torch.from_numpy(x)).float() for x in batches(images, bs)])

@@ -37,7 +37,7 @@ HEAP_KEEP_ENV = "MLNS_FAST_HEAP_KEEP"  # 1 (default): keep large blocks in the h
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-KEEP_TOP = 1 << 30  # a free heap top under this stays (reused by the next batch); HeapTrim still trims
+KEEP_TOP = 1 << 30  # a free heap top under this stays, for the next batch to reuse
 # glibc's own settings of the same things: where the user gave any, theirs stand
 GLIBC_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
