@@ -27,7 +27,6 @@ from .runs import DEFAULT_TTA, RunDir, reading_label, weights_set
 def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, torch.nn.Module]:
     """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU;
     calibrated where the run fitted a temperature; `tta`: wrapped in shift test-time augmentation."""
-    keep_large_blocks()  # reading from here on reuses its memory (a bad $MLNS_FAST_HEAP_KEEP is refused)
     cfg = run.config()
     model = create_model(cfg.model.without_first_weights(), cfg.size)  # the run's own weights replace them
     used = weights_set(run, which)
