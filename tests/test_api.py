@@ -31,9 +31,15 @@ def test_the_readme_snippet_runs(tiny_data, tmp_path, monkeypatch):
     np.save(tmp_path / "images.npy", demo_split("test").images[:4])
     tiny = {k: v for k, v in tiny_flags(tiny_data).items() if k != "epochs"}
     monkeypatch.setattr(api, "train", partial(api.train, **tiny))  # toy-sized, same code path
-    monkeypatch.setattr(api, "lr_find", partial(api.lr_find, **tiny, num_it=20))
+    warmups, real_lr_find = [], api.lr_find
+
+    def lr_find(*a, warmup=0, **k):  # the snippet's 200 warm-up batches (21 s on 2 cores) cut to 4:
+        warmups.append(warmup)       # the warm-up itself is tested in test_cli, at size
+        return real_lr_find(*a, warmup=min(warmup, 4), **k, **tiny, num_it=20)
+    monkeypatch.setattr(api, "lr_find", lr_find)
     scope = {}
     exec(compile(snippet, "README.md", "exec"), scope)
+    assert warmups == [200]
     assert scope["summary"]["status"] == "finished" and scope["summary"]["epochs"] == 1
     assert scope["run"].name == scope["summary"]["run"] and (tmp_path / "lr.png").is_file()
     assert {"valley", "edge", "warnings"} <= set(scope["suggestions"])
