@@ -219,7 +219,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                        **{n: ("mixed", 0.15, "ttf") for n in ("r36-r18-prune1-s0", "r36-r18-prune1-s1", "r36-default-s2",
                                                               "r36-r50-prune1-s0", "r37-r18-prune2-s0", "r37-r18-prune2-s1",
                                                               "r37-r18-prune2-e8-s0", "r37-r18-prune2-e8-s1",
-                                                              "r37-r50-prune2-s0", "r37-r50-prune2-s1", "r38-r50-prune1-s1")},
+                                                              "r37-r50-prune2-s0", "r37-r50-prune2-s1", "r38-r50-prune1-s1",
+                                                              "r40-e8-s0", "r40-e8-s1", "r40-e8-s2")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -233,8 +234,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_38_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to thirty-eighth rounds is an earlier run with the fields its note names
+def test_round36_to_40_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to fortieth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -270,6 +271,11 @@ def test_round36_to_38_rows_change_only_what_they_name():
     assert [c.name for c in r38] == ["r38-r50-prune1-s1"]
     assert _override(r38[0], train={"seed": 0}).digest() == r36[6].digest() != r38[0].digest()
     assert _override(r38[0], model={"prune_stages": 2}).digest() == r37[5].digest()
+    # the fortieth round: today's default at eight epochs, seeds 0-2
+    r40 = load_suite(root / "round40.toml")
+    assert [c.name for c in r40] == ["r40-e8-s0", "r40-e8-s1", "r40-e8-s2"]
+    assert [_override(c, train={"epochs": 9}).digest() for c in r40] == [resolve_config(seed=s).digest() for s in range(3)]
+    assert [c.train.epochs for c in r40] == [8, 8, 8] and r40[0].digest() != resolve_config().digest()
 
 
 def _override(cfg, **sections):
