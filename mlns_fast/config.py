@@ -121,10 +121,10 @@ class DataConfig(Checked):
     mix: float = _f(0.75, "mixed mode: fraction of each batch that is synthetic", 0.0, 1.0, open_hi=True)
     synthetic_per_epoch: int = _f(20000, "synthetic mode: images rendered per epoch", 1, 10_000_000)
     synth_pool: int = _f(0, "pre-render this many synthetic images once, on every core (cached on disk by layout, "
-                            "bank, seed and size: later runs of the same data reuse them), and draw each epoch's "
-                            "synthetic images from them in a fresh order, each moved to a fresh place; 0 = render "
-                            "every image fresh. For loaders that cannot render as fast as a GPU trains "
-                            "(benchmarks/README.md)", 0, 10_000_000, since=True)
+                            "bank, seed and size: later runs of the same data reuse them), and draw the run's "
+                            "synthetic images from them in one order over all its epochs, each moved to a fresh "
+                            "place; -1 = as many as the run draws (each seen once); 0 = render every image fresh, "
+                            "in the loader (benchmarks/README.md)", -1, 10_000_000, since=True)
     bs: int = _f(128, "batch size", 1, 65536)
     workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
                           "up to 8 beside a GPU)", -1, 64)

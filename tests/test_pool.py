@@ -59,11 +59,15 @@ def test_items_are_fresh_each_epoch_keep_their_ink_and_labels():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_an_epoch_draws_each_pool_image_once_per_lap():
+def test_a_run_draws_each_pool_image_once_per_lap():
     p = synthetic_pool(_clean_renderer(), 25, processes=1)
-    order = [pool_mod._order(p.seed, 1, 0, 25)[j] for j in range(25)]
-    assert sorted(order) == list(range(25))
-    assert list(pool_mod._order(p.seed, 2, 0, 25)) != order
+    p.per_epoch = 5  # a run of five epochs of five images: one lap
+    order = pool_mod._order(p.seed, 0, 25)
+    assert sorted(order) == list(range(25)) and list(pool_mod._order(p.seed, 1, 25)) != list(order)
+    # item (epoch, j) is pool image order[epoch * per_epoch + j]: every image once over the run, none twice
+    sums = [int(np.asarray(p.item(e, j)[0], np.int64).sum()) for e in range(5) for j in range(5)]
+    assert sums == [int(np.asarray(p.images[i], np.int64).sum()) for i in order]
+    assert len(set(sums)) == 25  # (the sums tell the images apart)
 
 
 def test_a_stopped_build_leaves_no_pool(monkeypatch):
@@ -104,6 +108,24 @@ def test_loaders_with_a_pool_are_deterministic_and_labelled(tiny_cfg):
     first = [a.dataset[key][0] for key in syn[:4]]
     later = [a.dataset[key][0] for key in [k for k in a._plan() if k[0] == SYNTH][:4]]
     assert any(not torch.equal(f, g) for f, g in zip(first, later))  # a new epoch, new images
+
+
+def test_a_pool_of_minus_one_holds_what_the_run_draws_and_shows_each_image_once(tiny_cfg):
+    cfg = tiny_cfg(synth_pool=-1, epochs=3, mix=0.5)
+    dl = build_dataloaders(cfg).train
+    pool = dl.dataset.pool
+    seen = []
+    for epoch in range(3):
+        dl.epoch = epoch
+        seen += [k for k in dl._plan() if k[0] == SYNTH]
+    assert pool.per_epoch == len(seen) // 3 > 0 and len(pool) == len(seen)
+    # every synthetic item of the run is another pool image (told apart by digits and ink, which a roll keeps)
+    drawn = {(tuple(d), int(np.asarray(img, np.int64).sum())) for img, d in (pool.item(k[1], k[2]) for k in seen)}
+    whole = {(tuple(pool.digits[i]), int(np.asarray(pool.images[i], np.int64).sum())) for i in range(len(pool))}
+    assert drawn == whole and len(whole) == len(seen)
+    # a fixed size smaller than the run draws laps through it (and says so in the log)
+    small = build_dataloaders(tiny_cfg(synth_pool=20, epochs=3, mix=0.5)).train.dataset.pool
+    assert len(small) == 20 and small.per_epoch == pool.per_epoch
 
 
 @pytest.mark.parametrize("damage", ["truncate", "digits", "ink", "missing"])

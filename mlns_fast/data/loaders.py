@@ -264,10 +264,9 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     train_real, valid = resolve_real(cfg, need_train=d.data != "synthetic")
     # the synthetic stream: the run's layout, the training bank only (never reserved digits), the run's seed
     renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
-    pool = synthetic_pool(renderer, d.synth_pool, progress) if renderer is not None and d.synth_pool else None
     # crowded views in the real images' own slots, or as many (repack x the real images) in synthetic ones
     in_synth = bool(d.repack) and d.repack_slots == "synthetic"
-    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, pool,
+    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, None,
                   repack=0.0 if in_synth else d.repack, layout=cfg.render, repack_size=d.repack_size,
                   repack_epochs=round(d.repack_until * cfg.train.epochs),
                   repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0,
@@ -282,13 +281,17 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
                    shuffle=True, drop_last=True, **common)
     if len(train) == 0:
         raise DataError(f"{len(items)} training images make no full batch of {d.bs}; lower --bs")
-    if pool is not None:
-        drawn = cfg.train.epochs * sum(key[0] == SYNTH for key in train._plan())
-        if drawn > len(pool):
+    if renderer is not None and d.synth_pool:
+        # what the run draws, every rank's together: a -1 pool is that large, so each image is seen once
+        per_epoch = world * sum(key[0] == SYNTH for key in train._plan())
+        drawn = cfg.train.epochs * per_epoch
+        items.pool = synthetic_pool(renderer, drawn if d.synth_pool < 0 else d.synth_pool, progress)
+        items.pool.per_epoch = per_epoch
+        if drawn > len(items.pool):
             log.warning("the synthetic pool holds %d images and this run draws %d: each is seen ~%.1f times "
                         "(measured on the default recipe: a pool of 60,000 lost 8 points on the fonts set and 4 "
-                        "on tight; a pool as large as the run draws keeps fresh rendering's variety)",
-                        len(pool), drawn, drawn / len(pool))
+                        "on tight; --synth-pool -1 makes the pool as large as the run draws)",
+                        len(items.pool), drawn, drawn / len(items.pool))
     # validation is not sharded: every rank scores the whole set, so metrics need no gathering
     valid_dl = PlanDL(Items(valid), seed=seed, shuffle=False, **common)
     dls = DataLoaders(train, valid_dl, device=device)

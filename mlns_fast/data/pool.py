@@ -1,12 +1,15 @@
 """A pool of pre-rendered synthetic images, cached on disk and drawn from afresh each epoch.
 
 Rendering costs ~85 % of a synthetic item (benchmarks/README.md): beside a GPU, the loader
-workers cannot render as fast as the model trains. `--synth-pool N` renders N images once, on
-every core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed
-and N, so a later run of the same data reuses the files: an lr sweep or an arch comparison
-renders nothing), and each epoch draws its synthetic images from the pool:
+workers cannot render as fast as the model trains, and on a 2-core CPU the one loader worker
+renders on a core the trainer's threads need. `--synth-pool N` renders N images once, on every
+core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed and N, so a
+later run of the same data reuses the files: an lr sweep or an arch comparison renders nothing);
+`--synth-pool -1` makes N what the run draws. The run then draws its synthetic images from the pool
+in one order over all its epochs, so a pool as large as the run draws shows each image once:
 
-  item (epoch, j) -> pool image perm(seed, epoch, j // N)[j % N], rolled by a fresh (dx, dy)
+  item (epoch, j) -> pool image perm(seed, g // N)[g % N], g = epoch * per_epoch + j,
+                     rolled by a fresh (dx, dy)
 
 The roll moves the whole row to a fresh place inside the canvas (its glyphs never leave it; noise,
 and a blur's faint halo past the glyph boxes, may wrap with it), as the renderer's x offset and vertical jitter place it; it is a pure
@@ -48,14 +51,16 @@ class Pool:
     digits: np.ndarray  # (N, 4) int64
     ink: np.ndarray  # (N, 4) int64: x0, y0, x1, y1 over every glyph box
     seed: int
+    per_epoch: int = 0  # synthetic images an epoch draws, every rank's together (0: an epoch starts a lap)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def item(self, epoch: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """Synthetic image j of `epoch`: a pool image in this epoch's order, rolled afresh."""
+        """Synthetic image j of `epoch`: the next pool image in the run's order, rolled afresh."""
         n = len(self.images)
-        i = int(_order(self.seed, epoch, j // n, n)[j % n])
+        g = epoch * (self.per_epoch or n) + j  # the item's place in the whole run's stream
+        i = int(_order(self.seed, g // n, n)[g % n])
         x0, y0, x1, y1 = (int(v) for v in self.ink[i])
         _, h, w = self.images.shape
         r = _mix(self.seed, epoch, j)
@@ -65,9 +70,9 @@ class Pool:
 
 
 @lru_cache(maxsize=4)
-def _order(seed: int, epoch: int, lap: int, n: int) -> np.ndarray:
-    """The pool's order in one epoch (and lap through it, when an epoch takes more than N images)."""
-    return np.random.default_rng([seed, epoch, lap, 17]).permutation(n)
+def _order(seed: int, lap: int, n: int) -> np.ndarray:
+    """The pool's order in one lap through it (a run drawing more than N images takes several)."""
+    return np.random.default_rng([seed, lap, 17]).permutation(n)
 
 
 def _mix(*values: int) -> int:
