@@ -69,10 +69,11 @@ class Items:
     """Indexable by `(source, epoch, j)`: real image j (augmented per epoch) or synthetic image (epoch, j)."""
 
     def __init__(self, real: Samples | None, renderer=None, augment: bool = False, seed: int = 0,
-                 pool: Pool | None = None, repack: float = 0.0, layout: RenderConfig | None = None,
+                 repack: float = 0.0, layout: RenderConfig | None = None,
                  repack_size: str = "small", repack_epochs: int | None = None, repack_synth: float = 0.0,
                  boxes: bool = False, style: float = 0.0):
-        self.real, self.renderer, self.seed, self.pool = real, renderer, seed, pool
+        self.real, self.renderer, self.seed = real, renderer, seed
+        self.pool: Pool | None = None  # build_dataloaders sets it once the plan says how many images the run draws
         self.boxes = boxes  # items also carry each digit's (x0, x1) in pixels: the renderer's, -1 where unknown
         # share of real images re-laid out crowded, in `layout`'s ranges, in epochs < repack_epochs (None: all);
         # `repack_synth`: the share of synthetic slots given to a crowded view of a random real image instead
@@ -266,7 +267,7 @@ def build_dataloaders(cfg: RunConfig, device=None, rank: int = 0, world: int = 1
     renderer = create_renderer(cfg.render, seed, d.bank) if d.data != "real" else None
     # crowded views in the real images' own slots, or as many (repack x the real images) in synthetic ones
     in_synth = bool(d.repack) and d.repack_slots == "synthetic"
-    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed, None,
+    items = Items(train_real if d.data != "synthetic" else None, renderer, d.augment, seed,
                   repack=0.0 if in_synth else d.repack, layout=cfg.render, repack_size=d.repack_size,
                   repack_epochs=round(d.repack_until * cfg.train.epochs),
                   repack_synth=d.repack * (1 - d.mix) / d.mix if in_synth else 0.0,
