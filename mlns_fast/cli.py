@@ -437,6 +437,27 @@ def data_harvest(run: str = typer.Argument(..., help="a run with the digits head
         typer.echo(c["preview"])
 
 
+@data_app.command("cache")
+def data_cache(clear: Optional[str] = typer.Option(None, "--clear",
+                                                  help="remove the folders of one kind: pool | demo | battery | "
+                                                       "unfinished (a stopped build's, once a day old) | all")):
+    """List the cache (demo set, battery, synthetic pools: size, last use) or clear part of it."""
+    import time
+    from .data.cache import POOL_CAP_ENV, cache_root, clear as clear_cache, entries, pool_cap_bytes
+    root = cache_root()
+    if clear is not None:
+        gone = clear_cache(clear)
+        typer.echo(f"{root}: removed {len(gone)} folder(s), {sum(e.bytes for e in gone) / 1e9:.2f} GB")
+        return
+    found = entries()
+    pools = sum(e.bytes for e in found if e.kind == "pool")
+    typer.echo(f"{root}: {sum(e.bytes for e in found) / 1e9:.2f} GB; pools {pools / 1e9:.2f} GB of "
+               f"{pool_cap_bytes() / 1e9:.1f} GB (${POOL_CAP_ENV})")
+    for e in found:
+        typer.echo(f"  {e.kind:<10} {e.bytes / 1e9:7.2f} GB  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.used))}"
+                   f"  {e.path.name}")
+
+
 @data_app.command("preview")
 def data_preview(source: str = typer.Option("synthetic", "--source", "--real",
                                            help="synthetic | demo | labelled images as --real takes them "

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from .config import HANDWRITTEN, LAYOUTS, RenderConfig, spec_dict
-from .data.demo import cache_root, demo_split
+from .data.cache import cache_root, touch
+from .data.demo import demo_split
 from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
 from .data.sources import Samples, load_npz, save_npz
@@ -111,6 +112,7 @@ def _version() -> str:
 def battery(names: list[str] | None = None) -> dict[str, Samples]:
     """The battery's sets by name, rendered on first use and cached beside the demo set."""
     root = cache_root() / f"battery-{_version()}"
+    touch(root)
     out = {}
     for spec in BATTERY:
         if names and spec.name not in names:

@@ -221,8 +221,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r37-r18-prune2-e8-s0", "r37-r18-prune2-e8-s1",
                                                               "r37-r50-prune2-s0", "r37-r50-prune2-s1", "r38-r50-prune1-s1",
                                                               "r40-e8-s0", "r40-e8-s1", "r40-e8-s2", "r41-auto-s0",
-                                                              "r41-auto-s1", "r41-auto-s2", "r41-default-s0",
-                                                              "r41-default-s1")},
+                                                              "r41-auto-s1", "r41-auto-s2", "r41-auto-s3",
+                                                              "r41-default-s0", "r41-default-s1", "r41-default-s3")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -278,13 +278,15 @@ def test_round36_to_41_rows_change_only_what_they_name():
     assert [c.name for c in r40] == ["r40-e8-s0", "r40-e8-s1", "r40-e8-s2"]
     assert [_override(c, train={"epochs": 9}).digest() for c in r40] == [resolve_config(seed=s).digest() for s in range(3)]
     assert [c.train.epochs for c in r40] == [8, 8, 8] and r40[0].digest() != resolve_config().digest()
-    # the forty-first round: today's default with a pool as large as the run draws, seeds 0-2, and the default itself
+    # the forty-first round: today's default with a pool as large as the run draws, seeds 0-3 (3: the forty-second
+    # round), and the default itself, seeds 0, 1 and 3
     r41 = load_suite(root / "round41.toml")
-    assert [c.name for c in r41] == ["r41-auto-s0", "r41-auto-s1", "r41-auto-s2", "r41-default-s0", "r41-default-s1"]
-    assert [_override(c, data={"synth_pool": 0}).digest() for c in r41[:3]] == \
-        [resolve_config(seed=s).digest() for s in range(3)]
-    assert [c.data.synth_pool for c in r41] == [-1, -1, -1, 0, 0] and r41[0].digest() != resolve_config().digest()
-    assert [c.digest() for c in r41[3:]] == [resolve_config(seed=s).digest() for s in range(2)]
+    assert [c.name for c in r41] == ["r41-auto-s0", "r41-auto-s1", "r41-auto-s2", "r41-auto-s3", "r41-default-s0",
+                                     "r41-default-s1", "r41-default-s3"]
+    assert [_override(c, data={"synth_pool": 0}).digest() for c in r41[:4]] == \
+        [resolve_config(seed=s).digest() for s in range(4)]
+    assert [c.data.synth_pool for c in r41] == [-1] * 4 + [0] * 3 and r41[0].digest() != resolve_config().digest()
+    assert [c.digest() for c in r41[4:]] == [resolve_config(seed=s).digest() for s in (0, 1, 3)]
 
 
 def _override(cfg, **sections):

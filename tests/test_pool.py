@@ -7,7 +7,7 @@ import torch
 
 from mlns_fast.config import layout_config
 from mlns_fast.data import pool as pool_mod
-from mlns_fast.data.demo import cache_root
+from mlns_fast.data.cache import cache_root
 from mlns_fast.data.loaders import SYNTH, build_dataloaders
 from mlns_fast.data.pool import synthetic_pool
 from mlns_fast.data.render import create_renderer
@@ -147,3 +147,29 @@ def test_an_altered_cached_pool_is_rendered_again(damage):
     again = synthetic_pool(_clean_renderer(seed=21), 30, processes=1)
     assert np.array_equal(np.asarray(again.images), reference) and again.digits.max() <= 9
     assert again.ink[:, 2].max() <= 168
+
+
+
+def test_a_minus_one_pool_under_two_ranks_is_shared_and_each_image_is_drawn_once(tiny_cfg):
+    """Under DDP every rank builds (or reads) the same pool, sized by every rank's images together; the
+    ranks' draws are disjoint and together show each image once."""
+    cfg = tiny_cfg(synth_pool=-1, epochs=2, mix=0.5)
+    dls = [build_dataloaders(cfg, rank=r, world=2).train for r in (0, 1)]
+    pools = [dl.dataset.pool for dl in dls]
+    keys = [[], []]
+    for r, dl in enumerate(dls):
+        for epoch in range(2):
+            dl.epoch = epoch
+            keys[r] += [k for k in dl._plan() if k[0] == SYNTH]
+    assert len(keys[0]) == len(keys[1]) > 0
+    assert pools[0].per_epoch == pools[1].per_epoch == len(keys[0])  # both ranks' images of one epoch
+    assert len(pools[0]) == len(pools[1]) == 2 * len(keys[0])
+    assert np.array_equal(np.asarray(pools[0].images), np.asarray(pools[1].images))  # one pool, one cache folder
+    # the pool images each rank draws (by their place in the run's order): disjoint, and all of them
+    n, per = len(pools[0]), pools[0].per_epoch
+    drawn = [{int(pool_mod._order(cfg.train.seed, (e * per + j) // n, n)[(e * per + j) % n]) for _, e, j in ks}
+             for ks in keys]
+    assert not drawn[0] & drawn[1] and drawn[0] | drawn[1] == set(range(n))
+    for (_, e, j) in keys[1][:5]:
+        img, digits = pools[1].item(e, j)
+        assert int(digits.sum()) == int(dls[1].dataset[(SYNTH, e, j)][1])

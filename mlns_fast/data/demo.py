@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import LAYOUTS, spec_dict
 from ..errors import DataError
+from .cache import cache_root, touch
 from .render import RENDER_VERSION, create_renderer, render_samples
 from .sources import Samples, load_npy_pair
 
@@ -42,15 +43,6 @@ def demo_version() -> str:
     return _version()
 
 
-def cache_root() -> Path:
-    """Where the demo set is cached: $MLNS_FAST_CACHE, else the platform's user cache dir."""
-    env = os.environ.get("MLNS_FAST_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("mlns-fast"))
-
-
 def render_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one demo split: images (N, 40, 168) uint8, sums (N,), digits (N, 4)."""
     _, n, bank_split, seed = SPLITS[split]
@@ -62,6 +54,7 @@ def demo_dir() -> Path:
     """The cached demo folder, built first if missing (a few seconds); built in a temp dir and renamed."""
     final = cache_root() / f"demo-{_version()}"
     if (final / "lab2.npy").is_file():
+        touch(final)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=final.parent))

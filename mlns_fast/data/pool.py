@@ -4,7 +4,8 @@ Rendering costs ~85 % of a synthetic item (benchmarks/README.md): beside a GPU, 
 workers cannot render as fast as the model trains, and on a 2-core CPU the one loader worker
 renders on a core the trainer's threads need. `--synth-pool N` renders N images once, on every
 core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed and N, so a
-later run of the same data reuses the files: an lr sweep or an arch comparison renders nothing);
+later run of the same data reuses the files: an lr sweep or an arch comparison renders nothing; the
+least recently used pools make way under a cap, data/cache.py);
 `--synth-pool -1` makes N what the run draws. The run then draws its synthetic images from the pool
 in one order over all its epochs, so a pool as large as the run draws shows each image once:
 
@@ -21,6 +22,7 @@ The arrays are memory-mapped: forked loader workers share one copy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -34,10 +36,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from ..config import spec_dict
 from ..errors import DataError
-from .demo import cache_root
+from .cache import cache_root, make_room, size_text, touch
 from .render import RENDER_VERSION, Renderer
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: b
     """Render images 0..n-1 into images.npy / digits.npy / ink.npy in `folder`, on `processes` forked processes."""
     global _RENDERER
     h, w = renderer.cfg.height, renderer.cfg.width
-    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (n, h, w))
+    images = _open_images(folder / "images.npy", (n, h, w))
     digits = np.zeros((n, 4), np.int64)
     ink = np.zeros((n, 4), np.int64)
     chunk = 2048
@@ -143,6 +146,37 @@ def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: b
     np.save(folder / "ink.npy", ink)
 
 
+def _open_images(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """The pool's image file, memory-mapped, with its disk blocks given now (posix_fallocate): a sparse
+    file on a disk that fills up kills the process with SIGBUS at the first page it cannot write; here
+    a full disk, a quota or a file size limit is one error line, before any rendering."""
+    try:
+        images = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+        if hasattr(os, "posix_fallocate"):  # not on macOS or Windows: the file stays sparse there
+            with open(path, "r+b") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+                except OSError as e:
+                    if e.errno in _NO_ROOM:
+                        raise
+                    # else a file system without fallocate: the file stays sparse
+    except OSError as e:
+        if e.errno in _NO_ROOM:
+            raise DataError(f"{path.parent.parent}: no room for a synthetic pool of {size_text(np.prod(shape))} "
+                            f"({os.strerror(e.errno).lower()}); free some disk, point $MLNS_FAST_CACHE elsewhere, "
+                            f"or give a smaller --synth-pool") from None
+        raise
+    return images
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit
+
+
+def pool_bytes(renderer: Renderer, n: int) -> int:
+    """The disk a pool of `n` images takes: its pixels, digits and ink boxes (the .npy headers aside)."""
+    return n * (renderer.cfg.height * renderer.cfg.width + 2 * 4 * 8)
+
+
 def _read(folder: Path, renderer: Renderer, n: int) -> Pool | None:
     """The cached pool in `folder` if it is whole and fits (a cache is a file anyone can edit or
     truncate: checked like any input), else None."""
@@ -162,30 +196,45 @@ def _read(folder: Path, renderer: Renderer, n: int) -> Pool | None:
     return Pool(images, digits.astype(np.int64), ink.astype(np.int64), renderer.seed)
 
 
+def _cached(final: Path, renderer: Renderer, n: int) -> Pool | None:
+    """The pool in `final` (marked used), or None; a folder that does not read back whole is removed."""
+    if not final.exists():
+        return None
+    pool = _read(final, renderer, n)
+    if pool is not None:
+        touch(final)
+        return pool
+    log.warning("%s: an incomplete or altered synthetic pool; rendering it again", final)
+    shutil.rmtree(final, ignore_errors=True)
+    return None
+
+
 def synthetic_pool(renderer: Renderer, n: int, progress: bool = False, processes: int | None = None) -> Pool:
     """The pool of `n` images of `renderer`, from the cache, or rendered now (on every core) and cached.
 
-    Built in a temp folder and renamed: a stopped build leaves no half pool, and two runs building
-    the same pool at once both end with a whole one."""
+    Built in a temp folder and renamed, under the cache's lock file: a stopped build leaves no half
+    pool, and of two runs (or DDP ranks) wanting the same pool one builds it and the other reads it."""
     final = cache_root() / f"pool-{pool_key(renderer, n)}"
-    if final.exists():
-        pool = _read(final, renderer, n)
+    pool = _cached(final, renderer, n)
+    if pool is not None:
+        return pool
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # one build at a time, in one lock file for all pools: of DDP ranks or runs side by side wanting the
+    # same pool, one builds it and the others read it; other pools wait (each build takes every core)
+    with FileLock(final.parent / "pools.lock"):
+        pool = _cached(final, renderer, n)
         if pool is not None:
             return pool
-        log.warning("%s: an incomplete or altered synthetic pool; rendering it again", final)
-        shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pool-", dir=final.parent))
-    log.info("rendering a synthetic pool of %d images into %s", n, final)
-    try:
-        _build(renderer, n, tmp, processes or os.cpu_count() or 1, progress)
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():  # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    pool = _read(final, renderer, n)
-    if pool is None:
-        raise DataError(f"{final}: the synthetic pool just rendered does not read back")
+        make_room(pool_bytes(renderer, n), final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=".pool-", dir=final.parent))
+        log.info("rendering a synthetic pool of %d images into %s", n, final)
+        try:
+            _build(renderer, n, tmp, processes or os.cpu_count() or 1, progress)
+            # read back before the rename: a pool that does not read back never lands in the cache
+            pool = _read(tmp, renderer, n)
+            if pool is None:
+                raise DataError(f"{final}: the synthetic pool just rendered does not read back")
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return pool
