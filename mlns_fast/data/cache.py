@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,11 @@ STALE_S = 24 * 3600  # an unfinished build this old was stopped (a kill leaves i
 
 def size_text(n: float) -> str:
     """Bytes as a person reads them: 1.8 GB, 195 MB, 12 kB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
-            return f"{n / scale:.1f} GB" if unit == "GB" else f"{n / scale:.0f} {unit}"
+            return f"{n / scale:.0f} {unit}"
     return f"{n:.0f} B"
 
 
@@ -68,7 +71,7 @@ def _size(folder: Path) -> int:
             st = f.lstat()
         except OSError:  # removed meanwhile
             continue
-        if f.is_file():
+        if stat.S_ISREG(st.st_mode):
             blocks = getattr(st, "st_blocks", None)
             total += blocks * 512 if blocks is not None else st.st_size
     return total

@@ -146,30 +146,36 @@ def _build(renderer: Renderer, n: int, folder: Path, processes: int, progress: b
     np.save(folder / "ink.npy", ink)
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit
+
+
 def _open_images(path: Path, shape: tuple[int, int, int]) -> np.memmap:
-    """The pool's image file, memory-mapped, with its disk blocks given now (posix_fallocate): a sparse
-    file on a disk that fills up kills the process with SIGBUS at the first page it cannot write; here
-    a full disk, a quota or a file size limit is one error line, before any rendering."""
+    """The pool's image file, memory-mapped, with its disk blocks given now: a sparse file on a disk
+    that fills up kills the process with SIGBUS at the first page it cannot write; here a full disk,
+    a quota or a file size limit is one error line, before any rendering."""
     try:
         images = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
-        if hasattr(os, "posix_fallocate"):  # not on macOS or Windows: the file stays sparse there
-            with open(path, "r+b") as f:
-                try:
-                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-                except OSError as e:
-                    if e.errno in _NO_ROOM:
-                        raise
-                    # else a file system without fallocate: the file stays sparse
+        _reserve(path)
     except OSError as e:
-        if e.errno in _NO_ROOM:
-            raise DataError(f"{path.parent.parent}: no room for a synthetic pool of {size_text(np.prod(shape))} "
-                            f"({os.strerror(e.errno).lower()}); free some disk, point $MLNS_FAST_CACHE elsewhere, "
-                            f"or give a smaller --synth-pool") from None
-        raise
+        if e.errno not in _NO_ROOM:
+            raise
+        raise DataError(f"{path.parent.parent}: no room for a synthetic pool of {size_text(np.prod(shape))} "
+                        f"({os.strerror(e.errno).lower()}); free some disk, point $MLNS_FAST_CACHE elsewhere, "
+                        f"or give a smaller --synth-pool") from None
     return images
 
 
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit
+def _reserve(path: Path) -> None:
+    """posix_fallocate over the whole file, where the platform has it (not macOS or Windows); a file
+    system without it leaves the file sparse, a lack of room raises."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in _NO_ROOM:
+                raise
 
 
 def pool_bytes(renderer: Renderer, n: int) -> int:
