@@ -100,7 +100,7 @@ def read_child(run: str, images: int, out: str) -> None:
     """One reading setting, in this process: read, save the outputs, print a JSON line."""
     import numpy as np
     from mlns_fast.data.demo import demo_split
-    from mlns_fast.evaluation import load_trained, predict_outputs
+    from mlns_fast.reading import load_trained, predict_outputs
     from mlns_fast.runs import resolve_run
     cfg, model = load_trained(resolve_run(run), "raw", tta=True)
     x = demo_split("test", cfg.size).images[:images]

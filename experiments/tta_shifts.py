@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.data.sources import load_source  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.evaluation import ShiftTTA, load_trained, predict_arrays  # noqa: E402
+from mlns_fast.reading import ShiftTTA, load_trained, predict_arrays  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 
 CROSS = lambda d: ((0, 0), (-d, 0), (d, 0), (0, -d), (0, d))  # noqa: E731

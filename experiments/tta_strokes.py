@@ -4,7 +4,7 @@
 
 The valid split decides (the battery is a test, never tuned on); the battery sets are printed beside it
 to show what a stroke copy would cost or give under shift. Each variant reads the run's network through
-shift TTA (`evaluation.ShiftTTA`, after its ink fit) and adds copies: the centre image dilated or eroded
+shift TTA (`reading.ShiftTTA`, after its ink fit) and adds copies: the centre image dilated or eroded
 by a 3 x 3 (or 2 x 2) max-pool, or all five shifted copies of a dilated image.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.evaluation import ShiftTTA, load_trained, predict_arrays  # noqa: E402
+from mlns_fast.reading import ShiftTTA, load_trained, predict_arrays  # noqa: E402
 from mlns_fast.losses import mean_log_probs  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402

@@ -4,7 +4,7 @@
 
 At the default threshold (0.3, `[model] ink_rel`) the ink fit cuts the thin end of an outer digit off; read at
 0.15 the same weights get thin strokes right and lose a little on other writers (issue 20, twenty-seventh
-round). Here each run is read by shift TTA (`evaluation.ShiftTTA`: five shifted copies after the ink fit) once
+round). Here each run is read by shift TTA (`reading.ShiftTTA`: five shifted copies after the ink fit) once
 per threshold, and the copies of all thresholds are averaged into one reading (the mean log-probabilities of
 every copy, as ShiftTTA averages its own). The images where the fit cuts nothing read almost alike at both
 thresholds; where it cuts, the uncut copies get a vote. The valid split decides; the battery is a test.
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.evaluation import ShiftTTA, load_trained, predict_outputs, read_outputs  # noqa: E402
+from mlns_fast.reading import ShiftTTA, load_trained, predict_outputs, read_outputs  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 

@@ -19,14 +19,15 @@ from fastai.distributed import DistributedTrainer
 from fastai.callback.progress import ProgressCallback
 from fastai.imports import noop  # the one fastai's no_logging sets (fastcore has its own)
 from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
-from fastai.torch_core import find_bs, to_detach
+from fastai.torch_core import find_bs, num_distrib, to_detach
 from fastcore.foundation import L
-from timm.utils import ModelEmaV3, unwrap_model
+from timm.utils import ModelEmaV3, distribute_bn, unwrap_model
 
 from .device import precision_callbacks
 from .errors import RunError
 from .heap import HEAP_TRIM_EVERY, malloc_trim
 from .losses import acc, box_loss
+from .reading import batches
 from .runs import METRIC_COLUMNS, state_dict_problem
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,18 @@ class EMACallback(Callback):
         self.model_ema.update(unwrap_model(self.learn.model), step=self.updates if self.warmup else None)
 
     def after_validate(self):
+        self.sync_ranks()
         self.valid_loss, self.acc = self.scorer.validate()
+
+    def sync_ranks(self) -> None:
+        """Under DDP, every rank's EMA BatchNorm statistics replaced by their mean over the ranks (timm's
+        `distribute_bn`, as timm's train.py does for its EMA each epoch), so that every rank validates,
+        and rank 0 saves, one EMA. The EMA's weights agree across ranks (DDP's synchronised steps), its
+        BN buffers do not: without SyncBatchNorm (the CPU) each rank averages in its own buffers, which DDP
+        overwrites with rank 0's only at the next forward; the recorded `acc_ema` was then the mean of
+        two networks' accuracies, neither of them the one saved."""
+        if num_distrib() > 1:
+            distribute_bn(self.model_ema.module, num_distrib(), reduce=True)
 
     def state_dict(self) -> dict:
         return {"ema": self.model_ema.module.state_dict(), "ema_updates": self.updates}
@@ -169,7 +181,6 @@ class SelfTraining(Reports):
         items = self.dls.train.dataset
         if self.epoch == 0 or items.real is None or items.real.digits is not None:
             return
-        from .evaluation import batches  # the one image -> input batching of every prediction path
         model, was_training = self.learn.model, self.learn.model.training
         model.eval()
         with torch.no_grad():

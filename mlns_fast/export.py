@@ -3,7 +3,7 @@
 The exported graph takes `image` (B, 1, H, W) float32 in 0..1 (dynamic batch; H x W the run's size,
 40 x 168 by default) and returns
 `sum_probs` (B, 37) and, for a digits head, `digit_logits` (B, 4, 10). With `tta` the graph is the
-shift test-time augmentation (`evaluation.ShiftTTA`: five copies, per-digit log-probabilities averaged)
+shift test-time augmentation (`reading.ShiftTTA`: five copies, per-digit log-probabilities averaged)
 and `digit_logits` holds those mean log-probabilities: the same readout as `predict --tta`.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, RunError
-from .evaluation import batches, load_trained, readout
 from .files import atomic_path
 from .losses import sum_log_probs
+from .reading import batches, load_trained, readout
 from .runs import DEFAULT_TTA, RunDir, finished_weights
 
 log = logging.getLogger(__name__)

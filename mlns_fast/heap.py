@@ -11,7 +11,7 @@ glibc's policies decide two costs that neither torch nor fastai handles:
   zeroes every page of it again at the next batch. Reading 256 images at a time allocates activations
   far above that (the CNN's first map alone: 256 x 32 x 40 x 168 floats, 220 MiB): a resnet50
   battery spent a third of its CPU time in the kernel, 297 million page faults. `keep_large_blocks`
-  serves them from the heap instead, where a freed block is reused as it is: reading (`evaluation`:
+  serves them from the heap instead, where a freed block is reused as it is: reading (`reading`, for
   evaluate, robustness, predict) sets it. Training does not: its steps ran no faster with it and its
   validations gained under 1 % of a run, for more memory (benchmarks/README.md).
 

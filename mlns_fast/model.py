@@ -306,7 +306,7 @@ class DigitQueries(nn.Module):
     def forward(self, f: torch.Tensor, states: bool = False):  # f: (B, C, h, w)
         """(B, 4, 10) digit logits; with `states`, also the columns' BiGRU states (B, w, d)."""
         f = f.float()
-        B, h, d = f.shape[0], self.heads, self.queries.shape[1]
+        h, d = self.heads, self.queries.shape[1]
         seq, _ = self.rnn(f.mean(2).transpose(1, 2))  # (B, w, d): each column in the context of the row
         cells = self.norm(self.cell(f.permute(0, 2, 3, 1)) + seq[:, None] + self.row).flatten(1, 2)  # (B, n, d)
         k = self.key(cells).unflatten(2, (h, d // h))  # (B, n, heads, d/heads)

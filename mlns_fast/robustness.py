@@ -28,9 +28,10 @@ from .data.mnist import Bank
 from .data.render import RENDER_VERSION, create_renderer, render_samples
 from .data.sources import Samples, load_npz, save_npz
 from .errors import ConfigError
-from .evaluation import load_trained, results_dir, score
+from .evaluation import results_dir, score
 from .files import atomic_write
 from .heap import keep_large_blocks
+from .reading import load_trained
 from .runs import DEFAULT_TTA, reading_label, weights_set
 
 log = logging.getLogger(__name__)

@@ -109,7 +109,7 @@ class Terms(Callback):
 
 
 def test_a_run_with_the_box_target_adds_it_to_the_training_loss_only(tiny_cfg, tmp_path):
-    from mlns_fast.evaluation import load_trained, predict_outputs
+    from mlns_fast.reading import load_trained, predict_outputs
     from mlns_fast.runs import RunDir
     from mlns_fast.training import train
     spy = Terms()

@@ -95,7 +95,7 @@ def test_evaluate_json_and_files(trained, capsys, tmp_path):
     save_npz(demo_split("test", with_digits=True).subset(slice(0, 96)), tmp_path / "t.npz")
     code, out, _ = run_cli(capsys, "evaluate", "latest", "--runs-dir", trained, "--npz", tmp_path / "t.npz", "--json")
     res = json.loads(out)
-    from mlns_fast.evaluation import load_trained, predict_arrays
+    from mlns_fast.reading import load_trained, predict_arrays
     from mlns_fast.runs import resolve_run
     t = demo_split("test", with_digits=True).subset(slice(0, 96))
     pred = predict_arrays(load_trained(resolve_run("latest", trained), tta=True)[1], t.images)  # the default reading
@@ -156,7 +156,7 @@ def test_predict_table_and_json(trained, capsys, tmp_path):
 
 def test_tta_averages_shifted_copies(trained, capsys, tmp_path):
     import torch
-    from mlns_fast.evaluation import ShiftTTA, load_trained, read_outputs
+    from mlns_fast.reading import ShiftTTA, load_trained, read_outputs
     from mlns_fast.runs import resolve_run
     _, model = load_trained(resolve_run("toy", trained))
     _, tta = load_trained(resolve_run("toy", trained), tta=True)

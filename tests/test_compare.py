@@ -246,7 +246,7 @@ def test_figures_read_the_default_way_are_preferred_and_labelled(tmp_path):
     result(both, "demo-test-ema", False, 0.95)  # newer, but not the default reading
     result(both, "ema", False, 0.87, "robustness")
     result(both, "ema-tta", True, 0.89, "robustness")
-    old = _seed_run(tmp_path, "old", 0, 0.9, test=0.94, rob={"tight": 0.85})
+    _seed_run(tmp_path, "old", 0, 0.9, test=0.94, rob={"tight": 0.85})
     a, b = cmp.select_rows(tmp_path, sort="name")
     assert (a["name"], a["test_acc"], a["test_tta"], a["rob_tight"], a["rob_tta"]) == ("both", 0.96, True, 0.89, True)
     assert (b["name"], b["test_acc"], b["test_tta"], b["rob_tight"], b["rob_tta"]) == ("old", 0.94, False, 0.85, False)

@@ -69,7 +69,7 @@ def test_ensemble_averages_log_probabilities_per_digit_and_per_subset_size():
 
 def test_stroke_tta_thickens_and_thins_ink_and_adds_its_copies_to_shift_tta():
     tta_strokes = _script("tta_strokes")
-    from mlns_fast.evaluation import ShiftTTA
+    from mlns_fast.reading import ShiftTTA
     x = torch.zeros(1, 1, 9, 11)
     x[..., 4, 2:9] = 1.0  # a one-pixel stroke
     x[..., 3:6, 5] = 1.0
@@ -197,7 +197,7 @@ def test_inkfit_threshold_refuses_a_margin_outside_its_range_in_one_line():
 
 def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
     from mlns_fast.errors import MlnsError
-    from mlns_fast.evaluation import shift_tta
+    from mlns_fast.reading import shift_tta
     from mlns_fast.model import InkFit
     tta_thresholds = _script("tta_thresholds")
 

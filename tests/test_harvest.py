@@ -131,12 +131,12 @@ class _Oracle(torch.nn.Module):
 
 
 def test_data_harvest_with_a_sure_reader_cuts_the_right_digits(capsys, tmp_path, toy_run, monkeypatch):
-    from mlns_fast import evaluation
+    from mlns_fast import reading
     from mlns_fast.data.demo import demo_split
     from mlns_fast.data.repack import ink_segments
     truth = demo_split("train", with_digits=True).subset(slice(0, 96))  # the toy run's training file
-    real_load = evaluation.load_trained
-    monkeypatch.setattr(evaluation, "load_trained", lambda run, which="best": (real_load(run, which)[0], _Oracle(truth)))
+    real_load = reading.load_trained
+    monkeypatch.setattr(reading, "load_trained", lambda run, which="best": (real_load(run, which)[0], _Oracle(truth)))
     out = tmp_path / "bank.npz"
     code, stdout, err = run_cli(capsys, "data", "harvest", "toy", "--out", out, "--runs-dir", toy_run, "--share", "0.9")
     assert code == 0, err

@@ -2,7 +2,7 @@ import itertools
 
 import torch
 
-from mlns_fast.evaluation import readout
+from mlns_fast.reading import readout
 from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, mean_log_probs, sum_accuracy, sum_log_probs,
                               sum_log_probs_from_digits, sum_loss)
 

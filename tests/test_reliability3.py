@@ -22,7 +22,7 @@ from mlns_fast.cli import main
 from mlns_fast.data import arrays
 from mlns_fast.data.sources import load_folder, load_images, load_npy_pair, load_source
 from mlns_fast.errors import DataError, RunError
-from mlns_fast.evaluation import run_temperature
+from mlns_fast.reading import run_temperature
 from mlns_fast.runs import RunDir, finished_weights, list_runs, resolve_run, weights_set
 from mlns_fast.training import train
 

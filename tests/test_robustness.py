@@ -57,7 +57,7 @@ def test_robustness_command(capsys, tmp_path, tiny_data, monkeypatch):
     res = json.loads(capsys.readouterr().out)
     assert [r["set"] for r in res["sets"]] == ["tight", "sklearn-digits"]
     run = next(runs.iterdir())
-    from mlns_fast.evaluation import load_trained, predict_arrays
+    from mlns_fast.reading import load_trained, predict_arrays
     assert res["tta"] is True and res["weights"].endswith("-tta")  # read the default way: shift TTA
     _, model = load_trained(RunDir(run), res["weights"].removesuffix("-tta"), tta=True)
     sets = rb.battery(["tight", "sklearn-digits"])

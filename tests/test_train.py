@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from mlns_fast.evaluation import load_trained, predict_arrays, predict_outputs
+from mlns_fast.reading import load_trained, predict_arrays, predict_outputs
 from mlns_fast.runs import RunDir, list_runs
 from mlns_fast.training import train
 
@@ -167,7 +167,7 @@ def test_init_from_a_run_records_its_weights_file(tiny_cfg, tmp_path):
 
 
 def test_temperature_is_fitted_and_applied(tiny_cfg, tmp_path):
-    from mlns_fast.evaluation import Calibrated, load_trained
+    from mlns_fast.reading import Calibrated, load_trained
     s = train(tiny_cfg(epochs=1), tmp_path, quiet=True)
     assert set(s["temperature"]) == {"raw", "ema"} and all(0.05 < t < 20 for t in s["temperature"].values())
     _, model = load_trained(RunDir(tmp_path / s["run"]), "raw")

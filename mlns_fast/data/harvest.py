@@ -70,7 +70,7 @@ def sure_readings(logits: torch.Tensor, sums: np.ndarray, min_posterior: float) 
 def harvest_glyphs(model: torch.nn.Module, images: np.ndarray, sums: np.ndarray,
                    min_posterior: float = 0.99, bs: int = 256) -> Harvest:
     """Cut the digits of the images a digits-head `model` reads surely (module docstring)."""
-    from ..evaluation import predict_outputs
+    from ..reading import predict_outputs
     segs = [ink_segments(im) for im in images]
     four = np.flatnonzero([len(s) == 4 for s in segs])
     if len(four) == 0:
@@ -110,7 +110,7 @@ def harvest_bank(run, out, min_posterior: float = 0.99, share: float = 0.5, whic
     written to `out` in keras' mnist.npz layout (x_train, y_train; `harvested` marks the new glyphs,
     `harvested_by` and `min_posterior` say how), ready for `train --bank out`; with `preview`, a grid
     of harvested glyphs beside it (`out` with .png). Returns the counts."""
-    from ..evaluation import load_trained
+    from ..reading import load_trained
     from ..files import atomic_path
     from .loaders import resolve_real
     from .mnist import load_bank
