@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
-from mlns_fast.reading import predict_arrays, shift_tta  # noqa: E402
 from mlns_fast.export import OnnxPredictor, write_onnx  # noqa: E402
 from mlns_fast.model import create_model  # noqa: E402
+from mlns_fast.reading import predict_arrays, shift_tta  # noqa: E402
 
 
 def timed(fn, images, bs, reps):

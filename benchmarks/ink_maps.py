@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
-from mlns_fast.reading import predict_arrays  # noqa: E402
 from mlns_fast.model import InkFit, create_model  # noqa: E402
+from mlns_fast.reading import predict_arrays  # noqa: E402
 
 KERNELS = torch.zeros(4, 1, 3, 3)  # |, -, \, /: the conv2d the slices replaced
 KERNELS[0, 0, :, 1] = KERNELS[1, 0, 1, :] = 1 / 3

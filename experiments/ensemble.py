@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import ConfigError, MlnsError  # noqa: E402
-from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.files import atomic_write  # noqa: E402
 from mlns_fast.losses import mean_log_probs, sum_accuracy  # noqa: E402
+from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 

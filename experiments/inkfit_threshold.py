@@ -33,8 +33,8 @@ from mlns_fast.config import HANDWRITTEN, RenderConfig  # noqa: E402
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.data.render import create_renderer, render_samples  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.reading import load_trained, predict_arrays  # noqa: E402
 from mlns_fast.model import InkFit  # noqa: E402
+from mlns_fast.reading import load_trained, predict_arrays  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 

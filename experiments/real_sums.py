@@ -26,8 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.data.render import create_renderer, render_samples  # noqa: E402
-from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.losses import sum_log_probs_from_digits  # noqa: E402
+from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.runs import resolve_run  # noqa: E402
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlns_fast.data.render import create_renderer  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
 from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
-from mlns_fast.data.render import create_renderer  # noqa: E402
 from mlns_fast.robustness import BATTERY, N_IMAGES, battery, sklearn_bank  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.demo import demo_split  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.reading import ShiftTTA, load_trained, predict_arrays  # noqa: E402
 from mlns_fast.losses import mean_log_probs  # noqa: E402
+from mlns_fast.reading import ShiftTTA, load_trained, predict_arrays  # noqa: E402
 from mlns_fast.robustness import battery  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, resolve_run  # noqa: E402
 

@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import load_file
 
 from mlns_fast.config import resolve_config
-from mlns_fast.reading import load_trained, predict_arrays
 from mlns_fast.export import OnnxPredictor, export
 from mlns_fast.model import create_model
+from mlns_fast.reading import load_trained, predict_arrays
 from mlns_fast.runs import RunDir
 from mlns_fast.training import train
 

@@ -197,8 +197,8 @@ def test_inkfit_threshold_refuses_a_margin_outside_its_range_in_one_line():
 
 def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
     from mlns_fast.errors import MlnsError
-    from mlns_fast.reading import shift_tta
     from mlns_fast.model import InkFit
+    from mlns_fast.reading import shift_tta
     tta_thresholds = _script("tta_thresholds")
 
     class Net(torch.nn.Module):  # MlnsNet's shape: an ink fit (None once shift TTA has taken it), then the rest
@@ -225,3 +225,19 @@ def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
     tta.fit = None
     with pytest.raises(MlnsError, match="no ink fit"):
         tta_thresholds.readings(tta, [0.3, 0.15])
+
+
+def test_recorded_valid_reads_a_one_process_runs_saved_weights_as_it_recorded_them(tmp_path, tiny_data):
+    from mlns_fast.cli import main
+    from mlns_fast.runs import resolve_run
+    from .conftest import flag_args, tiny_flags
+    runs = tmp_path / "runs"
+    assert main(["train", "--quiet", "--name", "toy", "--runs-dir", str(runs), *flag_args(tiny_flags(tiny_data))]) == 0
+    rows = _script("recorded_valid").reread(resolve_run("toy", runs))
+    assert [r["weights"] for r in rows] == ["raw", "ema"] and all(r["n"] == 48 for r in rows)
+    for r in rows:
+        assert abs(r["recorded"] - r["read"]) < 1e-6, r  # one process: what it validated is what it saved
+        assert round(r["read"] * 48, 6) == round(r["read"] * 48)  # a share of 48 images
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "recorded_valid.py"), "no-such-run",
+                        "--runs-dir", str(runs)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown run")

@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import save_file
 
 from mlns_fast.config import resolve_config
-from mlns_fast.reading import load_trained, predict_arrays
 from mlns_fast.export import TTA_KEY, OnnxPredictor, export, onnx_for
 from mlns_fast.model import create_model
+from mlns_fast.reading import load_trained, predict_arrays
 from mlns_fast.runs import RunDir
 
 

@@ -21,8 +21,8 @@ if how == "keep":
     answer = heap.keep_large_blocks()
 elif how == "predict":  # the reading path every command takes
     from mlns_fast.config import IMAGE_SIZE, ModelConfig
-    from mlns_fast.reading import predict_outputs
     from mlns_fast.model import create_model
+    from mlns_fast.reading import predict_outputs
     net = create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE).eval()
     answer = tuple(predict_outputs(net, np.zeros((3, *IMAGE_SIZE), np.uint8)).shape)
 else:

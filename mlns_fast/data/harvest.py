@@ -110,8 +110,8 @@ def harvest_bank(run, out, min_posterior: float = 0.99, share: float = 0.5, whic
     written to `out` in keras' mnist.npz layout (x_train, y_train; `harvested` marks the new glyphs,
     `harvested_by` and `min_posterior` say how), ready for `train --bank out`; with `preview`, a grid
     of harvested glyphs beside it (`out` with .png). Returns the counts."""
-    from ..reading import load_trained
     from ..files import atomic_path
+    from ..reading import load_trained
     from .loaders import resolve_real
     from .mnist import load_bank
     if not 0 < min_posterior <= 1:
