@@ -3,8 +3,8 @@ import itertools
 import torch
 
 from mlns_fast.losses import (digit_accuracy, digit_loss, make_loss, mean_log_probs, sum_accuracy, sum_log_probs,
-from mlns_fast.reading import readout
                               sum_log_probs_from_digits, sum_loss)
+from mlns_fast.reading import readout
 
 ALL = torch.tensor(list(itertools.product(range(10), repeat=4)))  # (10^4, 4) every digit tuple
 
