@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.loaders import resolve_real  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
-from mlns_fast.losses import sum_log_probs  # noqa: E402
+from mlns_fast.losses import sum_accuracy  # noqa: E402
 from mlns_fast.reading import Calibrated, load_trained, predict_outputs  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, RunDir, resolve_run  # noqa: E402
 
@@ -39,7 +39,7 @@ def reread(run: RunDir) -> list[dict]:
             model = model.model            # digits head the temperature can move the sum's argmax
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=summary.get("precision") == "bf16"):
             out = predict_outputs(model, valid.images)
-        read = float((sum_log_probs(out.float()).argmax(1).numpy() == valid.sums).mean())
+        read = float(sum_accuracy(out.float(), torch.from_numpy(valid.sums)))  # the run's own `acc` metric
         rows.append({"weights": which, "recorded": float(summary[key]), "read": read, "n": len(valid)})
     return rows
 
