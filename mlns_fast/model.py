@@ -57,15 +57,19 @@ def convnet4() -> SmallCNN:
     return SmallCNN(layers, chans[-1])
 
 
-def mlns_cnn(width: float = 1.0) -> SmallCNN:
+def mlns_cnn(width: float = 1.0, stem: int = 0) -> SmallCNN:
     """Six 3x3 convs, stride 2 every other one (40x168 -> 5x21): cheap on CPU, MNIST-grade per digit.
-    `width` multiplies every layer's channels (32, 64, 128 at 1)."""
+    `width` multiplies every layer's channels (32, 64, 128 at 1); `stem`, when given, sets the first two
+    convs' channels alone (on a CPU their 20 x 84 maps' batch norm and ReLU, bound by memory, are the
+    largest share of a step: benchmarks/README.md)."""
     c1, c2, c3 = (int(round(c * width)) for c in (32, 64, 128))
+    c1 = stem or c1
     plan = [(1, c1, 2), (c1, c1, 1), (c1, c2, 2), (c2, c2, 1), (c2, c3, 2), (c3, c3, 1)]
     return SmallCNN([_conv(a, b, s) for a, b, s in plan], c3)
 
 
-BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn, "mlns_cnn_wide": partial(mlns_cnn, 1.5)}
+BUILTIN = {"convnet4": convnet4, "mlns_cnn": mlns_cnn, "mlns_cnn_wide": partial(mlns_cnn, 1.5),
+           "mlns_cnn_lean": partial(mlns_cnn, stem=16)}
 
 
 AUTO_STRIDE = 16  # --output-stride 0: where a family supports it (measured: experiments/RESULTS.md, timm backbones)
@@ -96,7 +100,7 @@ def create_backbone(arch: str, pretrained: bool = False, pretrained_file: str | 
     if arch in BUILTIN:
         if pretrained or output_stride:
             raise ModelError(f"{arch} is built in: it has no pretrained weights and its own stride (mlns_cnn and "
-                             "mlns_cnn_wide 8, convnet4 16); use a timm --arch, or --init RUN")
+                             "mlns_cnn_wide / mlns_cnn_lean 8, convnet4 16); use a timm --arch, or --init RUN")
         return BUILTIN[arch]()
     check_arch(arch)
     overlay = {"pretrained_cfg_overlay": {"file": str(pretrained_file)}} if pretrained_file else {}

@@ -222,7 +222,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r37-r50-prune2-s0", "r37-r50-prune2-s1", "r38-r50-prune1-s1",
                                                               "r40-e8-s0", "r40-e8-s1", "r40-e8-s2", "r41-auto-s0",
                                                               "r41-auto-s1", "r41-auto-s2", "r41-auto-s3",
-                                                              "r41-default-s0", "r41-default-s1", "r41-default-s3")},
+                                                              "r41-default-s0", "r41-default-s1", "r41-default-s3",
+                                                              "r44-lean-s0", "r44-lean-s1", "r44-lean-s2", "r44-lean-s3")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -236,8 +237,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_41_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-first rounds is an earlier run with the fields its note names
+def test_round36_to_44_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to forty-fourth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -287,6 +288,12 @@ def test_round36_to_41_rows_change_only_what_they_name():
         [resolve_config(seed=s).digest() for s in range(4)]
     assert [c.data.synth_pool for c in r41] == [-1] * 4 + [0] * 3 and r41[0].digest() != resolve_config().digest()
     assert [c.digest() for c in r41[4:]] == [resolve_config(seed=s).digest() for s in (0, 1, 3)]
+    # the forty-fourth round: today's default with the first stage half as wide, seeds 0-3
+    r44 = load_suite(root / "round44.toml")
+    assert [c.name for c in r44] == [f"r44-lean-s{s}" for s in range(4)]
+    assert [_override(c, model={"arch": "mlns_cnn"}).digest() for c in r44] == \
+        [resolve_config(seed=s).digest() for s in range(4)]
+    assert {c.model.arch for c in r44} == {"mlns_cnn_lean"}
 
 
 def _override(cfg, **sections):

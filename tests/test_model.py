@@ -11,7 +11,7 @@ from mlns_fast.errors import ConfigError, ModelError
 from mlns_fast.model import count_params, create_backbone, create_model, load_backbone_weights, read_state_dict
 
 
-@pytest.mark.parametrize("arch", ["mlns_cnn", "mlns_cnn_wide", "convnet4", "resnet18"])
+@pytest.mark.parametrize("arch", ["mlns_cnn", "mlns_cnn_wide", "mlns_cnn_lean", "convnet4", "resnet18"])
 @pytest.mark.parametrize("head, shape", [("sum", (3, 37)), ("digits", (3, 4, 10))])
 def test_output_shapes(arch, head, shape):
     m = create_model(ModelConfig(arch=arch, head=head), IMAGE_SIZE).eval()
@@ -27,6 +27,22 @@ def test_wide_cnn_is_the_default_cnn_with_half_again_the_channels():
     convs = [m.out_channels for m in wide.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [48, 48, 96, 96, 192, 192]
     assert 2.0 < count_params(wide.backbone) / count_params(base.backbone) < 2.4
+
+
+def test_lean_cnn_is_the_default_cnn_with_a_narrower_first_stage():
+    """mlns_cnn_lean: the same six convs and 5 x 21 grid; only the two convs at 20 x 84 have 16 channels, not 32."""
+    x = torch.rand(2, 1, 40, 168)
+    base, lean = (create_model(ModelConfig(arch=a), IMAGE_SIZE).eval() for a in ("mlns_cnn", "mlns_cnn_lean"))
+    assert lean.features(x).shape == base.features(x).shape == (2, 128, 5, 21)
+    convs = [(m.out_channels, m.stride) for m in lean.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(16, (2, 2)), (16, (1, 1)), (64, (2, 2)), (64, (1, 1)), (128, (2, 2)), (128, (1, 1))]
+    # the stages after the first are the default's, to the weight; the first two are a quarter and a half
+    sizes = {n: p.shape for n, p in base.backbone.named_parameters()}
+    lean_sizes = {n: p.shape for n, p in lean.backbone.named_parameters()}
+    assert lean_sizes.keys() == sizes.keys()
+    assert [n for n in sizes if sizes[n] != lean_sizes[n]] == [n for n in sizes if n.startswith(("features.0.", "features.1.", "features.2.0"))]
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a default run's weights are not the lean CNN's
+        lean.load_state_dict(base.state_dict())
 
 
 def test_unknown_arch_suggests_close_names():
