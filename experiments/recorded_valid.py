@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlns_fast.data.loaders import resolve_real  # noqa: E402
 from mlns_fast.errors import MlnsError  # noqa: E402
 from mlns_fast.losses import sum_accuracy  # noqa: E402
-from mlns_fast.reading import Calibrated, load_trained, predict_outputs  # noqa: E402
+from mlns_fast.reading import load_trained, predict_outputs  # noqa: E402
 from mlns_fast.runs import DEFAULT_RUNS_DIR, RunDir, resolve_run  # noqa: E402
 
 WEIGHTS = (("raw", "final_acc"), ("ema", "final_acc_ema"))
@@ -34,9 +34,9 @@ def reread(run: RunDir) -> list[dict]:
     for which, key in WEIGHTS:
         if summary.get(key) is None:
             continue  # no EMA in this run
-        model = load_trained(run, which)[1]
-        if isinstance(model, Calibrated):  # validation read the network before its temperature was fitted; on a
-            model = model.model            # digits head the temperature can move the sum's argmax
+        # validation read the network before its temperature was fitted; on a digits head the temperature can
+        # move the sum's argmax
+        model = load_trained(run, which, calibrate=False)[1]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=summary.get("precision") == "bf16"):
             out = predict_outputs(model, valid.images)
         read = float(sum_accuracy(out.float(), torch.from_numpy(valid.sums)))  # the run's own `acc` metric

@@ -14,9 +14,11 @@ from .model import create_model, read_state_dict
 from .runs import RunDir, weights_set
 
 
-def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[RunConfig, torch.nn.Module]:
+def load_trained(run: RunDir, which: str = "best", tta: bool = False,
+                 calibrate: bool = True) -> tuple[RunConfig, torch.nn.Module]:
     """A run's config and its network with its final best (or raw, or EMA) weights, in eval mode on CPU;
-    calibrated where the run fitted a temperature; `tta`: wrapped in shift test-time augmentation."""
+    calibrated where the run fitted a temperature (`calibrate` False: the logits as the run's own validation
+    read them); `tta`: wrapped in shift test-time augmentation."""
     cfg = run.config()
     model = create_model(cfg.model.without_first_weights(), cfg.size)  # the run's own weights replace them
     used = weights_set(run, which)
@@ -25,7 +27,7 @@ def load_trained(run: RunDir, which: str = "best", tta: bool = False) -> tuple[R
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not match {cfg.model.arch} ({str(e).splitlines()[0]})") from None
-    t = run_temperature(run, used)
+    t = run_temperature(run, used) if calibrate else 1.0
 
     def calibrated(net: torch.nn.Module) -> torch.nn.Module:
         return Calibrated(net, t) if t != 1.0 else net

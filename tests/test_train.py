@@ -174,6 +174,9 @@ def test_temperature_is_fitted_and_applied(tiny_cfg, tmp_path):
     assert isinstance(model, Calibrated) and model.temperature == s["temperature"]["raw"]
     x = torch.rand(3, 1, 40, 168)
     torch.testing.assert_close(model(x), model.model(x) / s["temperature"]["raw"])
+    _, plain = load_trained(RunDir(tmp_path / s["run"]), "raw", calibrate=False)  # the logits validation read
+    assert not isinstance(plain, Calibrated)
+    torch.testing.assert_close(plain(x), model.model(x))
 
 
 def test_self_training_labels_only_sum_consistent_confident_readings():
