@@ -155,7 +155,7 @@ class ModelConfig(Checked):
     """Backbone and head, and where their first weights come from (random, timm, a file, a run)."""
     arch: str = _f("mlns_cnn", "timm architecture name, or mlns_cnn / mlns_cnn_wide (half again the channels: 1.3x "
                                "the CPU time) / mlns_cnn_lean (16 channels in the first two convs: 0.89x the CPU "
-                               "epoch, lower on every battery mean) / convnet4 (built in)")
+                               "epoch, lower on the demo and most shifted sets) / convnet4 (built in)")
     head: str = _f("digits", "sum (37-way) | digits (4 x 10, sum by convolution)", choices=HEADS)
     pretrained: bool = _f(False, "timm's own pretrained weights for --arch (a tag picks among them, e.g. "
                                  "resnet50.a1_in1k); fetched once into the Hugging Face cache; offline: "
