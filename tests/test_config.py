@@ -224,7 +224,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r41-auto-s1", "r41-auto-s2", "r41-auto-s3",
                                                               "r41-default-s0", "r41-default-s1", "r41-default-s3",
                                                               "r44-lean-s0", "r44-lean-s1", "r44-bs256-s0", "r44-bs256-s1",
-                                                              "r44-bs256-s2")},
+                                                              "r44-bs256-s2", "r44-bs256-s3",
+                                                              "r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -238,8 +239,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_44_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-fourth rounds is an earlier run with the fields its note names
+def test_round36_to_45_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to forty-fifth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -290,15 +291,20 @@ def test_round36_to_44_rows_change_only_what_they_name():
     assert [c.data.synth_pool for c in r41] == [-1] * 4 + [0] * 3 and r41[0].digest() != resolve_config().digest()
     assert [c.digest() for c in r41[4:]] == [resolve_config(seed=s).digest() for s in (0, 1, 3)]
     # the forty-fourth round: today's default with the first stage half as wide, and with twice the batch at twice
-    # the lr (seeds 0 and 1, and 0-2)
+    # the lr (seeds 0 and 1, and 0-3: seed 3 in the forty-fifth round)
     r44 = load_suite(root / "round44.toml")
-    assert [c.name for c in r44] == ["r44-lean-s0", "r44-lean-s1"] + [f"r44-bs256-s{s}" for s in range(3)]
+    assert [c.name for c in r44] == ["r44-lean-s0", "r44-lean-s1"] + [f"r44-bs256-s{s}" for s in range(4)]
     assert [_override(c, model={"arch": "mlns_cnn"}).digest() for c in r44[:2]] == \
         [resolve_config(seed=s).digest() for s in range(2)]
     assert [_override(c, data={"bs": 128}, train={"lr": 3e-3}).digest() for c in r44[2:]] == \
-        [resolve_config(seed=s).digest() for s in range(3)]
+        [resolve_config(seed=s).digest() for s in range(4)]
     assert [(c.model.arch, c.data.bs, c.train.lr) for c in r44] == [("mlns_cnn_lean", 128, 3e-3)] * 2 + \
-        [("mlns_cnn", 256, 6e-3)] * 3
+        [("mlns_cnn", 256, 6e-3)] * 4
+    # the forty-fifth round: twice the batch at the square root of twice the lr, seeds 1 and 3
+    r45 = load_suite(root / "round45.toml")
+    assert [c.name for c in r45] == ["r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3"]
+    assert [_override(c, train={"lr": 6e-3}).digest() for c in r45] == [r44[3].digest(), r44[5].digest()]
+    assert [(c.data.bs, c.train.lr) for c in r45] == [(256, 4.2e-3)] * 2
 
 
 def _override(cfg, **sections):
