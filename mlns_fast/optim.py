@@ -21,22 +21,45 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_KEYS = ("fused", "foreach")  # how a step runs, not what it computes: not taken from a checkpoint
 
 
-def decay_groups(model: torch.nn.Module) -> list[dict]:
+def decay_groups(model: torch.nn.Module, body_lr: float = 1.0) -> list[dict]:
     """fastai splitter: timm's weight-decay grouping, each group tagged with its `wd_mult` (0 for
-    norm and bias parameters and the model's `no_weight_decay()` names, 1 for the rest)."""
+    norm and bias parameters and the model's `no_weight_decay()` names, 1 for the rest).
+
+    `body_lr` != 1 (`--body-lr`): each group split in two, the backbone's parameters (`model.backbone`)
+    tagged with `lr_mult` = body_lr and listed first, the rest (ink fit, reader, heads) with 1, last:
+    fastai's discriminative learning rates. Not `lr_max=slice(lo, hi)`: fastai spaces a slice's lrs
+    geometrically over every group in order, which cannot put the backbone's two decay groups at one lr;
+    and fastai reads a run's lr from the last group, which stays the head's (`--lr`) here."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=skip)
-    return [{"params": g["params"], "wd_mult": g["weight_decay"]} for g in groups]
+    groups = [{"params": g["params"], "wd_mult": g["weight_decay"]} for g in groups]
+    if body_lr == 1.0:
+        return groups
+    body = {id(p) for p in model.backbone.parameters()}
+    split = [({**g, "params": [p for p in g["params"] if (id(p) in body) == in_body],
+               "lr_mult": body_lr if in_body else 1.0}) for in_body in (True, False) for g in groups]
+    return [g for g in split if g["params"]]
 
 
 class DecayGroupsWrapper(OptimWrapper):
-    """`OptimWrapper` whose `wd` hyper is scaled per group by the group's `wd_mult`: fastai's `fit`
-    sets one weight decay for every group, which would otherwise decay norm and bias parameters."""
+    """`OptimWrapper` whose `wd` and `lr` hypers are scaled per group by the group's `wd_mult` and
+    `lr_mult`: fastai's `fit` and its schedules set one weight decay and one lr for every group,
+    which would otherwise decay norm and bias parameters and train the backbone at the head's lr."""
 
     def _set_hyper(self, k, v):
-        if k == "wd":
-            v = [x * pg.get("wd_mult", 1.0) for pg, x in zip(self.opt.param_groups, v)]
+        if k in ("wd", "lr"):
+            v = [x * pg.get(f"{k}_mult", 1.0) for pg, x in zip(self.opt.param_groups, v)]
         super()._set_hyper(k, v)
+
+    @property
+    def hypers(self) -> list[dict]:
+        """fastai's view of the hypers, each group's `lr` the schedule's (torch's lr / `lr_mult`): fastai reads
+        the lrs back and sets them again (`fit_one_cycle` takes its per-group `lr_max` from here), which
+        would otherwise scale a backbone group's lr twice."""
+        hypers = super().hypers
+        for h, pg in zip(hypers, self.opt.param_groups):
+            h["lr"] = h["lr"] / pg.get("lr_mult", 1.0)
+        return hypers
 
     def skip_if(self, flag: torch.Tensor) -> bool:
         """Have the next step skipped on the device where `flag` (0-dim float32, 1.0 = skip) is set,
@@ -63,7 +86,7 @@ def adamw(params, lr: float = 1e-3, mom: float = 0.9, sqr_mom: float = 0.99, eps
     device and dtype, else multi-tensor (foreach). Defaults are fastai Adam's."""
     params = list(params)
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-    groups = [{**g, "weight_decay": wd * g.get("wd_mult", 1.0)} for g in groups]
+    groups = [{**g, "weight_decay": wd * g.get("wd_mult", 1.0), "lr": lr * g.get("lr_mult", 1.0)} for g in groups]
     kw = dict(lr=lr, betas=(mom, sqr_mom), eps=eps)
     try:
         return DecayGroupsWrapper(opt=torch.optim.AdamW(groups, fused=True, **kw))

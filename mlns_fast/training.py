@@ -75,7 +75,8 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
         cbs.append(Accumulate(t.accum, cfg.data.bs))
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,
                                                                t.label_smoothing),
-                    opt_func=adamw, splitter=decay_groups, lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
+                    opt_func=adamw, splitter=functools.partial(decay_groups, body_lr=t.body_lr), lr=t.lr, wd=t.wd,
+                    metrics=[DeviceAvgMetric(acc)], cbs=cbs)
     keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
     shown = resolve_progress(progress, quiet)

@@ -225,7 +225,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r41-default-s0", "r41-default-s1", "r41-default-s3",
                                                               "r44-lean-s0", "r44-lean-s1", "r44-bs256-s0", "r44-bs256-s1",
                                                               "r44-bs256-s2", "r44-bs256-s3",
-                                                              "r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3")},
+                                                              "r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3",
+                                                              "r45-bs256-body07-s1", "r45-bs256-body07-s3")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -300,11 +301,14 @@ def test_round36_to_45_rows_change_only_what_they_name():
         [resolve_config(seed=s).digest() for s in range(4)]
     assert [(c.model.arch, c.data.bs, c.train.lr) for c in r44] == [("mlns_cnn_lean", 128, 3e-3)] * 2 + \
         [("mlns_cnn", 256, 6e-3)] * 4
-    # the forty-fifth round: twice the batch at the square root of twice the lr, seeds 1 and 3
+    # the forty-fifth round: twice the batch at the square root of twice the lr, and with the backbone alone at
+    # it (--body-lr 0.7), seeds 1 and 3
     r45 = load_suite(root / "round45.toml")
-    assert [c.name for c in r45] == ["r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3"]
-    assert [_override(c, train={"lr": 6e-3}).digest() for c in r45] == [r44[3].digest(), r44[5].digest()]
-    assert [(c.data.bs, c.train.lr) for c in r45] == [(256, 4.2e-3)] * 2
+    assert [c.name for c in r45] == ["r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3", "r45-bs256-body07-s1",
+                                     "r45-bs256-body07-s3"]
+    assert [_override(c, train={"lr": 6e-3}).digest() for c in r45[:2]] == [r44[3].digest(), r44[5].digest()]
+    assert [_override(c, train={"body_lr": 1.0}).digest() for c in r45[2:]] == [r44[3].digest(), r44[5].digest()]
+    assert [(c.data.bs, c.train.lr, c.train.body_lr) for c in r45] == [(256, 4.2e-3, 1.0)] * 2 + [(256, 6e-3, 0.7)] * 2
 
 
 def _override(cfg, **sections):

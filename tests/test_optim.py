@@ -37,6 +37,7 @@ def test_one_cycle_reaches_torch_and_norm_bias_get_no_decay(tiny_cfg):
         assert all(abs(x - float(mom(i / total))) < 1e-12 for x in moms), i
     opt = learn.opt.opt
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]  # CPU has a fused kernel
+    assert len(opt.param_groups) == 2 and not any("lr_mult" in g for g in opt.param_groups)  # --body-lr 1: one lr
     named = {id(p): n for n, p in learn.model.named_parameters()}
     decays = {named[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert len(decays) == len(named)  # every parameter is optimized, once
@@ -44,6 +45,32 @@ def test_one_cycle_reaches_torch_and_norm_bias_get_no_decay(tiny_cfg):
         no_decay = p.ndim <= 1  # BatchNorm weights and biases, conv / linear biases
         assert decays[name] == (0.0 if no_decay else 0.05), name
     assert any(v == 0 for v in decays.values()) and any(v > 0 for v in decays.values())
+
+
+def test_body_lr_trains_the_backbone_at_its_fraction_of_the_schedule(tiny_cfg):
+    """`--body-lr 0.25`: the backbone's parameters step at a quarter of the one-cycle lr, the reader's and heads'
+    at the whole of it, each keeping its weight decay; the recorded lr is the head's (the run's --lr)."""
+    cfg = tiny_cfg(wd=0.05, body_lr=0.25)
+    seen = SeenByTorch()
+    learn = build_learner(cfg, build_dataloaders(cfg), create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE),
+                          torch.device("cpu"), "fp32", quiet=True, extra_cbs=[seen])
+    learn.fit_one_cycle(1, lr_max=1e-2, wd=0.05)
+    groups = learn.opt.opt.param_groups
+    mults = [g["lr_mult"] for g in groups]
+    assert len(groups) == 4 and mults == [0.25, 0.25, 1.0, 1.0]
+    body = {id(p) for p in learn.model.backbone.parameters()}
+    assert 0 < len(body) < len(list(learn.model.parameters()))
+    for g in groups:
+        assert {id(p) in body for p in g["params"]} == {g["lr_mult"] == 0.25}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in learn.model.parameters())  # every parameter once
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.05, 0.0, 0.05]
+    total = len(learn.dls.train)
+    lr = combined_cos(0.25, 1e-2 / 25, 1e-2, 1e-2 / 1e5)
+    assert len(seen.lrs) == total > 1
+    for i, lrs in enumerate(seen.lrs):
+        assert all(abs(x - m * float(lr(i / total))) < 1e-12 for x, m in zip(lrs, mults)), i
+    assert [round(x, 12) for x in learn.recorder.lrs] == [round(float(lr(i / total)), 12) for i in range(total)]
 
 
 def test_adamw_matches_a_hand_step():
