@@ -258,7 +258,8 @@ class TrainConfig(Checked):
     deterministic: bool = _f(False, "bit-identical results on a GPU as well (cuDNN's and torch's deterministic kernels, "
                                     "slower); a CPU run is deterministic without it", since=True)
     body_lr: float = _f(1.0, "the backbone's peak lr as a fraction of --lr (fastai's discriminative lrs: e.g. 0.1 for "
-                             "--pretrained weights under a fresh reader); 1 = one lr for every parameter", 0.0, 100.0, open_lo=True, since=True)
+                             "--pretrained weights under a fresh reader); 1 = one lr for every parameter", 0.0, 100.0,
+                        open_lo=True, since=True)
 
 
 @dataclass(frozen=True)

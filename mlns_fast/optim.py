@@ -19,6 +19,7 @@ from timm.optim import param_groups_weight_decay
 log = logging.getLogger(__name__)
 
 IMPLEMENTATION_KEYS = ("fused", "foreach")  # how a step runs, not what it computes: not taken from a checkpoint
+GROUP_MULTS = ("wd_mult", "lr_mult")  # the run's own config and model (decay_groups): not taken from a checkpoint either
 
 
 def decay_groups(model: torch.nn.Module, body_lr: float = 1.0) -> list[dict]:
@@ -72,8 +73,9 @@ class DecayGroupsWrapper(OptimWrapper):
 
     def load_state_dict(self, sd: dict) -> None:
         """torch's load, keeping this optimizer's implementation flags (a checkpoint written where
-        `fused` was unavailable resumes fused, and the other way round)."""
-        now = [{k: pg[k] for k in IMPLEMENTATION_KEYS if k in pg} for pg in self.opt.param_groups]
+        `fused` was unavailable resumes fused, and the other way round) and its groups' weight-decay and
+        lr multipliers (derived from the run's config; an edited checkpoint does not change them)."""
+        now = [{k: pg[k] for k in IMPLEMENTATION_KEYS + GROUP_MULTS if k in pg} for pg in self.opt.param_groups]
         self.opt.load_state_dict(sd)
         for pg, flags in zip(self.opt.param_groups, now):
             pg.update(flags)

@@ -73,6 +73,17 @@ def test_body_lr_trains_the_backbone_at_its_fraction_of_the_schedule(tiny_cfg):
     assert [round(x, 12) for x in learn.recorder.lrs] == [round(float(lr(i / total)), 12) for i in range(total)]
 
 
+def test_a_checkpoint_does_not_set_the_groups_multipliers():
+    """The lr and weight-decay multipliers come from the run's config and model, not from an (edited) checkpoint."""
+    model = create_model(ModelConfig(arch="convnet4"), IMAGE_SIZE)
+    opt = adamw(decay_groups(model, body_lr=0.5), lr=0.1, wd=0.5)
+    state = opt.state_dict()
+    for g in state["param_groups"]:
+        g["lr_mult"], g["wd_mult"] = 7.0, 3.0
+    opt.load_state_dict(state)
+    assert [(g["lr_mult"], g["wd_mult"]) for g in opt.opt.param_groups] == [(0.5, 0.0), (0.5, 1.0), (1.0, 0.0), (1.0, 1.0)]
+
+
 def test_adamw_matches_a_hand_step():
     """One step from zero state: the decoupled decay and fastai Adam's betas / eps, as torch computes them."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
