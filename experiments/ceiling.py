@@ -111,16 +111,16 @@ def first_per_class(bank: Bank, per_class: int) -> Bank:
 
 
 def train_classifier(epochs: int, seed: int = 0, bs: int = 128, per_class: int = 0,
-                     context: bool = False) -> GlyphNet:
+                     context: bool = False, render: RenderConfig | None = None) -> GlyphNet:
     """GlyphNet on glyphs the default training renderer draws from the run's glyphs, one at a time
     (`context`: cut out of the rendered rows by their boxes, neighbours' ink included): `epochs`
     passes' worth of steps over all 3,400, also when `per_class` keeps fewer (the same compute,
-    fewer hands)."""
+    fewer hands). `render`: another layout to draw them with (glyph_screen.py)."""
     full = trainable_bank()
     bank = first_per_class(full, per_class)
     # the handwriting alone (the training default's glyphs before the thirty-fifth round, and ceiling.json's):
     # the ceiling is the bank's, whatever printed glyphs a run adds
-    renderer = create_renderer(RenderConfig(**HANDWRITTEN), seed, bank, solo=not context)
+    renderer = create_renderer(render or RenderConfig(**HANDWRITTEN), seed, bank, solo=not context)
     torch.manual_seed(seed)
     net = GlyphNet()
     steps = epochs * (len(full.labels) // bs)

@@ -84,6 +84,13 @@ class RenderConfig(Checked):
                        0.0, 1.0, since=True, before=0.0)
     rescan_px: tuple = _f((7.0, 14.0), "ink height in pixels a re-sampled glyph is drawn down to (see rescan)",
                           3.0, 64.0, since=True)
+    morph: float = _f(0.0, "probability that a glyph is bent toward another glyph of its digit from the same pool "
+                           "(dense optical flow between the two, followed a fraction drawn from morph_mix of the "
+                           "way): shapes between two writers', new hands from the bank's own (0 = off; at 0.5 "
+                           "tight, slant and other writers read lower: RESULTS.md, issue 20, forty-sixth round)",
+                      0.0, 1.0, since=True)
+    morph_mix: tuple = _f((0.3, 1.0), "how far a morphed glyph is bent toward the other (0 = not at all, 1 = onto "
+                                      "its shape; see morph)", 0.0, 1.0, since=True)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
     blur_p: float = _f(0.3, "probability of a Gaussian blur", 0.0, 1.0)
     blur_sigma: tuple = _f((0.3, 2.0), "blur sigma range in pixels", 0.01, 10.0)

@@ -226,7 +226,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r44-lean-s0", "r44-lean-s1", "r44-bs256-s0", "r44-bs256-s1",
                                                               "r44-bs256-s2", "r44-bs256-s3",
                                                               "r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3",
-                                                              "r45-bs256-body07-s1", "r45-bs256-body07-s3")},
+                                                              "r45-bs256-body07-s1", "r45-bs256-body07-s3",
+                                                              "r46-morph5-s0", "r46-morph5-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -240,8 +241,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_45_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-fifth rounds is an earlier run with the fields its note names
+def test_round36_to_46_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to forty-sixth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -309,6 +310,11 @@ def test_round36_to_45_rows_change_only_what_they_name():
     assert [_override(c, train={"lr": 6e-3}).digest() for c in r45[:2]] == [r44[3].digest(), r44[5].digest()]
     assert [_override(c, train={"body_lr": 1.0}).digest() for c in r45[2:]] == [r44[3].digest(), r44[5].digest()]
     assert [(c.data.bs, c.train.lr, c.train.body_lr) for c in r45] == [(256, 4.2e-3, 1.0)] * 2 + [(256, 6e-3, 0.7)] * 2
+    # the forty-sixth round: today's default with half the glyphs bent toward another of their digit, seeds 0 and 1
+    r46 = load_suite(root / "round46.toml")
+    assert [c.name for c in r46] == ["r46-morph5-s0", "r46-morph5-s1"]
+    assert [_override(c, render={"morph": 0.0}).digest() for c in r46] == [resolve_config(seed=s).digest() for s in (0, 1)]
+    assert [(c.render.morph, c.render.morph_mix) for c in r46] == [(0.5, (0.3, 1.0))] * 2
 
 
 def _override(cfg, **sections):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlns_fast.errors import ConfigError
+from mlns_fast.errors import ConfigError, MlnsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,6 @@ def test_inkfit_threshold_refuses_a_margin_outside_its_range_in_one_line():
 
 
 def test_threshold_tta_reads_one_network_through_its_own_fit_per_threshold():
-    from mlns_fast.errors import MlnsError
     from mlns_fast.model import InkFit
     from mlns_fast.reading import shift_tta
     tta_thresholds = _script("tta_thresholds")
@@ -241,3 +240,30 @@ def test_recorded_valid_reads_a_one_process_runs_saved_weights_as_it_recorded_th
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "recorded_valid.py"), "no-such-run",
                         "--runs-dir", str(runs)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown run")
+
+
+def test_glyph_screen_reads_render_changes_as_toml_and_trains_the_classifier_on_them(monkeypatch):
+    screen = _script("glyph_screen")
+    assert screen.parse_sets(["morph=0.5", "glyphs=mixed", "rescan_px=[5, 9]", "crowded_clean=false"]) == \
+        {"morph": 0.5, "glyphs": "mixed", "rescan_px": [5, 9], "crowded_clean": False}
+    with pytest.raises(MlnsError, match="FIELD=VALUE"):
+        screen.parse_sets(["morph"])
+    from dataclasses import replace
+    from mlns_fast.config import HANDWRITTEN, RenderConfig
+    ceiling = screen.ceiling
+    drawn = []
+    real = ceiling.create_renderer
+    monkeypatch.setattr(ceiling, "create_renderer", lambda cfg, *a, **k: drawn.append(cfg) or real(cfg, *a, **k))
+    ceiling.train_classifier(1, bs=1700, render=replace(RenderConfig(**HANDWRITTEN), morph=1.0))
+    ceiling.train_classifier(1, bs=1700)
+    assert [c.morph for c in drawn] == [1.0, 0.0] and drawn[1] == RenderConfig(**HANDWRITTEN)
+
+
+@pytest.mark.parametrize("args, says", [([], "give at least one --set"), (["--set", "nosuch=1"], "nosuch"),
+                                        (["--set", "morph=2"], "morph"), (["--set", "morph=0.5", "--epochs", "0"],
+                                                                         "--epochs")])
+def test_glyph_screen_refuses_a_bad_change_in_one_line(args, says, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "glyph_screen.py"), *args,
+                        "--out", str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and says in r.stderr
+    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())

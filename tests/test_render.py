@@ -101,7 +101,7 @@ def test_default_glyphs_are_mixed_and_the_test_layouts_keep_handwriting(bank):
     assert (cfg.glyphs, cfg.font_ratio, cfg.faces) == ("mixed", 0.15, "ttf") and LAYOUTS["train"] == cfg
     printed = {(g.shape, g.tobytes()) for pool in ttf_glyphs() for g in pool}
     r = Renderer(cfg, bank, seed=0)
-    drawn = [r._plan(d, np.random.default_rng(i).random(7))[0] for i in range(400) for d in [i % 10]]
+    drawn = [r._plan(d, np.random.default_rng(i).random(7), np.random.default_rng(i))[0] for i in range(400) for d in [i % 10]]
     share = np.mean([(g.shape, g.tobytes()) in printed for g in drawn])
     assert 0.1 < share < 0.2  # font_ratio of the glyphs printed, the rest from the bank
     for name in ("course", "tight"):
@@ -234,3 +234,43 @@ def test_crowded_clean_leaves_crowded_images_unfinished_and_the_others_as_they_w
         assert a.image.max() <= 0.3 * 255 + 120 and b.image.max() >= 200  # full contrast, no veil of noise
         assert (b.image == 0).mean() > 0.85 and (a.image == 0).mean() < 0.75  # a black background: no noise
     assert 8 <= changed <= 32  # about half the images are crowded
+
+
+def test_morph_bends_a_glyph_toward_another_of_its_digit_without_breaking_it(bank):
+    """`_morph` follows the optical flow between two glyphs of a digit: at 0 the glyph as it was, further along
+    ink closer to the other glyph's (stretched onto its box), its strokes still one piece; a glyph the warp
+    leaves without ink (here: ink too faint to count) comes back as it was."""
+    import cv2
+    from mlns_fast.data.render import _morph, bank_glyphs
+    pools = bank_glyphs(bank)
+    ink = lambda g: (g >= 128).astype(np.uint8)  # noqa: E731
+    iou = lambda a, b: (ink(a) & ink(b)).sum() / (ink(a) | ink(b)).sum()  # noqa: E731
+    for d in (0, 4, 7):
+        a, b = pools[d][3], pools[d][11]
+        b_on_a = cv2.resize(b, a.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        assert iou(a, b_on_a) < 0.45  # two writers' shapes
+        assert np.array_equal(_morph(a, b, 0.0), a)
+        bent = _morph(a, b, 1.0)
+        assert bent.dtype == np.uint8 and abs(bent.shape[0] - a.shape[0]) <= 4 and abs(bent.shape[1] - a.shape[1]) <= 8
+        assert iou(cv2.resize(bent, a.shape[::-1]), b_on_a) > iou(a, b_on_a) + 0.08
+        assert cv2.connectedComponents(ink(bent))[0] == cv2.connectedComponents(ink(a))[0]  # no stroke cut
+    faint = np.full((20, 12), 100, np.uint8)
+    assert _morph(faint, pools[1][0], 0.5) is faint
+
+
+def test_morph_renders_the_same_digits_and_off_leaves_pixels_alone(bank):
+    """morph=1 changes every image's glyphs, never its digits; morph=0 draws no extra randomness, so the
+    default's renders keep their pixels (and its config digest: the field is new)."""
+    base = RenderConfig()
+    assert "morph" not in spec_dict(base) and "morph_mix" not in spec_dict(base)
+    assert spec_dict(replace(base, morph=0.5))["morph"] == 0.5
+    plain, again, morphed = (Renderer(base, bank, seed=2), Renderer(replace(base, morph_mix=(0.5, 0.5)), bank, seed=2),
+                             Renderer(replace(base, morph=1.0), bank, seed=2))
+    changed = 0
+    for i in range(10):
+        a, b, m = plain(i), again(i), morphed(i)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.digits, m.digits)
+        changed += not np.array_equal(a.image, m.image)
+    assert changed == 10
+    with pytest.raises(ConfigError):
+        replace(base, morph=1.5)

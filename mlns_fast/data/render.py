@@ -137,7 +137,7 @@ class Renderer:
                 u[2:9 * n:9] /= 3  # sizes from the smallest third of the range
                 width = c.gap[1] - c.gap[0]  # gaps from the part of the range below 0 (its low end if none)
                 u[9 * n:10 * n - 1] *= max(0.0, -c.gap[0]) / width if width > 0 else 1.0
-        plans = [self._plan(int(d), u[9 * i: 9 * i + 7]) for i, d in enumerate(digits)]
+        plans = [self._plan(int(d), u[9 * i: 9 * i + 7], rng) for i, d in enumerate(digits)]
         widths = np.array([p[2] for p in plans])
         gaps = _span(c.gap, u[9 * n: 10 * n - 1])
         # overlaps scale with the narrower neighbour (a "1" is never jumped over), gaps with the mean width
@@ -177,14 +177,18 @@ class Renderer:
             out.append(alone if clean else self._finish(alone, u, copy.deepcopy(rng)))
         return out
 
-    def _plan(self, digit: int, u: np.ndarray):
-        """Pick a glyph of `digit` and a linear map (scale, aspect, shear, rotation) fitting the canvas.
+    def _plan(self, digit: int, u: np.ndarray, rng: np.random.Generator):
+        """Pick a glyph of `digit` (blended with another of its pool when `morph` draws it) and a linear map
+        (scale, aspect, shear, rotation) fitting the canvas.
 
         Returns (glyph, (m00, m01, m10, m11) glyph px -> canvas px, box width, stroke change)."""
         c = self.cfg
         use_font = self.hand is None or (self.fonts is not None and u[0] < c.font_ratio)
         pool = (self.fonts if use_font else self.hand)[digit]
         glyph = pool[int(u[1] * len(pool))]
+        if c.morph > 0 and rng.random() < c.morph:  # drawn only when on: default renders keep their pixels
+            other, t = rng.random(2)
+            glyph = _morph(glyph, pool[int(other * len(pool))], _span(c.morph_mix, t))
         gh, gw = glyph.shape
         h = _span(c.glyph_height, u[2]) * c.height
         sy, sx = h / gh, _span(c.aspect, u[3]) * h / gh
@@ -218,6 +222,22 @@ class Renderer:
         if contrast < 1.0:
             canvas = cv2.convertScaleAbs(canvas, alpha=contrast)
         return canvas
+
+
+def _morph(glyph: np.ndarray, other: np.ndarray, t: float, pad: int = 4) -> np.ndarray:
+    """`glyph` bent part of the way (t: 0 none, 1 all) onto the shape of `other`, a glyph of the same digit
+    stretched onto its box: OpenCV's dense optical flow (Farneback) between the two, blurred, gives where
+    each of `other`'s pixels lies on `glyph`; sampling `glyph` a fraction t along it moves its strokes
+    toward the other writer's without breaking them (a mix of grey levels would draw both glyphs' strokes;
+    albumentations has no shape-to-shape warp). Cropped to the ink; where the warp leaves no ink, `glyph`."""
+    gh, gw = glyph.shape
+    src = cv2.copyMakeBorder(glyph, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    dst = cv2.copyMakeBorder(cv2.resize(other, (gw, gh), interpolation=cv2.INTER_LINEAR), pad, pad, pad, pad,
+                             cv2.BORDER_CONSTANT, value=0)
+    flow = cv2.calcOpticalFlowFarneback(cv2.GaussianBlur(dst, (0, 0), 1.5), cv2.GaussianBlur(src, (0, 0), 1.5), None,
+                                        0.5, 2, 9, 5, 5, 1.1, 0)
+    out = cv2.remap(src, _base_grid(*src.shape) + np.float32(t) * flow, None, cv2.INTER_LINEAR, borderValue=0)
+    return crop_ink(out) if out.max() >= 128 else glyph
 
 
 def _elastic(glyph: np.ndarray, amount: float, rng) -> np.ndarray:
