@@ -242,7 +242,7 @@ def test_recorded_valid_reads_a_one_process_runs_saved_weights_as_it_recorded_th
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown run")
 
 
-def test_glyph_screen_reads_render_changes_as_toml_and_trains_the_classifier_on_them(monkeypatch):
+def test_glyph_screen_reads_render_changes_as_toml_and_draws_the_classifier_s_glyphs_with_them(monkeypatch):
     screen = _script("glyph_screen")
     assert screen.parse_sets(["morph=0.5", "glyphs=mixed", "rescan_px=[5, 9]", "crowded_clean=false"]) == \
         {"morph": 0.5, "glyphs": "mixed", "rescan_px": [5, 9], "crowded_clean": False}
@@ -252,10 +252,18 @@ def test_glyph_screen_reads_render_changes_as_toml_and_trains_the_classifier_on_
     from mlns_fast.config import HANDWRITTEN, RenderConfig
     ceiling = screen.ceiling
     drawn = []
-    real = ceiling.create_renderer
-    monkeypatch.setattr(ceiling, "create_renderer", lambda cfg, *a, **k: drawn.append(cfg) or real(cfg, *a, **k))
-    ceiling.train_classifier(1, bs=1700, render=replace(RenderConfig(**HANDWRITTEN), morph=1.0))
-    ceiling.train_classifier(1, bs=1700)
+
+    class Drawn(Exception):
+        pass
+
+    def renderer(cfg, *args, **kwargs):  # the layout the classifier's glyphs are drawn with; no training after
+        drawn.append(cfg)
+        raise Drawn
+
+    monkeypatch.setattr(ceiling, "create_renderer", renderer)
+    for render in (replace(RenderConfig(**HANDWRITTEN), morph=1.0), None):
+        with pytest.raises(Drawn):
+            ceiling.train_classifier(1, render=render)
     assert [c.morph for c in drawn] == [1.0, 0.0] and drawn[1] == RenderConfig(**HANDWRITTEN)
 
 
