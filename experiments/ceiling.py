@@ -163,6 +163,11 @@ def set_glyphs(spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "cut": tuple(map(np.array, glyph_crops(rendered, images, solo=False)))}
 
 
+def bare_glyphs(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
+    """A bank's glyphs as they are (no layout, no style), letterboxed, with their labels."""
+    return np.stack([letterbox(g) for g in bank.images]), bank.labels
+
+
 def demo_test_glyphs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The demo test split's glyphs, by the renderer that built it (its images are these renders)."""
     _, n, pool, seed = SPLITS["test"]
@@ -218,11 +223,8 @@ def main():
     print(f"{kind} classifier (seed {a.seed}): {a.epochs} epochs' steps over {glyphs} trainable bank glyphs, "
           f"drawn by the training renderer{' and cut from its rows' if a.context else ''}, "
           f"in {time.perf_counter() - t0:.0f} s")
-    reserved, sk = embedded_bank("reserved"), sklearn_bank()
-    ceilings = {"reserved glyphs (bare)": {"isolated": accuracy(net, np.stack([letterbox(g) for g in reserved.images]),
-                                                                reserved.labels)},
-                "sklearn glyphs (bare)": {"isolated": accuracy(net, np.stack([letterbox(g) for g in sk.images]),
-                                                               sk.labels)}}
+    ceilings = {"reserved glyphs (bare)": {"isolated": accuracy(net, *bare_glyphs(embedded_bank("reserved")))},
+                "sklearn glyphs (bare)": {"isolated": accuracy(net, *bare_glyphs(sklearn_bank()))}}
     for spec in BATTERY:
         ceilings[spec.name] = {k: accuracy(net, *v) for k, v in set_glyphs(spec).items()}
     ceilings["demo-test"] = {k: accuracy(net, *v) for k, v in demo_test_glyphs().items()}

@@ -59,7 +59,7 @@ def parse_sets(pairs: list[str]) -> dict:
 def held_out() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every column's letterboxed glyphs and labels, drawn once for all the classifiers."""
     bare = {"valid": embedded_bank("valid"), "reserved": embedded_bank("reserved"), "sklearn bare": sklearn_bank()}
-    out = {k: (np.stack([ceiling.letterbox(g) for g in b.images]), b.labels) for k, b in bare.items()}
+    out = {k: ceiling.bare_glyphs(b) for k, b in bare.items()}
     for spec in BATTERY:
         if spec.name in SETS:
             out[spec.name] = ceiling.set_glyphs(spec)["isolated"]
@@ -81,7 +81,8 @@ def main() -> None:
             raise MlnsError(f"--epochs must be at least 1; got {a.epochs}")
         if a.out and not Path(a.out).parent.is_dir():
             raise MlnsError(f"--out: folder {Path(a.out).parent} does not exist")
-        changed = section_from_dict(RenderConfig, parse_sets(a.set), "--set", base)
+        table = parse_sets(a.set)
+        changed = section_from_dict(RenderConfig, table, "--set", base)
     except MlnsError as e:
         ap.exit(2, f"error: {e}\n")
     torch.set_num_threads(2)
@@ -103,7 +104,7 @@ def main() -> None:
         f" {100 * (mean['changed'][c] - mean['default'][c]):+14.2f}" for c in COLUMNS))
     print(f"{'seeds where changed is higher':>32s}" + "".join(f" {f'{wins[c]} of {len(a.seeds)}':>14s}" for c in COLUMNS))
     if a.out:
-        atomic_write(a.out, json.dumps({"set": parse_sets(a.set), "epochs": a.epochs, "rows": rows, "mean": mean},
+        atomic_write(a.out, json.dumps({"set": table, "epochs": a.epochs, "rows": rows, "mean": mean},
                                        indent=1))
 
 

@@ -178,7 +178,7 @@ class Renderer:
         return out
 
     def _plan(self, digit: int, u: np.ndarray, rng: np.random.Generator):
-        """Pick a glyph of `digit` (blended with another of its pool when `morph` draws it) and a linear map
+        """Pick a glyph of `digit` (bent toward another of its pool when `morph` draws it) and a linear map
         (scale, aspect, shear, rotation) fitting the canvas.
 
         Returns (glyph, (m00, m01, m10, m11) glyph px -> canvas px, box width, stroke change)."""
