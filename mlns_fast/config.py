@@ -91,6 +91,12 @@ class RenderConfig(Checked):
                       0.0, 1.0, since=True)
     morph_mix: tuple = _f((0.3, 1.0), "how far a morphed glyph is bent toward the other (0 = not at all, 1 = onto "
                                       "its shape; see morph)", 0.0, 1.0, since=True)
+    nib: float = _f(0.0, "probability that a glyph is redrawn with a flat pen: its strokes widened along a line "
+                         "nib_len of its height long at a random angle, so that strokes across the nib come out broad "
+                         "and strokes along it as they were (a broad-nib or chisel-marker hand; 0 = off)", 0.0, 1.0,
+                    since=True)
+    nib_len: tuple = _f((0.06, 0.18), "length of the flat pen's line as a fraction of the glyph's height (see nib)",
+                        0.0, 0.5, since=True)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)
     blur_p: float = _f(0.3, "probability of a Gaussian blur", 0.0, 1.0)
     blur_sigma: tuple = _f((0.3, 2.0), "blur sigma range in pixels", 0.01, 10.0)

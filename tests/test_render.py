@@ -274,3 +274,45 @@ def test_morph_renders_the_same_digits_and_off_leaves_pixels_alone(bank):
     assert changed == 10
     with pytest.raises(ConfigError):
         replace(base, morph=1.5)
+
+
+def test_nib_widens_strokes_across_the_pen_and_leaves_those_along_it():
+    """`_nib` dilates along a line at the pen's angle: with a level nib a vertical bar (across the pen) comes out
+    about the nib's length wider, a level bar (along it) about as thick as it was; under two pixels nothing is
+    drawn, and a patch that outgrows the canvas is drawn down into it."""
+    from mlns_fast.data.render import _nib
+    cross = np.zeros((30, 30), np.uint8)
+    cross[3:27, 14:16] = 255  # a vertical bar, 2 px wide
+    cross[14:16, 3:27] = 255  # a level bar, 2 px thick
+    level = _nib(cross, 7, 0.0, (40, 168))
+    ink = level >= 128
+    mid = level.shape[0] // 2
+    vertical_width = ink[3].sum()  # a row well above the level bar: the vertical bar's width
+    level_thickness = ink[:, 2].sum()  # a column beside the vertical bar: the level bar's thickness
+    assert 6 <= vertical_width <= 9 and level_thickness <= 3 and ink[mid].sum() >= 24
+    upright = _nib(cross, 7, np.pi / 2, (40, 168)) >= 128  # a vertical nib: the other way round
+    assert upright[:, 2].sum() >= 6 and upright[4].sum() <= 3
+    assert _nib(cross, 1.4, 0.3, (40, 168)) is cross
+    tall = np.zeros((40, 10), np.uint8)
+    tall[:, 4:6] = 255
+    assert _nib(tall, 9, np.pi / 2, (40, 168)).shape[0] <= 40
+
+
+def test_nib_renders_the_same_digits_and_off_leaves_pixels_alone(bank):
+    """nib=1 draws every glyph with a flat pen and changes every image, never its digits; nib=0 draws no extra
+    randomness, so the default's renders keep their pixels (and its config digest: the field is new)."""
+    base = RenderConfig()
+    assert "nib" not in spec_dict(base) and "nib_len" not in spec_dict(base)
+    assert spec_dict(replace(base, nib=0.3))["nib"] == 0.3
+    plain, again, pen = (Renderer(base, bank, seed=5), Renderer(replace(base, nib_len=(0.1, 0.1)), bank, seed=5),
+                         Renderer(replace(base, nib=1.0), bank, seed=5))
+    changed = 0
+    for i in range(10):
+        a, b, p = plain(i), again(i), pen(i)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.digits, p.digits)
+        assert p.image.shape == a.image.shape and (p.boxes[:, 2] <= a.image.shape[1]).all()
+        changed += not np.array_equal(a.image, p.image)
+    assert changed == 10
+    for bad in ({"nib": 1.5}, {"nib_len": (0.1, 0.9)}):
+        with pytest.raises(ConfigError):
+            replace(base, **bad)
