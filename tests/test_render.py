@@ -258,22 +258,27 @@ def test_morph_bends_a_glyph_toward_another_of_its_digit_without_breaking_it(ban
     assert _morph(faint, pools[1][0], 0.5) is faint
 
 
-def test_morph_renders_the_same_digits_and_off_leaves_pixels_alone(bank):
-    """morph=1 changes every image's glyphs, never its digits; morph=0 draws no extra randomness, so the
-    default's renders keep their pixels (and its config digest: the field is new)."""
+@pytest.mark.parametrize("field, reach, bad", [("morph", {"morph_mix": (0.5, 0.5)}, {"morph": 1.5}),
+                                              ("nib", {"nib_len": (0.1, 0.1)}, {"nib_len": (0.1, 0.9)})])
+def test_glyph_styles_keep_the_digits_and_off_leave_pixels_alone(bank, field, reach, bad):
+    """A glyph style at 1 (morph: bent toward another glyph of its digit; nib: drawn with a flat pen) changes
+    every image, never its digits or the canvas; at 0 it draws no extra randomness, so the default's renders keep
+    their pixels whatever its other fields say (and its config digest: the fields are new)."""
     base = RenderConfig()
-    assert "morph" not in spec_dict(base) and "morph_mix" not in spec_dict(base)
-    assert spec_dict(replace(base, morph=0.5))["morph"] == 0.5
-    plain, again, morphed = (Renderer(base, bank, seed=2), Renderer(replace(base, morph_mix=(0.5, 0.5)), bank, seed=2),
-                             Renderer(replace(base, morph=1.0), bank, seed=2))
+    assert field not in spec_dict(base) and not set(reach) & set(spec_dict(base))
+    assert spec_dict(replace(base, **{field: 0.3}))[field] == 0.3
+    plain, again, styled = (Renderer(base, bank, seed=2), Renderer(replace(base, **reach), bank, seed=2),
+                            Renderer(replace(base, **{field: 1.0}), bank, seed=2))
     changed = 0
     for i in range(10):
-        a, b, m = plain(i), again(i), morphed(i)
+        a, b, m = plain(i), again(i), styled(i)
         assert np.array_equal(a.image, b.image) and np.array_equal(a.digits, m.digits)
+        assert m.image.shape == a.image.shape and (m.boxes[:, 2] <= a.image.shape[1]).all()
         changed += not np.array_equal(a.image, m.image)
     assert changed == 10
-    with pytest.raises(ConfigError):
-        replace(base, morph=1.5)
+    for wrong in (bad, {field: -0.1}):
+        with pytest.raises(ConfigError):
+            replace(base, **wrong)
 
 
 def test_nib_widens_strokes_across_the_pen_and_leaves_those_along_it():
@@ -296,23 +301,3 @@ def test_nib_widens_strokes_across_the_pen_and_leaves_those_along_it():
     tall = np.zeros((40, 10), np.uint8)
     tall[:, 4:6] = 255
     assert _nib(tall, 9, np.pi / 2, (40, 168)).shape[0] <= 40
-
-
-def test_nib_renders_the_same_digits_and_off_leaves_pixels_alone(bank):
-    """nib=1 draws every glyph with a flat pen and changes every image, never its digits; nib=0 draws no extra
-    randomness, so the default's renders keep their pixels (and its config digest: the field is new)."""
-    base = RenderConfig()
-    assert "nib" not in spec_dict(base) and "nib_len" not in spec_dict(base)
-    assert spec_dict(replace(base, nib=0.3))["nib"] == 0.3
-    plain, again, pen = (Renderer(base, bank, seed=5), Renderer(replace(base, nib_len=(0.1, 0.1)), bank, seed=5),
-                         Renderer(replace(base, nib=1.0), bank, seed=5))
-    changed = 0
-    for i in range(10):
-        a, b, p = plain(i), again(i), pen(i)
-        assert np.array_equal(a.image, b.image) and np.array_equal(a.digits, p.digits)
-        assert p.image.shape == a.image.shape and (p.boxes[:, 2] <= a.image.shape[1]).all()
-        changed += not np.array_equal(a.image, p.image)
-    assert changed == 10
-    for bad in ({"nib": 1.5}, {"nib_len": (0.1, 0.9)}):
-        with pytest.raises(ConfigError):
-            replace(base, **bad)
