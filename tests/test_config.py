@@ -228,7 +228,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r45-bs256-lr4p2e3-s1", "r45-bs256-lr4p2e3-s3",
                                                               "r45-bs256-body07-s1", "r45-bs256-body07-s3",
                                                               "r46-morph5-s0", "r46-morph5-s1", "r47-nib3-s0",
-                                                              "r47-nib3-s1")},
+                                                              "r47-nib3-s1", "r48-default-s1", "r48-nib15-s0",
+                                                              "r48-nib15-s1", "r48-nib15-s2")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -242,8 +243,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_47_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-seventh rounds is an earlier run with the fields its note names
+def test_round36_to_48_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to forty-eighth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -321,6 +322,13 @@ def test_round36_to_47_rows_change_only_what_they_name():
     assert [c.name for c in r47] == ["r47-nib3-s0", "r47-nib3-s1"]
     assert [_override(c, render={"nib": 0.0}).digest() for c in r47] == [resolve_config(seed=s).digest() for s in (0, 1)]
     assert [(c.render.nib, c.render.nib_len) for c in r47] == [(0.3, (0.06, 0.18))] * 2
+    # the forty-eighth round: the default's seed 1 (nothing changed), and the flat pen at half that share, seeds 0-2
+    r48 = load_suite(root / "round48.toml")
+    assert [c.name for c in r48] == ["r48-default-s1", "r48-nib15-s0", "r48-nib15-s1", "r48-nib15-s2"]
+    assert r48[0].digest() == resolve_config(seed=1).digest() == _override(r47[1], render={"nib": 0.0}).digest()
+    assert [_override(c, render={"nib": 0.0}).digest() for c in r48[1:]] == \
+        [resolve_config(seed=s).digest() for s in range(3)]
+    assert [(c.render.nib, c.render.nib_len) for c in r48[1:]] == [(0.15, (0.06, 0.18))] * 3
 
 
 def _override(cfg, **sections):
