@@ -293,6 +293,11 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
                                                   "figure or config field: lr,bs,wd,mix,seed,real,test_acc,rob_mean...)"),
             group_by: Optional[str] = typer.Option(None, "--group-by", help="FIELD[,FIELD]: mean +- std and n of the "
                                                    "finished runs per group; auto = every differing setting but seed"),
+            baseline: Optional[str] = typer.Option(None, "--baseline", help="COLUMN=VALUE[,...]: the group every other "
+                                                   "group is set against run for run (same seed, device and "
+                                                   "precision): mean +- std of the differences (e.g. render.nib=0; "
+                                                   "groups by --group-by, else every differing setting but seed "
+                                                   "and machine)"),
             only_changed: bool = typer.Option(False, "--only-changed", help="hide columns equal in every row"),
             wide: bool = typer.Option(False, "--wide", help="every column (default table: those that matter or differ)"),
             fmt: str = typer.Option("table", "--format", help="table | md | csv | json"),
@@ -304,10 +309,16 @@ def compare(sort: Optional[str] = typer.Option(None, "--sort", help="column to s
     if plot:
         _png_out(plot, "--plot")
     rows = cmp.select_rows(runs_dirs, sort=sort, top=top, filters=filter or [])
-    if group_by:
-        by = None if group_by == "auto" else cmp.parse_columns(group_by, rows, "--group-by")
-        groups, keys, figures = cmp.group_rows(rows, by)
-        typer.echo(cmp.format_groups(groups, keys, figures, fmt, width=WIDE if wide else None).rstrip("\n"))
+    if group_by or baseline:
+        by = None if group_by in (None, "auto") else cmp.parse_columns(group_by, rows, "--group-by")
+        shown, width = cmp.group_figures(columns), WIDE if wide else None
+        if baseline:
+            groups, keys, figures, base = cmp.paired_rows(rows, cmp.parse_baseline(baseline), by)
+            text = cmp.format_paired(groups, keys, figures, base, fmt, width=width, shown=shown)
+        else:
+            groups, keys, figures = cmp.group_rows(rows, by)
+            text = cmp.format_groups(groups, keys, figures, fmt, width=width, shown=shown)
+        typer.echo(text.rstrip("\n"))
         return
     cols = cmp.parse_columns(columns, rows)
     if cols is None and only_changed:

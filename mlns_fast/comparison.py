@@ -8,6 +8,9 @@ evaluation results (`test_acc` from eval/*/result.json, `rob_<set>` and `rob_mea
 robustness/*/result.json). Metric names follow one rule (see `runs.py`): a per-epoch quantity is
 named as in metrics.csv (`acc`, `acc_ema`), its last / best value `final_<q>` / `best_<q>`.
 
+`--group-by` averages runs that differ only in seed; `--baseline` sets every group against one named group run for
+run (the same seed on the same kind of machine) and averages the differences.
+
 Never crashes on a partial or corrupt run folder: such a run becomes a row with status
 `corrupt` (or whatever its summary says) and empty figures.
 """
@@ -19,6 +22,7 @@ import io
 import json
 import logging
 import math
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import get_type_hints
@@ -275,11 +279,7 @@ def group_rows(rows: list[dict], by: list[str] | None = None) -> tuple[list[dict
     Returns (groups, key columns, figure names)."""
     done = [r for r in rows if r.get("status") == "finished"]
     keys = group_keys(done, by)
-    figures = [m for m in list(GROUP_METRICS) + robustness_columns()[1:]
-               if any(_number(r.get(m)) is not None for r in done)]
-    groups: dict[str, list[dict]] = {}
-    for r in done:
-        groups.setdefault(json.dumps([r.get(k) for k in keys], default=str), []).append(r)
+    groups, figures = _split(done, keys)
     out = []
     for members in groups.values():
         g = {k: members[0].get(k) for k in keys}
@@ -288,6 +288,29 @@ def group_rows(rows: list[dict], by: list[str] | None = None) -> tuple[list[dict
             g[f"{m}_mean"], g[f"{m}_std"] = mean_std([_number(r.get(m)) for r in members])
         out.append(g)
     return out, keys, figures
+
+
+def _split(done: list[dict], keys: list[str]) -> tuple[dict[str, list[dict]], list[str]]:
+    """Finished rows by their `keys` values (a JSON list of them as the key), and the figures any row has."""
+    groups: dict[str, list[dict]] = {}
+    for r in done:
+        groups.setdefault(json.dumps([r.get(k) for k in keys], default=str), []).append(r)
+    figures = [m for m in list(GROUP_METRICS) + robustness_columns()[1:]
+               if any(_number(r.get(m)) is not None for r in done)]
+    return groups, figures
+
+
+def group_figures(spec: str | None) -> list[str] | None:
+    """`--columns` of a grouped table: the figures it averages (or differences), checked."""
+    if spec is None:
+        return None
+    known = list(GROUP_METRICS) + robustness_columns()
+    cols = parse_columns(spec)
+    wrong = [c for c in cols if c not in known]
+    if wrong:
+        raise ConfigError(f"--columns with --group-by / --baseline takes figures ({', '.join(GROUP_METRICS)}, "
+                          f"rob_<set>); got {wrong[0]!r}")
+    return cols
 
 
 def mean_std(values: list) -> tuple[float | None, float | None]:
@@ -301,21 +324,100 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
 
 
 def format_groups(groups: list[dict], keys: list[str], figures: list[str], fmt: str = "table",
-                  width: int | None = None) -> str:
-    """Groups as text: `mean ± std` cells in a table or markdown; `_mean` / `_std` columns in CSV and JSON."""
+                  width: int | None = None, shown: list[str] | None = None) -> str:
+    """Groups as text: `mean ± std` cells in a table or markdown (of `shown`, default: `GROUP_METRICS`);
+    `_mean` / `_std` columns of every figure in CSV and JSON."""
     if fmt in ("csv", "json"):
         cols = keys + ["n", "seeds"] + [f"{m}_{s}" for m in figures for s in ("mean", "std")]
         return format_rows(groups, fmt, cols)
-    shown = [m for m in figures if m in GROUP_METRICS]  # each battery set: CSV / JSON
+    shown = shown or [m for m in figures if m in GROUP_METRICS]  # each battery set: --columns, CSV, JSON
     cells = [{**{k: g[k] for k in keys}, "n": g["n"], "seeds": ",".join(map(str, g["seeds"])),
               **{m: _pm(g[f"{m}_mean"], g[f"{m}_std"]) for m in shown}} for g in groups]
     return format_rows(cells, fmt, keys + ["n", "seeds"] + shown, width=width, title=f"{len(groups)} group(s)")
 
 
-def _pm(mean, std) -> str:
+def _pm(mean, std, signed: bool = False) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+    m = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return f"{m} ± {std:.4f}" if std is not None else m
+
+
+# --- paired seeds -------------------------------------------------------------------------------
+# Two groups' means differ by the seed-to-seed spread as well as by the change. The difference run for run,
+# each run against the baseline's run of the same seed on the same kind of machine and precision, leaves most
+# of that spread out (a seed fixes the weights' start and the batches; a CPU run repeats bit for bit). Neither
+# fastai nor the libraries here pair runs, hence these few lines.
+PAIR_ON = ("seed", "device", "precision")  # the seed first
+
+
+def parse_baseline(spec: str) -> list[tuple[str, str]]:
+    """`COLUMN=VALUE[,COLUMN=VALUE]` -> checked (column, value) pairs; a comma not before `COLUMN=` stays in
+    the value (`device=cpu (AMD EPYC, AVX2)`)."""
+    out = []
+    for part in re.split(r",(?=\s*[\w.-]+=)", spec):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--baseline {spec!r}: expected COLUMN=VALUE[,COLUMN=VALUE] (e.g. render.nib=0)")
+        out.append((column(key.strip(), flag="--baseline"), value.strip()))
+    return out
+
+
+def paired_rows(rows: list[dict], baseline: list[tuple[str, str]], by: list[str] | None = None
+                ) -> tuple[list[dict], list[str], list[str], dict]:
+    """Every group but the baseline's (the one group whose key values `baseline` names), each against the
+    baseline run for run: runs pair when they share `PAIR_ON` (runs repeated on one seed and machine count as
+    their mean). Per group: its key values, `pairs`, the paired `seeds`, and for every figure the differences'
+    `<figure>_diff_mean`, `_diff_std` (sample; None below two pairs), `_diff_min` and `_diff_max`.
+    Returns (groups, key columns, figure names, the baseline's key values)."""
+    done = [r for r in rows if r.get("status") == "finished"]
+    keys = by or [k for k in group_keys(done) if k not in PAIR_ON]  # pairs form within one machine
+    for col, _ in baseline:
+        if col not in keys:
+            raise ConfigError(f"--baseline {col}: not a column the runs are grouped by ({', '.join(keys) or 'none'})")
+    groups, figures = _split(done, keys)
+    named = [g for g, members in groups.items() if _matches(members[0], baseline)]
+    spec = ",".join(f"{c}={v}" for c, v in baseline)
+    if len(named) != 1:
+        values = "; ".join(",".join(f"{k}={_cell(v)}" for k, v in zip(keys, json.loads(g))) for g in groups)
+        raise ConfigError(f"--baseline {spec} matches {len(named)} groups, not one (groups: {values or 'none'})")
+
+    def by_pair(members):  # (seed, device, precision) -> figure -> the mean of its runs' values
+        cells: dict[tuple, list[dict]] = {}
+        for r in members:
+            cells.setdefault((r.get("seed"),) + tuple(_cell(r.get(k)) for k in PAIR_ON[1:]), []).append(r)
+        return {k: {m: mean_std([_number(r.get(m)) for r in rs])[0] for m in figures} for k, rs in cells.items()}
+
+    base = by_pair(groups[named[0]])
+    out = []
+    for g, members in groups.items():
+        if g == named[0]:
+            continue
+        mine = by_pair(members)
+        shared = [k for k in mine if k in base]
+        row = {k: members[0].get(k) for k in keys}
+        row.update(pairs=len(shared), seeds=sorted({k[0] for k in shared}, key=str))
+        for m in figures:
+            diffs = [mine[k][m] - base[k][m] for k in shared if mine[k][m] is not None and base[k][m] is not None]
+            row[f"{m}_diff_mean"], row[f"{m}_diff_std"] = mean_std(diffs)
+            row[f"{m}_diff_min"], row[f"{m}_diff_max"] = (min(diffs), max(diffs)) if diffs else (None, None)
+        out.append(row)
+    return out, keys, figures, dict(zip(keys, json.loads(named[0])))
+
+
+def format_paired(groups: list[dict], keys: list[str], figures: list[str], baseline: dict, fmt: str = "table",
+                  width: int | None = None, shown: list[str] | None = None) -> str:
+    """Paired differences as text: `mean ± std` of the differences (signed) in a table or markdown, every
+    `_diff_mean` / `_diff_std` / `_diff_min` / `_diff_max` column in CSV and JSON."""
+    if fmt in ("csv", "json"):
+        cols = keys + ["pairs", "seeds"] + [f"{m}_diff_{s}" for m in figures for s in ("mean", "std", "min", "max")]
+        return format_rows(groups, fmt, cols)
+    shown = shown or [m for m in figures if m in GROUP_METRICS]  # each battery set: --columns, CSV, JSON
+    cells = [{**{k: g[k] for k in keys}, "pairs": g["pairs"], "seeds": ",".join(map(str, g["seeds"])),
+              **{m: _pm(g.get(f"{m}_diff_mean"), g.get(f"{m}_diff_std"), signed=True) for m in shown}} for g in groups]
+    against = ",".join(f"{k}={_cell(v)}" for k, v in baseline.items())
+    return format_rows(cells, fmt, keys + ["pairs", "seeds"] + shown, width=width,
+                       title=f"minus {against}, run for run (same seed, device, precision): mean ± std of the differences")
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -93,10 +93,10 @@ class RenderConfig(Checked):
                                       "its shape; see morph)", 0.0, 1.0, since=True)
     nib: float = _f(0.0, "probability that a glyph is redrawn with a flat pen: its strokes widened along a line "
                          "nib_len of its height long at a random angle, so that strokes across the nib come out broad "
-                         "and strokes along it as they were (a broad-nib or chisel-marker hand; 0 = off; at 0.15 other "
-                         "writers +2.3 and +3.7 against the default's seeds 0 and 1 on one host, the demo test 0.35 "
-                         "lower on average: RESULTS.md, issue 20, forty-eighth round)", 0.0, 1.0,
-                    since=True)
+                         "and strokes along it as they were (a broad-nib or chisel-marker hand; 0 = off; at 0.15, "
+                         "against the default's seeds 0-2 on one host, other writers +2.3 / +3.7 / -0.1, the demo "
+                         "test 0.30 lower on average: RESULTS.md, issue 20, forty-eighth and forty-ninth rounds)",
+                    0.0, 1.0, since=True)
     nib_len: tuple = _f((0.06, 0.18), "length of the flat pen's line as a fraction of the glyph's height (see nib)",
                         0.0, 0.5, since=True)
     vjitter: float = _f(1.0, "vertical placement freedom: 0 = centred, 1 = anywhere it fits", 0.0, 1.0)

@@ -286,6 +286,46 @@ def test_group_by_gives_mean_std_and_n_over_seeds(tmp_path, capsys):
     assert only["n"] == 5 and only["final_acc_mean"] == pytest.approx((0.90 + 0.92 + 0.97 + 0.80 + 0.84) / 5)
 
 
+def test_baseline_pairs_runs_of_one_seed_and_machine_and_gives_the_differences(tmp_path, capsys):
+    from mlns_fast.cli import main
+    for seed, acc in enumerate((0.90, 0.92, 0.97)):
+        _seed_run(tmp_path, f"base-s{seed}", seed, acc, test=acc - 0.1, rob={"tight": 0.80 + seed / 100})
+    _seed_run(tmp_path, "base-s1-again", 1, 0.94, test=0.84, rob={"tight": 0.81})  # one cell: the mean of both
+    for seed, acc in enumerate((0.93, 0.92)):
+        _seed_run(tmp_path, f"hot-s{seed}", seed, acc, lr=3e-2, test=acc - 0.05, rob={"tight": 0.85})
+    _seed_run(tmp_path, "hot-s2-zen", 2, 0.50, lr=3e-2, device="cpu (AMD EPYC, AVX2)", precision="fp32")  # no pair
+    _seed_run(tmp_path, "hot-s3", 3, 0.10, lr=3e-2)  # the baseline has no seed 3
+    rows = cmp.select_rows(tmp_path)
+    groups, keys, figures, base = cmp.paired_rows(rows, cmp.parse_baseline("lr=0.003"))
+    assert keys == ["lr"] and base == {"lr": 0.003} and "rob_tight" in figures  # device / precision: pair keys
+    (hot,) = groups
+    assert (hot["lr"], hot["pairs"], hot["seeds"]) == (0.03, 2, [0, 1])
+    # seed 0: 0.93 - 0.90; seed 1: 0.92 - mean(0.92, 0.94)
+    assert (hot["final_acc_diff_min"], hot["final_acc_diff_max"]) == pytest.approx((-0.01, 0.03))
+    assert hot["final_acc_diff_mean"] == pytest.approx(0.01) and hot["final_acc_diff_std"] == pytest.approx(0.0282843, rel=1e-5)
+    assert hot["test_acc_diff_mean"] == pytest.approx(0.06) and hot["rob_tight_diff_mean"] == pytest.approx(0.045)
+    assert main(["compare", "--runs-dir", str(tmp_path), "--baseline", "lr=3e-3", "--columns", "test_acc,rob_tight",
+                 "--format", "md"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0] == "| lr | pairs | seeds | test_acc | rob_tight |"
+    assert md[2] == "| 0.03 | 2 | 0,1 | +0.0600 ± 0.0283 | +0.0450 ± 0.0071 |"
+    # grouping by hand: device a group key, so the other machine's run is a group of its own with no pair
+    assert main(["compare", "--runs-dir", str(tmp_path), "--group-by", "lr,device", "--format", "json",
+                 "--baseline", "lr=0.003,device=cpu (AMD EPYC, AVX512)"]) == 0
+    by_device = {(g["lr"], g["device"]): g for g in json.loads(capsys.readouterr().out)}
+    assert by_device[(0.03, "cpu (AMD EPYC, AVX2)")]["pairs"] == 0
+    assert by_device[(0.03, "cpu (AMD EPYC, AVX2)")]["final_acc_diff_mean"] is None
+    assert by_device[(0.03, "cpu (AMD EPYC, AVX512)")]["final_acc_diff_mean"] == pytest.approx(0.01)
+    for args, message in [(["--baseline", "lr=0.5"], "--baseline lr=0.5 matches 0 groups, not one (groups: lr=0.003; lr=0.03)"),
+                          (["--baseline", "arch=mlns_cnn"], "--baseline arch: not a column the runs are grouped by (lr)"),
+                          (["--baseline", "lr"], "expected COLUMN=VALUE"),
+                          (["--group-by", "auto", "--columns", "lr"], "takes figures"),
+                          (["--group-by", "lr", "--baseline", "lr=0.003", "--columns", "rob_tigth"], "did you mean rob_tight")]:
+        assert main(["compare", "--runs-dir", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
 def test_suite_seeds_expand_into_one_run_per_seed(tmp_path):
     from mlns_fast.suite import load_suite
     f = tmp_path / "s.toml"

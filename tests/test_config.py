@@ -229,7 +229,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r45-bs256-body07-s1", "r45-bs256-body07-s3",
                                                               "r46-morph5-s0", "r46-morph5-s1", "r47-nib3-s0",
                                                               "r47-nib3-s1", "r48-default-s1", "r48-nib15-s0",
-                                                              "r48-nib15-s1", "r48-nib15-s2")},
+                                                              "r48-nib15-s1", "r48-nib15-s2", "r49-default-s2",
+                                                              "r49-default-s3")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -243,8 +244,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_48_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-eighth rounds is an earlier run with the fields its note names
+def test_round36_to_49_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to forty-ninth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -329,6 +330,11 @@ def test_round36_to_48_rows_change_only_what_they_name():
     assert [_override(c, render={"nib": 0.0}).digest() for c in r48[1:]] == \
         [resolve_config(seed=s).digest() for s in range(3)]
     assert [(c.render.nib, c.render.nib_len) for c in r48[1:]] == [(0.15, (0.06, 0.18))] * 3
+    # the forty-ninth round: the default's seeds 2 and 3 (nothing changed), seed 2 the pair of r48-nib15-s2
+    r49 = load_suite(root / "round49.toml")
+    assert [c.name for c in r49] == ["r49-default-s2", "r49-default-s3"]
+    assert [c.digest() for c in r49] == [resolve_config(seed=s).digest() for s in (2, 3)]
+    assert r49[0].digest() == _override(r48[3], render={"nib": 0.0}).digest() and r49[0].render.nib == 0.0
 
 
 def _override(cfg, **sections):
