@@ -197,13 +197,14 @@ def parse_columns(spec: str | None, rows: list[dict] = (), flag: str = "--column
     return names
 
 
-def parse_filters(filters: list[str]) -> list[tuple[str, str]]:
+def parse_filters(filters: list[str], flag: str = "--filter") -> list[tuple[str, str]]:
+    """`COLUMN=VALUE` strings -> checked (column, value) pairs (`--filter`, `--baseline`)."""
     out = []
     for f in filters:
         key, sep, value = f.partition("=")
-        if not sep:
-            raise ConfigError(f"--filter {f!r}: expected COLUMN=VALUE (e.g. arch=resnet18, seed=0)")
-        out.append((column(key, flag="--filter"), value))
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {f!r}: expected COLUMN=VALUE (e.g. arch=resnet18, seed=0)")
+        out.append((column(key.strip(), flag=flag), value.strip()))
     return out
 
 
@@ -354,13 +355,7 @@ PAIR_ON = ("seed", "device", "precision")  # the seed first
 def parse_baseline(spec: str) -> list[tuple[str, str]]:
     """`COLUMN=VALUE[,COLUMN=VALUE]` -> checked (column, value) pairs; a comma not before `COLUMN=` stays in
     the value (`device=cpu (AMD EPYC, AVX2)`)."""
-    out = []
-    for part in re.split(r",(?=\s*[\w.-]+=)", spec):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--baseline {spec!r}: expected COLUMN=VALUE[,COLUMN=VALUE] (e.g. render.nib=0)")
-        out.append((column(key.strip(), flag="--baseline"), value.strip()))
-    return out
+    return parse_filters(re.split(r",(?=\s*[\w.-]+=)", spec), "--baseline")
 
 
 def paired_rows(rows: list[dict], baseline: list[tuple[str, str]], by: list[str] | None = None
