@@ -1,12 +1,16 @@
 """Shared helpers for the benchmark scripts (not part of the test suite)."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlns_fast.device import cpu_name
+from mlns_fast.device import cpu_name, resolve_precision
+from mlns_fast.losses import make_loss
+from mlns_fast.model import create_model
+from mlns_fast.optim import adamw, decay_groups
 
 
 def machine() -> str:
@@ -58,3 +62,31 @@ def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, loss_of) -> f
         loss_of(model(x)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(x)
+
+
+def training_step(cfg, device, compiled: bool = False):
+    """A closure running one training step of `cfg`'s model on a fixed random batch (no data loading): forward
+    under the run's autocast, the loss, backward and a fused AdamW step, as a run computes them."""
+    torch.manual_seed(0)
+    model = create_model(cfg.model, cfg.size).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compiled:
+        model.compile()
+    opt, loss_func = adamw(decay_groups(model), lr=1e-3, wd=0.05), make_loss(cfg.model.head)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(cfg.train.precision, device))
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    bs, (h, w) = cfg.data.bs, cfg.size
+    x = torch.rand(bs, 1, h, w, device=device)
+    y = (torch.randint(0, 37, (bs,), device=device), torch.randint(0, 10, (bs, 4), device=device),
+         torch.rand(bs, device=device) < 0.75)
+
+    def step():
+        with autocast():
+            out = model(x)
+        loss_func(out.float(), *y).backward()
+        opt.step()
+        opt.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return step

@@ -9,7 +9,6 @@ median ms per step of each mode after warm-up.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -18,40 +17,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, training_step  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.device import resolve_precision  # noqa: E402
-from mlns_fast.losses import make_loss  # noqa: E402
-from mlns_fast.model import create_model  # noqa: E402
-from mlns_fast.optim import adamw, decay_groups  # noqa: E402
 
 
 def step_times(cfg, compiled: bool, steps: int, device) -> tuple[float, float]:
     """(first step's seconds, median ms of the next `steps` steps)."""
-    torch.manual_seed(0)
-    model = create_model(cfg.model, cfg.size).to(device)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compiled:
-        model.compile()
-    opt, loss_func = adamw(decay_groups(model), lr=1e-3, wd=0.05), make_loss(cfg.model.head)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(cfg.train.precision, device))
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    bs, (h, w) = cfg.data.bs, cfg.size
-    x = torch.rand(bs, 1, h, w, device=device)
-    y = (torch.randint(0, 37, (bs,), device=device), torch.randint(0, 10, (bs, 4), device=device),
-         torch.rand(bs, device=device) < 0.75)
+    step = training_step(cfg, device, compiled)
     times = []
     for _ in range(steps + 2):
         t0 = time.perf_counter()
-        with autocast():
-            out = model(x)
-        loss_func(out.float(), *y).backward()
-        opt.step()
-        opt.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        step()
         times.append(time.perf_counter() - t0)
     return times[0], statistics.median(times[2:]) * 1000
 

@@ -230,7 +230,9 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r46-morph5-s0", "r46-morph5-s1", "r47-nib3-s0",
                                                               "r47-nib3-s1", "r48-default-s1", "r48-nib15-s0",
                                                               "r48-nib15-s1", "r48-nib15-s2", "r49-default-s2",
-                                                              "r49-default-s3")},
+                                                              "r49-default-s3", "r50-default-s0", "r50-default-s1",
+                                                              "r50-default-s2", "r50-default-s3",
+                                                              "r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -244,8 +246,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
     assert _override(more[2], train={"seed": 0}).digest() == load_suite(root / "round30.toml")[3].digest()
 
 
-def test_round36_to_49_rows_change_only_what_they_name():
-    """Each row of the thirty-sixth to forty-ninth rounds is an earlier run with the fields its note names
+def test_round36_to_50_rows_change_only_what_they_name():
+    """Each row of the thirty-sixth to fiftieth rounds is an earlier run with the fields its note names
     changed and nothing else, so its figures are set beside the right run."""
     from pathlib import Path
     from mlns_fast.suite import load_suite
@@ -335,6 +337,16 @@ def test_round36_to_49_rows_change_only_what_they_name():
     assert [c.name for c in r49] == ["r49-default-s2", "r49-default-s3"]
     assert [c.digest() for c in r49] == [resolve_config(seed=s).digest() for s in (2, 3)]
     assert r49[0].digest() == _override(r48[3], render={"nib": 0.0}).digest() and r49[0].render.nib == 0.0
+    # the fiftieth round, on another host: the default's seeds 0-3 as they are, and resnet18's budget recipe as the
+    # thirty-seventh round ran it (r37-r18-prune2-e8, seeds 0 and 1), so each is set beside the same configuration elsewhere
+    r50 = load_suite(root / "round50.toml")
+    assert [c.name for c in r50] == [f"r50-default-s{s}" for s in range(4)] + \
+        ["r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1"]
+    assert [c.digest() for c in r50[:4]] == [resolve_config(seed=s).digest() for s in range(4)]
+    assert r50[2].digest() == r49[0].digest() and r50[3].digest() == r49[1].digest()
+    assert [c.digest() for c in r50[4:]] == [c.digest() for c in r37[2:4]] == \
+        [resolve_config(arch="resnet18", prune_stages=2, epochs=8, lr=0.01, seed=s).digest() for s in (0, 1)]
+    assert (r50[4].model.arch, r50[4].model.prune_stages, r50[4].train.epochs) == ("resnet18", 2, 8)
 
 
 def _override(cfg, **sections):
