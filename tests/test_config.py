@@ -232,7 +232,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r48-nib15-s1", "r48-nib15-s2", "r49-default-s2",
                                                               "r49-default-s3", "r50-default-s0", "r50-default-s1",
                                                               "r50-default-s2", "r50-default-s3",
-                                                              "r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1")},
+                                                              "r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1",
+                                                              "r50-r18-prune2-e7-s0")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -338,15 +339,17 @@ def test_round36_to_50_rows_change_only_what_they_name():
     assert [c.digest() for c in r49] == [resolve_config(seed=s).digest() for s in (2, 3)]
     assert r49[0].digest() == _override(r48[3], render={"nib": 0.0}).digest() and r49[0].render.nib == 0.0
     # the fiftieth round, on another host: the default's seeds 0-3 as they are, and resnet18's budget recipe as the
-    # thirty-seventh round ran it (r37-r18-prune2-e8, seeds 0 and 1), so each is set beside the same configuration elsewhere
+    # thirty-seventh round ran it (r37-r18-prune2-e8, seeds 0 and 1), so each is set beside the same configuration
+    # elsewhere; then that recipe at seven epochs and nothing else changed
     r50 = load_suite(root / "round50.toml")
     assert [c.name for c in r50] == [f"r50-default-s{s}" for s in range(4)] + \
-        ["r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1"]
+        ["r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1", "r50-r18-prune2-e7-s0"]
     assert [c.digest() for c in r50[:4]] == [resolve_config(seed=s).digest() for s in range(4)]
     assert r50[2].digest() == r49[0].digest() and r50[3].digest() == r49[1].digest()
-    assert [c.digest() for c in r50[4:]] == [c.digest() for c in r37[2:4]] == \
+    assert [c.digest() for c in r50[4:6]] == [c.digest() for c in r37[2:4]] == \
         [resolve_config(arch="resnet18", prune_stages=2, epochs=8, lr=0.01, seed=s).digest() for s in (0, 1)]
     assert (r50[4].model.arch, r50[4].model.prune_stages, r50[4].train.epochs) == ("resnet18", 2, 8)
+    assert r50[6].digest() == _override(r50[4], train={"epochs": 7}).digest() != r50[4].digest()  # epochs alone
 
 
 def _override(cfg, **sections):
