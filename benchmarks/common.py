@@ -90,3 +90,13 @@ def training_step(cfg, device, compiled: bool = False):
         if device.type == "cuda":
             torch.cuda.synchronize()
     return step
+
+
+def step_seconds(step, n: int) -> list[float]:
+    """Wall seconds of each of `n` calls of `step` (which drains the device itself)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times

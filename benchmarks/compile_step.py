@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, training_step  # noqa: E402
+from common import machine, step_seconds, training_step  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.device import resolve_precision  # noqa: E402
@@ -25,12 +24,7 @@ from mlns_fast.device import resolve_precision  # noqa: E402
 
 def step_times(cfg, compiled: bool, steps: int, device) -> tuple[float, float]:
     """(first step's seconds, median ms of the next `steps` steps)."""
-    step = training_step(cfg, device, compiled)
-    times = []
-    for _ in range(steps + 2):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    times = step_seconds(training_step(cfg, device, compiled), steps + 2)
     return times[0], statistics.median(times[2:]) * 1000
 
 

@@ -23,14 +23,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, training_step  # noqa: E402
+from common import machine, step_seconds, training_step  # noqa: E402
 
 from mlns_fast.config import resolve_config  # noqa: E402
 from mlns_fast.device import resolve_precision  # noqa: E402
@@ -89,11 +88,7 @@ def main():
     print(f"arch {a.arch}, bs {a.bs}, precision {resolve_precision(cfg.train.precision, device)}, "
           f"channels_last {cfg.model.channels_last}")
     step = training_step(cfg, device)
-    times = []
-    for _ in range(a.warmup + 5):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    times = step_seconds(step, a.warmup + 5)
     ms = statistics.median(times[a.warmup:]) * 1000
     print(f"step: {ms:.1f} ms median of 5 after {a.warmup} ({a.bs / ms * 1000:.0f} img/s)")
 
