@@ -141,8 +141,8 @@ class DataConfig(Checked):
                             "place; -1 = as many as the run draws (each seen once); 0 = render every image fresh, "
                             "in the loader (benchmarks/README.md)", -1, 10_000_000, since=True)
     bs: int = _f(128, "batch size", 1, 65536)
-    workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: 1 on a CPU, "
-                          "up to 8 beside a GPU)", -1, 64)
+    workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: on a CPU a "
+                          "worker per trainer thread, at idle priority; beside a GPU a worker per spare core; up to 8)", -1, 64)
     augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
     real_style: float = _f(0.0, "--augment: probability that a real training image also takes one of the renderer's "
                                 "glyph styles: strokes a pixel thicker or thinner, or drawn down to 0.35-0.7 of its "

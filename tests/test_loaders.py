@@ -1,6 +1,7 @@
 import os
 import signal
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -61,14 +62,46 @@ def test_batches_identical_across_instances_and_workers(tiny_cfg):
 
 def test_auto_workers_follow_the_device(tiny_cfg, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert resolve_workers(-1, None) == 1 and resolve_workers(-1, "cpu") == 1
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)   # a CPU trainer: a worker per thread it computes with
+    assert resolve_workers(-1, None) == 2 and resolve_workers(-1, "cpu") == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 32)
+    assert resolve_workers(-1, "cpu") == 8
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert resolve_workers(-1, "cpu") == 1
     assert resolve_workers(-1, torch.device("cuda", 0)) == 8          # 15 spare cores, capped at 8
     assert resolve_workers(-1, "cuda", world=4) == 3                  # 16 cores shared by 4 processes
     assert resolve_workers(0, "cuda") == 0 and resolve_workers(5, "cpu") == 5   # explicit values pass through
     monkeypatch.setattr("os.cpu_count", lambda: None)
     assert resolve_workers(-1, "cuda") == 1
     assert tiny_cfg(workers=-1).data.workers == -1
-    assert build_dataloaders(tiny_cfg(workers=-1)).train.num_workers == 1   # this CPU machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    # fastai keeps the count in `fake_l` (its `num_workers` attribute reads 1 in this process, always)
+    assert build_dataloaders(tiny_cfg(workers=-1)).train.fake_l.num_workers == min(8, threads)
+
+
+class _Probe:
+    """A dataset whose items say how the process that made them is scheduled (after an OpenCV op there)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, key):
+        cv2.GaussianBlur(np.ones((2000, 2000), np.float32), (15, 15), 3)  # a size OpenCV splits over its threads
+        return (torch.tensor([os.sched_getscheduler(0)], dtype=torch.uint8),)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduler classes")
+def test_workers_beside_a_cpu_trainer_render_at_idle_priority():
+    cv2.GaussianBlur(np.ones((2000, 2000), np.float32), (15, 15), 3)  # OpenCV's pool started before the fork
+    # (a worker that hangs fails the test after 60 s: `cv2.setNumThreads` in a worker did, forked after this)
+    x, = next(iter(PlanDL(_Probe(), bs=2, num_workers=2, device="cpu", timeout=60)))
+    assert (x[:, 0] * 255).round().long().tolist() == [os.SCHED_IDLE] * 2
+    x, = next(iter(PlanDL(_Probe(), bs=2, num_workers=0, device="cpu")))   # no worker: this process untouched
+    assert (x[:, 0] * 255).round().long().tolist() == [os.sched_getscheduler(0)] * 2
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
+    assert PlanDL(_Probe(), bs=2, device="cpu").background and PlanDL(_Probe(), bs=2).background
+    assert not PlanDL(_Probe(), bs=2, device="cuda").background   # beside a GPU workers keep their priority
 
 
 def test_worker_survives_a_stop_signal_sent_while_it_starts(tiny_cfg, monkeypatch):

@@ -181,6 +181,19 @@ class PlanDL(DataLoader):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        if self.background and hasattr(os, "SCHED_IDLE"):
+            # Beside a CPU trainer, whose threads fill every core and wait for each other at every op, a
+            # worker that takes a core mid-op stalls both (a forward took 1.7x as long): at idle priority
+            # it renders only while the trainer waits for a batch (benchmarks/README.md). The threads
+            # OpenCV starts in this process later inherit it. (Not `cv2.setNumThreads(1)` here: in a
+            # process forked after its parent started OpenCV's pool it waits forever on the pool.)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    @property
+    def background(self) -> bool:
+        """Whether the model computes on this machine's cores (a CPU trainer): then workers render at
+        idle priority (`wif`)."""
+        return self.target is None or torch.device(self.target).type == "cpu"
 
     def __iter__(self):
         """fastai's iteration, with SIGINT / SIGTERM blocked while the workers start (until the first
@@ -247,14 +260,16 @@ def _canonical(spec: str) -> str:
 
 
 def resolve_workers(workers: int, device=None, world: int = 1) -> int:
-    """`--workers -1` (the default): one rendering worker beside a CPU trainer, which shares its
-    cores (the loader delivers several times what the 2-core trainer consumes: benchmarks/README.md);
-    beside a GPU, a worker per spare core up to 8 -- on an H200 the CNN trained at ~1,500 img/s with
-    one worker and ~5,200 with eight (experiments/RESULTS.md, "On one GPU")."""
+    """`--workers -1` (the default): beside a CPU trainer, a worker per thread the trainer computes
+    with, up to 8: they render at idle priority (`PlanDL.wif`), that is while the trainer waits for a
+    batch, and then on every core at once (2 cores: a batch of the default recipe 0.78-0.88x as long
+    as with the one normal-priority worker before: benchmarks/README.md); beside a GPU, a worker per spare core up to 8 -- on an H200 the
+    CNN trained at ~1,500 img/s with one worker and ~5,200 with eight (experiments/RESULTS.md, "On
+    one GPU")."""
     if workers >= 0:
         return workers
     if device is None or torch.device(device).type != "cuda":
-        return 1
+        return max(1, min(8, torch.get_num_threads()))
     return max(1, min(8, (os.cpu_count() or 2) // world - 1))
 
 

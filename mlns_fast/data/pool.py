@@ -1,8 +1,8 @@
 """A pool of pre-rendered synthetic images, cached on disk and drawn from afresh each epoch.
 
 Rendering costs ~85 % of a synthetic item (benchmarks/README.md): beside a GPU, the loader
-workers cannot render as fast as the model trains, and on a 2-core CPU the one loader worker
-renders on a core the trainer's threads need. `--synth-pool N` renders N images once, on every
+workers cannot render as fast as the model trains, and on a 2-core CPU the loader's workers
+render on the cores the trainer's threads need (at idle priority: while the trainer waits). `--synth-pool N` renders N images once, on every
 core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed and N, so a
 later run of the same data reuses the files: an lr sweep or an arch comparison renders nothing; the
 least recently used pools make way under a cap, data/cache.py);
