@@ -3,6 +3,7 @@
     python benchmarks/loader_workers.py --batches 300 --rounds 2
     python benchmarks/loader_workers.py --epoch --rounds 3 --setups before today
     python benchmarks/loader_workers.py --batches 60 --setups before today --arch resnet18 --prune-stages 2
+    python benchmarks/loader_workers.py --batches 300 --setups today --progressive 0.75
 
 Each setup trains the default recipe's Learner (mlns_cnn, the default data mix, EMA off) for
 `--batches` batches after 10 untimed ones, in a fresh process, the setups taking turns round by
@@ -10,7 +11,8 @@ round (the host drifts between processes: compare within a round). Per batch, in
 the end of one batch to the start of the next: the loader), `fwd` (forward), `bwd` (loss and
 backward), `step` (optimizer and the rest), and the total. `--epoch`: instead, one whole epoch of
 `mlns-fast train --epochs 1` (EMA, run folder and validation included; in a temporary runs
-folder), its phases in seconds and the epoch's wall time (`total`, validation included). Setups:
+folder), its phases in seconds and the epoch's wall time (`total`, validation included).
+`--progressive S`: the batches (the epoch) of a `--progressive S` run's smaller canvas. Setups:
 
   before    one worker at normal priority (the toolkit until 2026-12-07)
   one-idle  one worker at idle priority
@@ -117,21 +119,25 @@ def main():
     ap.add_argument("--arch", default="mlns_cnn")
     ap.add_argument("--prune-stages", type=int, default=0)
     ap.add_argument("--lr", type=float, help="the run's peak lr (--epoch; default: the recipe's)")
+    ap.add_argument("--progressive", type=float, default=1.0, help="train on the canvas of `--progressive` (its first epochs)")
     ap.add_argument("--setups", nargs="+", choices=SETUPS, default=list(SETUPS))
     ap.add_argument("--child", choices=SETUPS, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return child(a.child, a.batches, a.epoch, dict(arch=a.arch, prune_stages=a.prune_stages, lr=a.lr))
+        return child(a.child, a.batches, a.epoch, dict(arch=a.arch, prune_stages=a.prune_stages, lr=a.lr,
+                                                       progressive=a.progressive))
     unit = "s in one epoch of `mlns-fast train --epochs 1`" if a.epoch else \
         f"ms a batch, {a.batches} batches of the default recipe's Learner after 10"
-    unit += f"; {a.arch}" + (f" --prune-stages {a.prune_stages}" if a.prune_stages else "")
+    unit += f"; {a.arch}" + (f" --prune-stages {a.prune_stages}" if a.prune_stages else "") + \
+        (f" --progressive {a.progressive}" if a.progressive < 1 else "")
     print(f"machine: {machine()}; {unit}")
     phases = (*PHASES, "valid") if a.epoch else PHASES
     totals = collections.defaultdict(list)
     for r in range(a.rounds):
         for setup in a.setups:
             cmd = [sys.executable, __file__, "--child", setup, "--batches", str(a.batches), "--arch", a.arch,
-                   "--prune-stages", str(a.prune_stages)] + ["--epoch"] * a.epoch + (["--lr", str(a.lr)] if a.lr else [])
+                   "--prune-stages", str(a.prune_stages), "--progressive", str(a.progressive)] + ["--epoch"] * a.epoch \
+                + (["--lr", str(a.lr)] if a.lr else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
             fields = dict(f.split("=") for f in out)
             total = float(fields["total"]) if a.epoch else sum(float(fields[k]) for k in PHASES)

@@ -225,6 +225,32 @@ class BoxTarget(Callback):
         self.learn.loss = self.learn.loss + term.detach()
 
 
+class ProgressiveResize(Callback):
+    """`--progressive`: fastai's progressive resizing, per epoch rather than per DataLoaders. The first
+    `epochs` training epochs set the model's `canvas` to `scale` of its image size, where its input stage
+    (the ink fit, else a resize) draws each image; validation, later epochs and every use after the fit
+    see the full size. Items and loaders stay as they are: the canvas is the model's, so the rendered
+    batches, their order and the seed's draws are those of a full-size run. Hand-written: fastai resizes
+    through the DataLoaders' transforms, and here the resampling the ink fit already does is the resize."""
+
+    def __init__(self, scale: float, epochs: int):
+        self.scale, self.epochs = scale, epochs
+
+    def _set(self, canvas) -> None:
+        unwrap_model(self.learn.model).canvas = canvas
+
+    def before_train(self):
+        size = unwrap_model(self.learn.model).size
+        small = self.epoch < self.epochs
+        self._set(tuple(max(1, round(n * self.scale)) for n in size) if small else None)
+
+    def after_train(self):
+        self._set(None)
+
+    def after_fit(self):
+        self._set(None)
+
+
 class DivergenceGuard(Callback):
     """Stops training at the first NaN/inf loss, recording where; no step is taken from it.
 

@@ -142,7 +142,8 @@ class DataConfig(Checked):
                             "in the loader (benchmarks/README.md)", -1, 10_000_000, since=True)
     bs: int = _f(128, "batch size", 1, 65536)
     workers: int = _f(-1, "DataLoader worker processes (0 = render in the main process; -1 = auto: on a CPU a "
-                          "worker per trainer thread, at idle priority; beside a GPU a worker per spare core; up to 8)", -1, 64)
+                          "worker per trainer thread, at idle priority; beside a GPU a worker per spare core; "
+                          "up to 8)", -1, 64)
     augment: bool = _f(True, "albumentations augmentation of real training images (measured: experiments/robust.toml)")
     real_style: float = _f(0.0, "--augment: probability that a real training image also takes one of the renderer's "
                                 "glyph styles: strokes a pixel thicker or thinner, or drawn down to 0.35-0.7 of its "
@@ -275,6 +276,14 @@ class TrainConfig(Checked):
     body_lr: float = _f(1.0, "the backbone's peak lr as a fraction of --lr (fastai's discriminative lrs: e.g. 0.1 for "
                              "--pretrained weights under a fresh reader); 1 = one lr for every parameter", 0.0, 100.0,
                         open_lo=True, since=True)
+    progressive: float = _f(1.0, "progressive resizing: the first --progressive-until of the epochs train on a canvas "
+                                 "this many times the image's height and width (the ink fit draws the same window "
+                                 "with fewer pixels; without it the image is resized), the rest and every validation "
+                                 "at full size; 1 = off (0.75 on the default: 0.8x its training time, the demo test "
+                                 "level, the shifted sets -0.45, other writers -1.6: RESULTS.md, issue 20)",
+                            0.25, 1.0, since=True)
+    progressive_until: float = _f(0.67, "--progressive: the share of the run's epochs, from the first, that train on "
+                                        "the smaller canvas", 0.0, 1.0, open_lo=True, since=True)
 
 
 @dataclass(frozen=True)

@@ -234,13 +234,19 @@ class InkFit(nn.Module):
         zx, zy = torch.minimum(zx, zy * self.STRETCH), torch.minimum(zy, zx * self.STRETCH)
         return (x0 + x1) / W - 1, (y0 + y1) / H - 1, zx, zy  # the box's centre, normalised; the factors
 
-    def forward(self, x: torch.Tensor, fit: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """x (B, 1, H, W) in 0..1, enlarged by `fit` (`transform`'s result; computed here when not given)."""
-        H, W = x.shape[-2:]
+    def forward(self, x: torch.Tensor, fit: tuple[torch.Tensor, ...] | None = None,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+        """x (B, 1, H, W) in 0..1, enlarged by `fit` (`transform`'s result; computed here when not given)
+        onto a canvas of x's size, or of `size` (progressive resizing: the same window, fewer pixels)."""
+        H, W = size or x.shape[-2:]
         f = x.float()
         cx, cy, zx, zy = self.transform(f) if fit is None else fit
-        gx = (cx[:, None] + self.gx / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
-        gy = (cy[:, None] + self.gy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
+        ux, uy = self.gx, self.gy
+        if size is not None:  # pixel centres of the smaller canvas
+            ux = (torch.arange(W, device=x.device) + 0.5) * 2 / W - 1
+            uy = (torch.arange(H, device=x.device) + 0.5) * 2 / H - 1
+        gx = (cx[:, None] + ux / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
+        gy = (cy[:, None] + uy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
         out = F.grid_sample(f, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
         return out.to(x.dtype)
 
@@ -367,6 +373,7 @@ class MlnsNet(nn.Module):
                  ink_map_train: str | None = None):
         super().__init__()
         self.backbone, self.head_name, self.tokens, self.size = backbone, head, False, tuple(size)
+        self.canvas: tuple[int, int] | None = None  # training only: the input stage's output size (ProgressiveResize)
         self.fit = InkFit(zoom, size, ink_rel, ink_jitter, ink_map, ink_map_train) if zoom > 1 else None
         self.lateral, self.levels = None, None
         with torch.no_grad():  # feature-map shape at this image size (the heads' input size)
@@ -409,10 +416,20 @@ class MlnsNet(nn.Module):
         """The head's logits; in training with a box head, (logits, column logits (B, w, 10), the input x
         of each column's centre (B, w)) for `callbacks.BoxTarget`, which takes the tuple apart."""
         if self.boxes is None or not self.training:
-            return self.head(self.features(self.fit(x) if self.fit is not None else x))
+            return self.head(self.features(self.inputs(x)))
         fit = self.fit.transform(x) if self.fit is not None else None  # once: the zoom and the columns' x
-        out, seq = self.head(self.features(self.fit(x, fit) if fit is not None else x), states=True)
+        out, seq = self.head(self.features(self.inputs(x, fit)), states=True)
         return out, self.boxes(seq), self.column_x(x, seq.shape[1], fit)
+
+    def inputs(self, x: torch.Tensor, fit: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """x as the backbone reads it: ink-fitted, onto `canvas` when one is set (in training, by
+        `callbacks.ProgressiveResize`), else at x's own size; without an ink fit, x resized to `canvas`."""
+        size = self.canvas if self.training else None
+        if self.fit is not None:
+            return self.fit(x, fit, size)
+        if size is not None:
+            return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return x
 
     def column_x(self, x: torch.Tensor, w: int, fit: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """(B, w): the input pixel x that the centre of each of the feature map's w columns reads, through

@@ -26,7 +26,7 @@ from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
 from .callbacks import (Accumulate, BoxTarget, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
-                        HeapTrim, LazyProgress, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
+                        HeapTrim, LazyProgress, ProgressiveResize, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
                         keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.demo import demo_version
@@ -71,6 +71,8 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
         cbs.append(ChannelsLast())
     if cfg.model.box_weight:
         cbs.append(BoxTarget(cfg.model.box_weight))
+    if t.progressive < 1:
+        cbs.append(ProgressiveResize(t.progressive, round(t.progressive_until * t.epochs)))
     if t.accum > 1:
         cbs.append(Accumulate(t.accum, cfg.data.bs))
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,

@@ -233,7 +233,9 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r49-default-s3", "r50-default-s0", "r50-default-s1",
                                                               "r50-default-s2", "r50-default-s3",
                                                               "r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1",
-                                                              "r50-r18-prune2-e7-s0")},
+                                                              "r50-r18-prune2-e7-s0", "r52-p75-s0", "r52-p75-s1",
+                                                              "r52-p75-s2", "r52-p75-s3", "r52-r18-prune2-e8-p75-s0",
+                                                              "r52-r18-prune2-e8-p75-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -350,6 +352,14 @@ def test_round36_to_50_rows_change_only_what_they_name():
         [resolve_config(arch="resnet18", prune_stages=2, epochs=8, lr=0.01, seed=s).digest() for s in (0, 1)]
     assert (r50[4].model.arch, r50[4].model.prune_stages, r50[4].train.epochs) == ("resnet18", 2, 8)
     assert r50[6].digest() == _override(r50[4], train={"epochs": 7}).digest() != r50[4].digest()  # epochs alone
+    # the fifty-second round: progressive resizing on the default (seeds 0-3) and on resnet18's eight-epoch recipe
+    # (seeds 0 and 1), each run the fiftieth round's same seed but for --progressive
+    r52 = load_suite(root / "round52.toml")
+    assert [c.name for c in r52] == [f"r52-p75-s{s}" for s in range(4)] + \
+        [f"r52-r18-prune2-e8-p75-s{s}" for s in (0, 1)]
+    assert [_override(c, train={"progressive": 1.0}).digest() for c in r52] == [c.digest() for c in r50[:6]]
+    assert {(c.train.progressive, c.train.progressive_until) for c in r52} == {(0.75, 0.67)}
+    assert len({c.digest() for c in r52} | {c.digest() for c in r50}) == 13  # --progressive enters the digest
 
 
 def _override(cfg, **sections):

@@ -191,9 +191,8 @@ class PlanDL(DataLoader):
 
     @property
     def background(self) -> bool:
-        """Whether the model computes on this machine's cores (a CPU trainer): then workers render at
-        idle priority (`wif`)."""
-        return self.target is None or torch.device(self.target).type == "cpu"
+        """Whether the workers render beside a CPU trainer (`cpu_trainer`): then at idle priority (`wif`)."""
+        return cpu_trainer(self.target)
 
     def __iter__(self):
         """fastai's iteration, with SIGINT / SIGTERM blocked while the workers start (until the first
@@ -259,16 +258,21 @@ def _canonical(spec: str) -> str:
     return ":".join(str(Path(part).resolve()) for part in spec.split(":"))
 
 
+def cpu_trainer(device) -> bool:
+    """Whether a model on `device` computes on this machine's cores (None: the default device, the CPU)."""
+    return device is None or torch.device(device).type == "cpu"
+
+
 def resolve_workers(workers: int, device=None, world: int = 1) -> int:
     """`--workers -1` (the default): beside a CPU trainer, a worker per thread the trainer computes
     with, up to 8: they render at idle priority (`PlanDL.wif`), that is while the trainer waits for a
     batch, and then on every core at once (2 cores: a batch of the default recipe 0.78-0.88x as long
-    as with the one normal-priority worker before: benchmarks/README.md); beside a GPU, a worker per spare core up to 8 -- on an H200 the
-    CNN trained at ~1,500 img/s with one worker and ~5,200 with eight (experiments/RESULTS.md, "On
-    one GPU")."""
+    as with the one normal-priority worker before: benchmarks/README.md); beside an accelerator, a
+    worker per spare core up to 8 -- on an H200 the CNN trained at ~1,500 img/s with one worker and
+    ~5,200 with eight (experiments/RESULTS.md, "On one GPU")."""
     if workers >= 0:
         return workers
-    if device is None or torch.device(device).type != "cuda":
+    if cpu_trainer(device):
         return max(1, min(8, torch.get_num_threads()))
     return max(1, min(8, (os.cpu_count() or 2) // world - 1))
 

@@ -2,8 +2,8 @@
 
 Rendering costs ~85 % of a synthetic item (benchmarks/README.md): beside a GPU, the loader
 workers cannot render as fast as the model trains, and on a 2-core CPU the loader's workers
-render on the cores the trainer's threads need (at idle priority: while the trainer waits). `--synth-pool N` renders N images once, on every
-core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed and N, so a
+render on the cores the trainer's threads need (at idle priority: while the trainer waits).
+`--synth-pool N` renders N images once, on every core, into `<cache>/pool-<key>/` (the key hashes the layout, the bank's glyphs, the seed and N, so a
 later run of the same data reuses the files: an lr sweep or an arch comparison renders nothing; the
 least recently used pools make way under a cap, data/cache.py);
 `--synth-pool -1` makes N what the run draws. The run then draws its synthetic images from the pool
@@ -13,9 +13,9 @@ in one order over all its epochs, so a pool as large as the run draws shows each
                      rolled by a fresh (dx, dy)
 
 The roll moves the whole row to a fresh place inside the canvas (its glyphs never leave it; noise,
-and a blur's faint halo past the glyph boxes, may wrap with it), as the renderer's x offset and vertical jitter place it; it is a pure
-function of (seed, epoch, j), so the same seed gives the same batches in any worker. Pool image i
-is the renderer's image (0, i): the fresh stream's first epoch.
+and a blur's faint halo past the glyph boxes, may wrap with it), as the renderer's x offset and
+vertical jitter place it; it is a pure function of (seed, epoch, j), so the same seed gives the
+same batches in any worker. Pool image i is the renderer's image (0, i): the fresh stream's first epoch.
 
 The arrays are memory-mapped: forked loader workers share one copy.
 """
