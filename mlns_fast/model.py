@@ -173,9 +173,13 @@ class InkFit(nn.Module):
         self.zoom, self.rel, self.jitter, self.kind = float(zoom), float(rel), float(jitter), kind
         self.train_kind = train_kind or kind
         H, W = size
-        # pixel centres in grid_sample's normalised coordinates (align_corners=False)
-        self.register_buffer("gy", (torch.arange(H) + 0.5) * 2 / H - 1, persistent=False)
-        self.register_buffer("gx", (torch.arange(W) + 0.5) * 2 / W - 1, persistent=False)
+        self.register_buffer("gy", self.centres(H), persistent=False)
+        self.register_buffer("gx", self.centres(W), persistent=False)
+
+    @staticmethod
+    def centres(n: int, device=None) -> torch.Tensor:
+        """The centres of n pixels in grid_sample's normalised coordinates (align_corners=False)."""
+        return (torch.arange(n, device=device) + 0.5) * 2 / n - 1
 
     @staticmethod
     def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +245,7 @@ class InkFit(nn.Module):
         H, W = size or x.shape[-2:]
         f = x.float()
         cx, cy, zx, zy = self.transform(f) if fit is None else fit
-        ux, uy = self.gx, self.gy
-        if size is not None:  # pixel centres of the smaller canvas
-            ux = (torch.arange(W, device=x.device) + 0.5) * 2 / W - 1
-            uy = (torch.arange(H, device=x.device) + 0.5) * 2 / H - 1
+        ux, uy = (self.gx, self.gy) if size is None else (self.centres(W, x.device), self.centres(H, x.device))
         gx = (cx[:, None] + ux / zx[:, None])[:, None, :].expand(-1, H, -1)  # (B, H, W): where each output
         gy = (cy[:, None] + uy / zy[:, None])[:, :, None].expand(-1, -1, W)  # pixel samples the input
         out = F.grid_sample(f, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
