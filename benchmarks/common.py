@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mlns_fast.device import cpu_name, resolve_precision
 from mlns_fast.losses import make_loss
-from mlns_fast.model import create_model
+from mlns_fast.model import backbone_stages, create_model
 from mlns_fast.optim import adamw, decay_groups
 
 
@@ -64,11 +64,15 @@ def train_flops_per_image(model: torch.nn.Module, x: torch.Tensor, loss_of) -> f
     return counter.get_total_flops() / len(x)
 
 
-def training_step(cfg, device, compiled: bool = False):
+def training_step(cfg, device, compiled: bool = False, frozen: int = 0):
     """A closure running one training step of `cfg`'s model on a fixed random batch (no data loading): forward
-    under the run's autocast, the loss, backward and a fused AdamW step, as a run computes them."""
+    under the run's autocast, the loss, backward and a fused AdamW step, as a run computes them. `frozen`: the
+    backbone's first stages that do not train, as `--freeze-out` leaves them in its later epochs."""
     torch.manual_seed(0)
     model = create_model(cfg.model, cfg.size).to(device)
+    for stage in backbone_stages(model.backbone)[:frozen]:
+        for p in stage:
+            p.requires_grad_(False)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiled:

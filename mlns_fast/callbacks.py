@@ -251,6 +251,41 @@ class ProgressiveResize(Callback):
         self._set(None)
 
 
+class FreezeOut(Callback):
+    """`--freeze-out F`: FreezeOut (Brock et al., 2017) by epoch. The backbone's stages (`model.backbone_stages`)
+    stop training one after another, the first after F of the epochs and each later one at even steps from
+    there to the end, so that the last stage, like the reader, trains throughout. A frozen front takes no
+    backward at all: neither its weights' gradients nor its input's, nor its BatchNorm's and ReLU's, which on
+    a CPU are the largest maps (the default CNN's step: 0.76x with its first stage frozen, 0.59x with two;
+    `benchmarks/frozen_step.py`). BatchNorm in a frozen stage still normalises by the batch, as it did while
+    it trained. The paper also anneals each layer's lr to zero by its freeze; here one-cycle's schedule runs on
+    unchanged. On the default it costs tight 1.7 points in every run measured (RESULTS.md, issue 20).
+    Hand-written: fastai's `freeze_to` fixes the optimizer's parameter groups for a whole fit; this moves
+    with the epoch. Only `train` adds it: lr-find's warm-up and sweep train every stage."""
+
+    def __init__(self, start: float):
+        self.start = start
+
+    def before_fit(self):
+        from .model import backbone_stages
+        self.frozen = []
+        stages = backbone_stages(unwrap_model(self.learn.model).backbone)[:-1]
+        step = (1 - self.start) / len(stages) if stages else 0.0
+        self.stages = [(round(self.n_epoch * (self.start + i * step)), ps) for i, ps in enumerate(stages)]
+
+    def before_epoch(self):  # by the epoch's number, so a resumed fit freezes what the first one had
+        for at, params in self.stages:
+            if self.epoch >= at:
+                self.frozen += [p for p in params if p.requires_grad]
+                for p in params:
+                    p.requires_grad_(False)
+
+    def after_fit(self):
+        for p in self.frozen:
+            p.requires_grad_(True)
+        self.frozen = []
+
+
 class DivergenceGuard(Callback):
     """Stops training at the first NaN/inf loss, recording where; no step is taken from it.
 

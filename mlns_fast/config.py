@@ -284,6 +284,12 @@ class TrainConfig(Checked):
                             0.25, 1.0, since=True)
     progressive_until: float = _f(0.67, "--progressive: the share of the run's epochs, from the first, that train on "
                                         "the smaller canvas", 0.0, 1.0, open_lo=True, since=True)
+    freeze_out: float = _f(1.0, "FreezeOut by epoch: the backbone's first stage stops training after this share of the "
+                                "epochs, each later stage but the last at even steps from there to the end (a frozen "
+                                "front takes no backward); the last stage and the reader train throughout; 1 = off "
+                                "(0.25 on the default: 9.8 min of training against 12.5-13.2, the demo test level, "
+                                "tight -1.7: RESULTS.md, issue 20)",
+                           0.0, 1.0, since=True)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,12 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def _lowers(layer: nn.Module) -> bool:
+    """Whether `layer` lowers the resolution (a strided convolution or a pooling)."""
+    strides = [m.stride for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+    return any(max(s if isinstance(s, tuple) else (s,)) > 1 for s in strides)
+
+
 class SmallCNN(nn.Module):
     """A plain conv stack with `forward_features` / `num_features` like a timm model."""
 
@@ -38,6 +44,15 @@ class SmallCNN(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def group_matcher(self, coarse: bool = False):
+        """timm's parameter-grouping protocol (read by `timm.models.group_parameters`, as for a timm model):
+        coarse, one group per resolution (each layer that lowers it opens the next); fine, one per layer."""
+        group, of = 0, []
+        for i, layer in enumerate(self.features):
+            group += bool(i) and _lowers(layer)
+            of.append(group if coarse else i)
+        return lambda name: of[int(name.split(".")[1])]  # parameter names: features.<layer>.<...>
 
     def forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the last map at a finer stride than the output, the output): a two-level pyramid."""
@@ -330,6 +345,17 @@ class DigitQueries(nn.Module):
 
 
 READERS = {"gru": DigitReader, "queries": DigitQueries}  # the digits head's readers (--reader)
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's parameters by stage, input first: timm's coarse grouping (`group_matcher`), which the
+    built-in CNNs also give (a stage per resolution)."""
+    from timm.models import group_parameters
+    if not hasattr(backbone, "group_matcher"):
+        raise ModelError(f"{type(backbone).__name__} names no stages (timm's group_matcher): --freeze-out needs them")
+    named = dict(backbone.named_parameters())
+    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    return [[named[n] for n in names] for _, names in sorted(groups.items())]
 
 
 def prune_stages(backbone: nn.Module, n: int, arch: str) -> None:

@@ -26,8 +26,8 @@ from fastprogress.fastprogress import IN_NOTEBOOK
 from timm.utils import unwrap_model
 
 from .callbacks import (Accumulate, BoxTarget, DeviceAvgMetric, DivergenceGuard, EarlyStop, EMACallback, EpochPlan, EpochTable,
-                        HeapTrim, LazyProgress, ProgressiveResize, RunTracker, SelfTraining, ShardedTrainer, SignalStop,
-                        keep_losses_on_device, scorer)
+                        FreezeOut, HeapTrim, LazyProgress, ProgressiveResize, RunTracker, SelfTraining, ShardedTrainer,
+                        SignalStop, keep_losses_on_device, scorer)
 from .config import RunConfig
 from .data.demo import demo_version
 from .data.loaders import build_dataloaders
@@ -37,7 +37,7 @@ from .errors import ConfigError, RunError
 from .files import atomic_path, atomic_write
 from .heap import heap_trim_every
 from .losses import acc, fit_temperature, make_loss
-from .model import check_arch, count_params, create_model
+from .model import backbone_stages, check_arch, count_params, create_model
 from .optim import adamw, decay_groups
 from .outputs import check_output
 from .runs import DEFAULT_RUNS_DIR, NullRun, RunDir, finished_weights, git_commit, library_versions, resolve_run
@@ -116,9 +116,13 @@ def prepare(cfg: RunConfig, device=None, runs_dir: str | Path = DEFAULT_RUNS_DIR
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     precision = resolve_precision(cfg.train.precision, device)
     check_arch(cfg.model.arch)  # a mistyped name is refused before the data is loaded (or the demo set built)
+    if world > 1 and cfg.train.freeze_out < 1:  # DDP's reducer waits for every parameter's gradient each step
+        raise ConfigError("--freeze-out trains in one process only (DDP expects a gradient for every parameter)")
     dls = build_dataloaders(cfg, device=device, rank=rank, world=world, progress=rank == 0 and sys.stderr.isatty())
     check_accum(cfg.train.accum, len(dls.train))
     model = create_model(cfg.model, cfg.size)
+    if cfg.train.freeze_out < 1:
+        backbone_stages(model.backbone)  # a backbone without stages is refused here, before any run folder
     if cfg.train.compile:
         model.compile()  # in place: state-dict keys stay those of the plain model
     return Prepared(cfg, device, precision, dls, model)
@@ -167,6 +171,8 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
         cbs.append(EarlyStop(monitor, t.early_stop, [r.get(monitor) for r in tracker.rows]))
     if t.self_train and cfg.data.data != "synthetic":
         cbs.append(SelfTraining(t.self_train))
+    if t.freeze_out < 1:  # the training job's alone: lr-find's sweep and warm-up train every stage
+        cbs.append(FreezeOut(t.freeze_out))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
         cuda = p.device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))

@@ -235,7 +235,9 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r50-r18-prune2-e8-s0", "r50-r18-prune2-e8-s1",
                                                               "r50-r18-prune2-e7-s0", "r52-p75-s0", "r52-p75-s1",
                                                               "r52-p75-s2", "r52-p75-s3", "r52-r18-prune2-e8-p75-s0",
-                                                              "r52-r18-prune2-e8-p75-s1")},
+                                                              "r52-r18-prune2-e8-p75-s1", "r53-fo25-s0", "r53-fo25-s1",
+                                                              "r53-fo50-s0", "r53-fo50-s1",
+                                                              "r53-r18-prune2-e8-fo25-s0")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -360,6 +362,14 @@ def test_round36_to_50_rows_change_only_what_they_name():
     assert [_override(c, train={"progressive": 1.0}).digest() for c in r52] == [c.digest() for c in r50[:6]]
     assert {(c.train.progressive, c.train.progressive_until) for c in r52} == {(0.75, 0.67)}
     assert len({c.digest() for c in r52} | {c.digest() for c in r50}) == 13  # --progressive enters the digest
+    # the fifty-third round: FreezeOut by epoch on the default, each run the fiftieth round's same seed but for it
+    r53 = load_suite(root / "round53.toml")
+    assert [c.name for c in r53] == ["r53-fo25-s0", "r53-fo25-s1", "r53-fo50-s0", "r53-fo50-s1",
+                                     "r53-r18-prune2-e8-fo25-s0"]
+    assert [_override(c, train={"freeze_out": 1.0}).digest() for c in r53] == \
+        [c.digest() for c in r50[:2] + r50[:2] + r50[4:5]]
+    assert [c.train.freeze_out for c in r53] == [0.25, 0.25, 0.5, 0.5, 0.25]
+    assert len({c.digest() for c in r53} | {c.digest() for c in r50}) == 12  # --freeze-out enters the digest
 
 
 def _override(cfg, **sections):

@@ -1,0 +1,103 @@
+"""--freeze-out: the backbone's stages stop training one after another (FreezeOut by epoch)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from mlns_fast.config import IMAGE_SIZE, ModelConfig
+from mlns_fast.model import backbone_stages, create_model
+
+from .conftest import assert_user_error, run_cli
+
+
+@pytest.mark.parametrize("arch, shapes", [
+    ("mlns_cnn", [[(32, 1, 3, 3), (32, 32, 3, 3)], [(64, 32, 3, 3), (64, 64, 3, 3)], [(128, 64, 3, 3), (128, 128, 3, 3)]]),
+    ("convnet4", [[(32, 1, 3, 3)], [(64, 32, 3, 3)], [(128, 64, 3, 3)], [(256, 128, 3, 3)]]),
+])
+def test_the_built_in_cnns_stages_are_their_resolutions(arch, shapes):
+    stages = backbone_stages(create_model(ModelConfig(arch=arch), IMAGE_SIZE).backbone)
+    assert [[tuple(p.shape) for p in s if p.ndim == 4] for s in stages] == shapes
+    assert all(len(s) == 3 * len(c) for s, c in zip(stages, shapes))  # each conv with its BatchNorm's two
+
+
+def test_a_timm_backbones_stages_are_timms_coarse_groups():
+    backbone = create_model(ModelConfig(arch="resnet18", prune_stages=2), IMAGE_SIZE).backbone
+    stages = backbone_stages(backbone)
+    assert len(stages) == 3  # the stem, layer1, layer2 (layer3 and layer4 pruned)
+    assert stages[0][0] is backbone.conv1.weight and stages[2][-1] is backbone.layer2[-1].bn2.bias
+    assert sum(len(s) for s in stages) == len(list(backbone.parameters()))
+
+
+def test_a_backbone_without_stages_is_a_user_error():
+    from torch import nn
+    from mlns_fast.errors import ModelError
+    with pytest.raises(ModelError, match="freeze-out"):
+        backbone_stages(nn.Sequential(nn.Conv2d(1, 8, 3)))
+
+
+class Grads(Callback):
+    """Per training epoch, which backbone stages got gradients; the trainable flags after the fit."""
+    order = 100  # after FreezeOut's before_epoch
+
+    def before_fit(self):
+        self.stages, self.seen = backbone_stages(self.learn.model.backbone), {}
+
+    def after_backward(self):
+        got = tuple(all(p.grad is not None for p in s) for s in self.stages)
+        none = tuple(all(p.grad is None for p in s) for s in self.stages)
+        assert all(g or n for g, n in zip(got, none))  # a stage trains whole or not at all
+        self.seen.setdefault(self.epoch, set()).add(got)
+
+    def after_fit(self):
+        self.trainable_after = all(p.requires_grad for p in self.learn.model.parameters())
+
+
+def test_a_freeze_out_run_freezes_the_stages_in_turn_and_restores_them(tiny_cfg, tmp_path):
+    from mlns_fast.training import train
+    spy = Grads()
+    s = train(tiny_cfg(epochs=4, freeze_out=0.25), tmp_path, quiet=True, extra_cbs=[spy])
+    assert s["status"] == "finished"
+    # three stages, two that freeze: the first after round(4 x 0.25) = 1 epoch, the second after
+    # round(4 x (0.25 + 0.375)) = 2; the last trains throughout
+    assert spy.seen == {0: {(True, True, True)}, 1: {(False, True, True)}, 2: {(False, False, True)},
+                        3: {(False, False, True)}}
+    assert spy.trainable_after
+
+
+def test_frozen_stages_keep_their_weights_and_the_rest_train(tiny_cfg, tmp_path):
+    from mlns_fast.training import train
+
+    class Snap(Callback):
+        order = 100
+
+        def before_epoch(self):
+            if self.epoch == 1:
+                self.before = [p.detach().clone() for p in self.learn.model.parameters()]
+
+        def after_fit(self):
+            self.after = [p.detach().clone() for p in self.learn.model.parameters()]
+
+    snap = Snap()
+    train(tiny_cfg(epochs=2, freeze_out=0.5, wd=0.1), tmp_path, quiet=True, extra_cbs=[snap])
+    model = create_model(tiny_cfg().model, IMAGE_SIZE)
+    first = {id(p) for p in backbone_stages(model.backbone)[0]}
+    moved = [not torch.equal(a, b) for a, b in zip(snap.before, snap.after)]
+    frozen = [id(p) in first for p in model.parameters()]
+    assert not any(m for m, f in zip(moved, frozen) if f)  # no step, no weight decay on the frozen stage
+    assert any(m for m, f in zip(moved, frozen) if not f)
+
+
+@pytest.mark.parametrize("flags", [["--freeze-out", "1.5"], ["--freeze-out", "-0.1"]])
+def test_freeze_out_user_errors(capsys, tmp_path, flags):
+    code, _, err = run_cli(capsys, "train", *flags, "--runs-dir", tmp_path)
+    assert_user_error(code, err, "freeze-out")
+    assert not any(tmp_path.iterdir())
+
+
+def test_freeze_out_is_refused_under_ddp_before_any_data(tiny_cfg, tmp_path):
+    from mlns_fast.errors import ConfigError
+    from mlns_fast.training import prepare
+    with pytest.raises(ConfigError, match="freeze-out"):
+        prepare(tiny_cfg(freeze_out=0.5), runs_dir=tmp_path, rank=0, world=2)
+    assert not any(tmp_path.iterdir())
