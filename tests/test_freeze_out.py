@@ -65,6 +65,20 @@ def test_a_freeze_out_run_freezes_the_stages_in_turn_and_restores_them(tiny_cfg,
     assert spy.trainable_after
 
 
+def test_a_resumed_run_freezes_what_the_first_fit_had_frozen(tiny_cfg, tmp_path):
+    from mlns_fast.runs import RunDir
+    from mlns_fast.training import train
+    from .conftest import SigintAfter
+    cut = train(tiny_cfg(epochs=3, freeze_out=0.34), tmp_path, quiet=True, extra_cbs=[SigintAfter(1)])
+    assert cut["status"] == "interrupted" and cut["epochs_done"] == 2
+    spy = Grads()
+    done = train(None, tmp_path, quiet=True, resume=str(RunDir(tmp_path / cut["run"]).path), extra_cbs=[spy])
+    assert done["status"] == "finished" and done["epochs_done"] == 3
+    # the first stage froze after round(3 x 0.34) = 1 epoch, the second after round(3 x 0.67) = 2: the resumed
+    # fit trains epoch 2 alone, with both frozen
+    assert spy.seen == {2: {(False, False, True)}}
+
+
 def test_frozen_stages_keep_their_weights_and_the_rest_train(tiny_cfg, tmp_path):
     from mlns_fast.training import train
 
