@@ -27,6 +27,7 @@ from .device import precision_callbacks
 from .errors import RunError
 from .heap import HEAP_TRIM_EVERY, malloc_trim
 from .losses import acc, box_loss
+from .model import backbone_stages
 from .reading import batches
 from .runs import METRIC_COLUMNS, state_dict_problem
 
@@ -267,11 +268,10 @@ class FreezeOut(Callback):
         self.start = start
 
     def before_fit(self):
-        from .model import backbone_stages
-        self.frozen = []
+        self.frozen = []  # what this fit froze (and gives back after it), not what was frozen before
         stages = backbone_stages(unwrap_model(self.learn.model).backbone)[:-1]
-        step = (1 - self.start) / len(stages) if stages else 0.0
-        self.stages = [(round(self.n_epoch * (self.start + i * step)), ps) for i, ps in enumerate(stages)]
+        self.stages = [(round(self.n_epoch * (self.start + i * (1 - self.start) / len(stages))), ps)
+                       for i, ps in enumerate(stages)]
 
     def before_epoch(self):  # by the epoch's number, so a resumed fit freezes what the first one had
         for at, params in self.stages:
