@@ -17,6 +17,7 @@ from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.distributed import DistributedTrainer
 from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import ParamScheduler
 from fastai.imports import noop  # the one fastai's no_logging sets (fastcore has its own)
 from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Learner, Recorder, ValueMetric
 from fastai.torch_core import find_bs, num_distrib, to_detach
@@ -259,13 +260,17 @@ class FreezeOut(Callback):
     backward at all: neither its weights' gradients nor its input's, nor its BatchNorm's and ReLU's, which on
     a CPU are the largest maps (the default CNN's step: 0.76x with its first stage frozen, 0.59x with two;
     `benchmarks/frozen_step.py`). BatchNorm in a frozen stage still normalises by the batch, as it did while
-    it trained. The paper also anneals each layer's lr to zero by its freeze; here one-cycle's schedule runs on
-    unchanged. On the default it costs tight 1.7 points in every run measured (RESULTS.md, issue 20).
+    it trained. The paper also anneals each layer's lr to zero by its freeze: with `anneal` (`--freeze-anneal`)
+    each stage's parameter groups (`optim.decay_groups(stages=True)` tags them) follow the fit's own lr
+    schedule compressed to end at the stage's freeze -- one-cycle's warm-up and its low-lr finish, in the
+    stage's share of the run; without it one-cycle's schedule runs on unchanged until the stage stops (on the
+    default: tight -1.7 in every run measured, RESULTS.md, issue 20).
     Hand-written: fastai's `freeze_to` fixes the optimizer's parameter groups for a whole fit; this moves
     with the epoch. Only `train` adds it: lr-find's warm-up and sweep train every stage."""
+    order = ParamScheduler.order + 1  # sets the stages' lrs after the schedule has set the batch's
 
-    def __init__(self, start: float):
-        self.start = start
+    def __init__(self, start: float, anneal: bool = False):
+        self.start, self.anneal = start, anneal
 
     def before_fit(self):
         self.frozen = []  # what this fit froze (and gives back after it), not what was frozen before
@@ -279,6 +284,19 @@ class FreezeOut(Callback):
                 self.frozen += [p for p in params if p.requires_grad]
                 for p in params:
                     p.requires_grad_(False)
+
+    def before_batch(self):
+        if not (self.anneal and self.training):
+            return
+        lr, pct = self.learn.param_scheduler.scheds["lr"], self.pct_train  # pct_train: by the epoch's number too
+        ends = [at / self.n_epoch for at, _ in self.stages]  # each stage's freeze as a share of the fit
+
+        def done(pg: dict) -> float:  # how far the group's own schedule has run
+            end = ends[pg["stage"]] if "stage" in pg else 1.0
+            return min(pct / end, 1.0) if end else 1.0
+
+        # fastai's fit_one_cycle schedules an array, a value per group (its lr_max, read from the groups' hypers)
+        self.opt.set_hyper("lr", [float(lr(done(pg))[i]) for i, pg in enumerate(self.opt.opt.param_groups)])
 
     def after_fit(self):
         for p in self.frozen:

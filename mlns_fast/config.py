@@ -290,6 +290,16 @@ class TrainConfig(Checked):
                                 "(0.25 on the default: 9.8 min of training against 12.5-13.2, the demo test level, "
                                 "tight -1.7: RESULTS.md, issue 20)",
                            0.0, 1.0, since=True)
+    freeze_anneal: bool = _f(False, "--freeze-out: each frozen stage's lr follows the one-cycle schedule compressed to "
+                                    "end at its freeze, as the paper anneals each layer to zero by then (its groups "
+                                    "split off: optim.decay_groups); without it the run's schedule goes on until the "
+                                    "stage stops (on the default at 0.25: tight the same, the demo test -0.33, other "
+                                    "writers -1.35: RESULTS.md, issue 20)", since=True)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.freeze_anneal and self.freeze_out == 1:
+            raise ConfigError("--freeze-anneal schedules the stages --freeze-out freezes: it needs --freeze-out below 1")
 
 
 @dataclass(frozen=True)

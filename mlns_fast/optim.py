@@ -16,13 +16,15 @@ import torch
 from fastai.optimizer import OptimWrapper
 from timm.optim import param_groups_weight_decay
 
+from .model import backbone_stages
+
 log = logging.getLogger(__name__)
 
 IMPLEMENTATION_KEYS = ("fused", "foreach")  # how a step runs, not what it computes: not taken from a checkpoint
-GROUP_MULTS = ("wd_mult", "lr_mult")  # the run's own config and model (decay_groups): not taken from a checkpoint either
+GROUP_TAGS = ("wd_mult", "lr_mult", "stage")  # the run's own config and model (decay_groups): not taken from a checkpoint either
 
 
-def decay_groups(model: torch.nn.Module, body_lr: float = 1.0) -> list[dict]:
+def decay_groups(model: torch.nn.Module, body_lr: float = 1.0, stages: bool = False) -> list[dict]:
     """fastai splitter: timm's weight-decay grouping, each group tagged with its `wd_mult` (0 for
     norm and bias parameters and the model's `no_weight_decay()` names, 1 for the rest).
 
@@ -30,16 +32,29 @@ def decay_groups(model: torch.nn.Module, body_lr: float = 1.0) -> list[dict]:
     tagged with `lr_mult` = body_lr and listed first, the rest (ink fit, reader, heads) with 1, last:
     fastai's discriminative learning rates. Not `lr_max=slice(lo, hi)`: fastai spaces a slice's lrs
     geometrically over every group in order, which cannot put the backbone's two decay groups at one lr;
-    and fastai reads a run's lr from the last group, which stays the head's (`--lr`) here."""
+    and fastai reads a run's lr from the last group, which stays the head's (`--lr`) here.
+
+    `stages` (`--freeze-anneal`): the backbone's stages but the last (`model.backbone_stages`) split off
+    first, in order, each group tagged with its `stage`, so that `callbacks.FreezeOut` can give each its
+    own lr schedule."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=skip)
     groups = [{"params": g["params"], "wd_mult": g["weight_decay"]} for g in groups]
-    if body_lr == 1.0:
+    if body_lr == 1.0 and not stages:
         return groups
     body = {id(p) for p in model.backbone.parameters()}
-    split = [({**g, "params": [p for p in g["params"] if (id(p) in body) == in_body],
-               "lr_mult": body_lr if in_body else 1.0}) for in_body in (True, False) for g in groups]
-    return [g for g in split if g["params"]]
+    parts = [({"stage": i}, {id(p) for p in ps})
+             for i, ps in enumerate(backbone_stages(model.backbone)[:-1] if stages else [])]
+    parts += [({}, body), ({}, None)]  # the rest of the backbone, then the rest (None: every parameter left)
+    taken, out = set(), []
+    for tags, ids in parts:
+        mult = {"lr_mult": body_lr if ids is not None else 1.0} if body_lr != 1.0 else {}
+        for g in groups:
+            ps = [p for p in g["params"] if id(p) not in taken and (ids is None or id(p) in ids)]
+            taken |= {id(p) for p in ps}
+            if ps:
+                out.append({**g, "params": ps, **tags, **mult})
+    return out
 
 
 class DecayGroupsWrapper(OptimWrapper):
@@ -75,7 +90,7 @@ class DecayGroupsWrapper(OptimWrapper):
         """torch's load, keeping this optimizer's implementation flags (a checkpoint written where
         `fused` was unavailable resumes fused, and the other way round) and its groups' weight-decay and
         lr multipliers (derived from the run's config; an edited checkpoint does not change them)."""
-        now = [{k: pg[k] for k in IMPLEMENTATION_KEYS + GROUP_MULTS if k in pg} for pg in self.opt.param_groups]
+        now = [{k: pg[k] for k in IMPLEMENTATION_KEYS + GROUP_TAGS if k in pg} for pg in self.opt.param_groups]
         self.opt.load_state_dict(sd)
         for pg, flags in zip(self.opt.param_groups, now):
             pg.update(flags)

@@ -77,8 +77,9 @@ def build_learner(cfg: RunConfig, dls, model, device, precision: str, quiet: boo
         cbs.append(Accumulate(t.accum, cfg.data.bs))
     learn = Learner(dls, model.to(device), loss_func=make_loss(cfg.model.head, t.digit_weight, t.sum_weight,
                                                                t.label_smoothing),
-                    opt_func=adamw, splitter=functools.partial(decay_groups, body_lr=t.body_lr), lr=t.lr, wd=t.wd,
-                    metrics=[DeviceAvgMetric(acc)], cbs=cbs)
+                    opt_func=adamw, splitter=functools.partial(decay_groups, body_lr=t.body_lr,
+                                                               stages=t.freeze_anneal),
+                    lr=t.lr, wd=t.wd, metrics=[DeviceAvgMetric(acc)], cbs=cbs)
     keep_losses_on_device(learn)  # no host sync per batch
     learn.remove_cbs(ProgressCallback)  # its per-batch loss comment is a host sync: LazyProgress shows it less often
     shown = resolve_progress(progress, quiet)
@@ -172,7 +173,7 @@ def _train(run, p: "Prepared", ckpt, quiet: bool, extra_cbs, summary_extra, worl
     if t.self_train and cfg.data.data != "synthetic":
         cbs.append(SelfTraining(t.self_train))
     if t.freeze_out < 1:  # the training job's alone: lr-find's sweep and warm-up train every stage
-        cbs.append(FreezeOut(t.freeze_out))
+        cbs.append(FreezeOut(t.freeze_out, t.freeze_anneal))
     if world > 1:  # DDP through accelerate; fastai's own distrib_ctx would re-shard our loaders
         cuda = p.device.type == "cuda"  # SyncBatchNorm is CUDA-only; on CPU, DDP broadcasts BN buffers
         cbs.append(ShardedTrainer(sync_bn=cuda, cpu=not cuda))

@@ -237,7 +237,8 @@ def test_round_files_keep_the_glyphs_their_runs_were_made_with():
                                                               "r52-p75-s2", "r52-p75-s3", "r52-r18-prune2-e8-p75-s0",
                                                               "r52-r18-prune2-e8-p75-s1", "r53-fo25-s0", "r53-fo25-s1",
                                                               "r53-fo50-s0", "r53-fo50-s1",
-                                                              "r53-r18-prune2-e8-fo25-s0")},
+                                                              "r53-r18-prune2-e8-fo25-s0", "r54-fa25-s0",
+                                                              "r54-fa25-s1")},
                        **{f"r33-mixed15-s{s}": ("mixed", 0.15, "hershey") for s in range(3)},
                        **{f"r34-ttf15-s{s}": ("mixed", 0.15, "ttf") for s in range(3)}}
     ttf = load_suite(root / "round34.toml")
@@ -370,6 +371,12 @@ def test_round36_to_50_rows_change_only_what_they_name():
         [c.digest() for c in r50[:2] + r50[:2] + r50[4:5]]
     assert [c.train.freeze_out for c in r53] == [0.25, 0.25, 0.5, 0.5, 0.25]
     assert len({c.digest() for c in r53} | {c.digest() for c in r50}) == 12  # --freeze-out enters the digest
+    # the fifty-fourth round: FreezeOut with each stage's lr annealed to its freeze, the fifty-third round's runs at
+    # 0.25 but for --freeze-anneal
+    r54 = load_suite(root / "round54.toml")
+    assert [c.name for c in r54] == ["r54-fa25-s0", "r54-fa25-s1"]
+    assert [_override(c, train={"freeze_anneal": False}).digest() for c in r54] == [c.digest() for c in r53[:2]]
+    assert all(c.train.freeze_anneal for c in r54) and len({c.digest() for c in r54 + r53}) == 7
 
 
 def _override(cfg, **sections):
