@@ -46,10 +46,9 @@ def main():
     for _ in range(a.rounds):
         for k, step in steps.items():
             times[k] += step_seconds(step, a.steps)
-    base = statistics.median(times[0])
-    for k, t in times.items():
-        ms = statistics.median(t) * 1000
-        print(f"first {k} stage(s) frozen: {ms:7.1f} ms/step ({a.bs / ms * 1000:5.0f} img/s), {ms / base / 1000:.2f}x")
+    ms = {k: statistics.median(t) * 1000 for k, t in times.items()}
+    for k, m in ms.items():
+        print(f"first {k} stage(s) frozen: {m:7.1f} ms/step ({a.bs / m * 1000:5.0f} img/s), {m / ms[0]:.2f}x")
 
 
 if __name__ == "__main__":

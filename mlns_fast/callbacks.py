@@ -277,6 +277,9 @@ class FreezeOut(Callback):
         stages = backbone_stages(unwrap_model(self.learn.model).backbone)[:-1]
         self.stages = [(round(self.n_epoch * (self.start + i * (1 - self.start) / len(stages))), ps)
                        for i, ps in enumerate(stages)]
+        # each optimizer group's end of schedule as a share of the fit: its stage's freeze, else the fit's end
+        self.ends = [self.stages[pg["stage"]][0] / self.n_epoch if "stage" in pg else 1.0
+                     for pg in self.opt.opt.param_groups]
 
     def before_epoch(self):  # by the epoch's number, so a resumed fit freezes what the first one had
         for at, params in self.stages:
@@ -289,14 +292,8 @@ class FreezeOut(Callback):
         if not (self.anneal and self.training):
             return
         lr, pct = self.learn.param_scheduler.scheds["lr"], self.pct_train  # pct_train: by the epoch's number too
-        ends = [at / self.n_epoch for at, _ in self.stages]  # each stage's freeze as a share of the fit
-
-        def done(pg: dict) -> float:  # how far the group's own schedule has run
-            end = ends[pg["stage"]] if "stage" in pg else 1.0
-            return min(pct / end, 1.0) if end else 1.0
-
         # fastai's fit_one_cycle schedules an array, a value per group (its lr_max, read from the groups' hypers)
-        self.opt.set_hyper("lr", [float(lr(done(pg))[i]) for i, pg in enumerate(self.opt.opt.param_groups)])
+        self.opt.set_hyper("lr", [float(lr(min(pct / end, 1.0) if end else 1.0)[i]) for i, end in enumerate(self.ends)])
 
     def after_fit(self):
         for p in self.frozen:
