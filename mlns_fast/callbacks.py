@@ -292,8 +292,10 @@ class FreezeOut(Callback):
         if not (self.anneal and self.training):
             return
         lr, pct = self.learn.param_scheduler.scheds["lr"], self.pct_train  # pct_train: by the epoch's number too
-        # fastai's fit_one_cycle schedules an array, a value per group (its lr_max, read from the groups' hypers)
-        self.opt.set_hyper("lr", [float(lr(min(pct / end, 1.0) if end else 1.0)[i]) for i, end in enumerate(self.ends)])
+        # fastai's fit_one_cycle schedules an array, a value per group (its lr_max, read from the groups' hypers):
+        # read once per distinct end (a stage's groups share one), each group taking its own value from it
+        at = {end: lr(min(pct / end, 1.0) if end else 1.0) for end in set(self.ends)}
+        self.opt.set_hyper("lr", [float(at[end][i]) for i, end in enumerate(self.ends)])
 
     def after_fit(self):
         for p in self.frozen:
